@@ -1,0 +1,5 @@
+import sys
+
+from jacverify.cli import main
+
+sys.exit(main())

@@ -1,0 +1,298 @@
+"""A Case: what is differentiated, at which inputs, along which batch axis, in which dtype.
+
+Every method works on one canonical form of a case (see NOTE [canonical form]), so the methods
+stay small and the mapping back to the user's shapes lives here alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from jacverify.errors import FunctionRaised, InvalidArgument
+
+__all__ = ["Case", "make_case", "Flat"]
+
+# NOTE [canonical form]
+# A case f(x_1, ..., x_k) with batch axis `a` on every input and `a_out` on every output is
+# turned into g: (B, N) -> (B, M), where row b of the input is sample b of every x_i flattened and
+# concatenated, and row b of the output is sample b of every output flattened and concatenated.
+# g only splits, reshapes and moves axes around the user's own call, so every derivative of g is a
+# derivative of f: the per-sample Jacobian J[b] = d g(x)[b] / d x[b] has shape (B, M, N), and its
+# column blocks are the per-sample Jacobians with respect to each input.
+
+
+def _shape(t: torch.Tensor | Sequence[int]) -> tuple[int, ...]:
+    return tuple(t.shape) if isinstance(t, torch.Tensor) else tuple(t)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A function, its inputs and how to read them; ``repr`` shows what re-creates it.
+
+    Built with :func:`make_case`, which validates every field.
+    """
+
+    fn: Callable[..., torch.Tensor]
+    inputs: tuple[torch.Tensor, ...]
+    batch_axis: int = 0
+    out_batch_axis: int = 0
+    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.inputs[0].shape[self.batch_axis]
+
+    @property
+    def sample_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Per-sample shape of each input (the batch axis removed)."""
+        return tuple(_drop(t.shape, self.batch_axis) for t in self.inputs)
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", None) or type(self.fn).__name__
+        fn = repr(self.fn) if isinstance(self.fn, torch.nn.Module) else name
+        fn = fn if "\n" not in fn else f"{type(self.fn).__name__}(...)"
+        shapes = ", ".join(f"torch.randn{tuple(t.shape)}" for t in self.inputs)
+        return (
+            f"jacverify.make_case({fn}, ({shapes},), batch_axis={self.batch_axis}, "
+            f"out_batch_axis={self.out_batch_axis}, dtype={self.dtype}, "
+            f"device={str(self.device)!r}, seed={self.seed})"
+        )
+
+
+def _drop(shape: Sequence[int], axis: int) -> tuple[int, ...]:
+    return tuple(s for i, s in enumerate(shape) if i != axis)
+
+
+def _describe(value: object) -> str:
+    return f"{value!r} (type={type(value).__name__})"
+
+
+def make_case(
+    fn: Callable[..., torch.Tensor],
+    inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    batch_axis: int = 0,
+    out_batch_axis: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> Case:
+    """Validate a function and its inputs and return a :class:`Case`.
+
+    Args:
+        fn: a callable (an ``nn.Module`` or a function) taking the inputs, returning a tensor or a
+            tuple of tensors that keep the batch axis.
+        inputs: a floating tensor or a tuple of them, all with the same batch size.
+        batch_axis: the batch axis of every input.
+        out_batch_axis: the batch axis of every output; defaults to ``batch_axis``.
+        dtype: the dtype the methods run in; defaults to the inputs' dtype.
+        device: where the methods run; defaults to the inputs' device.
+        seed: seeds every random choice of the check.
+
+    Returns:
+        The validated case, with inputs (and a module's parameters) cast to ``dtype`` and ``device``.
+
+    Raises:
+        InvalidArgument: naming the argument that is wrong and how to fix it.
+
+    >>> case = make_case(torch.nn.Linear(3, 2), torch.zeros(4, 3))
+    >>> case.batch_size, case.sample_shapes
+    (4, ((3,),))
+    """
+    if not callable(fn):
+        raise InvalidArgument(f"fn={_describe(fn)} is not callable; pass an nn.Module or a function")
+    tensors = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
+    if not isinstance(tensors, (tuple, list)) or not tensors:
+        raise InvalidArgument(
+            f"inputs={_describe(inputs)} must be a tensor or a non-empty tuple of tensors"
+        )
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise InvalidArgument(
+                f"inputs[{i}]={_describe(t)} is not a tensor; jacverify differentiates with "
+                "respect to every input, so close over non-tensor arguments with a lambda"
+            )
+        if not (t.is_floating_point() or t.is_complex()):
+            raise InvalidArgument(
+                f"inputs[{i}] has dtype {t.dtype}, which has no derivative; pass a floating "
+                "tensor (e.g. x.float()), or close over integer arguments with a lambda"
+            )
+        if t.is_complex():
+            raise InvalidArgument(
+                f"inputs[{i}] is complex ({t.dtype}); jacverify checks real Jacobians only"
+            )
+    if not isinstance(batch_axis, int) or isinstance(batch_axis, bool):
+        raise InvalidArgument(f"batch_axis={_describe(batch_axis)} must be an int")
+    for i, t in enumerate(tensors):
+        if not -t.ndim <= batch_axis < t.ndim:
+            raise InvalidArgument(
+                f"batch_axis={batch_axis} is out of range for inputs[{i}] of shape "
+                f"{tuple(t.shape)}; use an axis in [0, {t.ndim - 1}]"
+            )
+    sizes = {t.shape[batch_axis] for t in tensors}
+    if len(sizes) > 1:
+        shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+        raise InvalidArgument(
+            f"inputs have different batch sizes along batch_axis={batch_axis}: {shapes}; "
+            "every input needs one entry per sample"
+        )
+    if sizes == {0}:
+        raise InvalidArgument("inputs have batch size 0; pass at least one sample")
+    axis = batch_axis % tensors[0].ndim if len({t.ndim for t in tensors}) == 1 else batch_axis
+    if axis < 0 and len({t.ndim for t in tensors}) > 1:
+        raise InvalidArgument(
+            f"batch_axis={batch_axis} is negative and the inputs have different ranks; "
+            "give a non-negative batch axis"
+        )
+    if dtype is None:
+        dtypes = {t.dtype for t in tensors}
+        if len(dtypes) > 1:
+            raise InvalidArgument(
+                f"inputs have different dtypes {sorted(map(str, dtypes))}; pass dtype= to run "
+                "every method in one dtype"
+            )
+        dtype = tensors[0].dtype
+    elif not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InvalidArgument(f"dtype={_describe(dtype)} must be a floating torch.dtype")
+    device = _device(device, tensors[0].device)
+    fn = _to(fn, dtype, device)
+    inputs = tuple(t.detach().to(device=device, dtype=dtype) for t in tensors)
+    out_axis = axis if out_batch_axis is None else out_batch_axis
+    if not isinstance(seed, int):
+        raise InvalidArgument(f"seed={_describe(seed)} must be an int")
+    return Case(fn, inputs, axis, out_axis, dtype, device, seed)
+
+
+def _device(device: str | torch.device | None, default: torch.device) -> torch.device:
+    if device is None:
+        return default
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InvalidArgument(f"device={_describe(device)} is not a device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgument(
+            f"device={str(device)!r} was asked for but CUDA is not available here; use 'cpu'"
+        )
+    return device
+
+
+def _to(fn: Callable, dtype: torch.dtype, device: torch.device) -> Callable:
+    """A module is copied to the dtype and device; a plain function is taken as it is."""
+    if isinstance(fn, torch.nn.Module):
+        params = [*fn.parameters(), *fn.buffers()]
+        if any(p.dtype != dtype or p.device != device for p in params if p.is_floating_point()):
+            return copy.deepcopy(fn).to(device=device, dtype=dtype)
+    return fn
+
+
+@dataclass(frozen=True)
+class Flat:
+    """The canonical form of a case (see NOTE [canonical form]).
+
+    ``fn`` maps ``x`` of shape (B, N) to (B, M); ``in_shapes``/``out_shapes`` are per-sample shapes
+    of each input/output, used to turn a flat (sample, output, input) index back into the user's.
+    """
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    x: torch.Tensor
+    in_shapes: tuple[tuple[int, ...], ...]
+    out_shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def n_in(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return sum(math.prod(s) for s in self.out_shapes)
+
+    def describe_index(self, index: tuple[int, int, int]) -> str:
+        """Name a flat (sample, output, input) entry in the user's shapes."""
+        b, m, n = index
+        return f"sample {b}, {self.describe_output(m)}, {_unravel(n, self.in_shapes, 'input')}"
+
+    def describe_output(self, m: int) -> str:
+        """Name a flat output entry in the user's shapes, e.g. ``output[1, 2]``."""
+        return _unravel(m, self.out_shapes, "output")
+
+
+def _unravel(flat: int, shapes: Sequence[tuple[int, ...]], what: str) -> str:
+    for k, shape in enumerate(shapes):
+        size = math.prod(shape)
+        if flat < size:
+            idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), shape)) if shape else ()
+            label = f"{what}[{k}]" if len(shapes) > 1 else what
+            return f"{label}{list(idx)}"
+        flat -= size
+    raise IndexError(f"{what} index out of range")
+
+
+def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = None) -> Flat:
+    """The canonical form of ``case``, optionally of another version of its function or dtype.
+
+    Raises:
+        FunctionRaised: the function failed on the case's inputs.
+        InvalidArgument: the output has no batch axis of the batch size.
+    """
+    fn = case.fn if fn is None else fn
+    dtype = case.dtype if dtype is None else dtype
+    axis, out_axis = case.batch_axis, case.out_batch_axis
+    in_shapes = case.sample_shapes
+    sizes = [math.prod(s) for s in in_shapes]
+
+    def g(x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        parts = x.split(sizes, dim=1)
+        xs = [p.reshape(b, *s).movedim(0, axis) for p, s in zip(parts, in_shapes)]
+        out = fn(*xs)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return torch.cat([o.movedim(out_axis, 0).reshape(b, -1) for o in outs], dim=1)
+
+    x = torch.cat(
+        [t.to(dtype).movedim(axis, 0).reshape(case.batch_size, -1) for t in case.inputs], dim=1
+    )
+    out = _call(fn, tuple(t.to(dtype) for t in case.inputs))
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    out_shapes = []
+    for i, o in enumerate(outs):
+        where = f"output[{i}]" if len(outs) > 1 else "the output"
+        if not isinstance(o, torch.Tensor):
+            raise InvalidArgument(
+                f"{where} is {_describe(o)}, not a tensor; return a tensor or a tuple of tensors"
+            )
+        if not -o.ndim <= out_axis < o.ndim or o.shape[out_axis] != case.batch_size:
+            raise InvalidArgument(
+                f"{where} has shape {tuple(o.shape)}, with no batch axis {out_axis} of size "
+                f"{case.batch_size}; per-sample Jacobians need one output row per sample "
+                "(return per-sample values, or pass out_batch_axis=)"
+            )
+        if not o.is_floating_point():
+            raise InvalidArgument(
+                f"{where} has dtype {o.dtype}, which has no derivative; return floating values"
+            )
+        out_shapes.append(_drop(o.shape, out_axis))
+    return Flat(g, x.detach(), in_shapes, tuple(out_shapes))
+
+
+def _call(fn: Callable, inputs: tuple[torch.Tensor, ...]):
+    try:
+        with torch.no_grad():
+            return fn(*inputs)
+    except Exception as e:  # noqa: BLE001 - the user's function may raise anything
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise FunctionRaised(
+            f"the function raised {type(e).__name__}: {e} -- on inputs of shape {shapes} "
+            f"({inputs[0].dtype}); check that it accepts a batch in this layout and dtype"
+        ) from e

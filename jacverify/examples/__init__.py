@@ -1,0 +1,1 @@
+"""Bundled examples: the README's network, correct networks, and deliberately broken twins."""

@@ -1,0 +1,118 @@
+"""Custom ``autograd.Function``s computing x**3: one correct, and one broken twin per formula.
+
+Each twin breaks exactly one rule, so exactly one family of methods must disagree:
+
+- :class:`CubeWrongBackward` -- reverse-mode methods (and the ``loop`` reference itself);
+- :class:`CubeWrongJvp` -- forward-mode methods;
+- :class:`CubeWrongVmap` -- methods that vmap over the function's forward;
+- :class:`CubeNoJvp` -- no forward formula at all: forward methods are ``unsupported``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Cube(torch.autograd.Function):
+    """x**3 with correct backward, jvp and a generated vmap rule."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x**3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (x,) = inputs
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * grad
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * tangent
+
+
+class CubeWrongBackward(Cube):
+    """backward returns 2x² g instead of 3x² g."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x**2 * grad
+
+
+class CubeWrongJvp(Cube):
+    """jvp returns 2x² t instead of 3x² t."""
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        (x,) = ctx.saved_tensors
+        return 2 * x**2 * tangent
+
+
+class CubeWrongVmap(Cube):
+    """A hand-written vmap rule that reverses the batch: it mixes samples."""
+
+    generate_vmap_rule = False
+
+    @staticmethod
+    def vmap(info, in_dims, x):
+        (d,) = in_dims
+        if d is None:
+            return x**3, None
+        return CubeWrongVmap.apply(x.flip(d)), d
+
+
+class CubeNoJvp(torch.autograd.Function):
+    """x**3 with a correct backward and no jvp: forward mode cannot run through it."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x**3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * grad
+
+
+class Apply(nn.Module):
+    """A module around an ``autograd.Function``'s ``apply``."""
+
+    def __init__(self, function: type[torch.autograd.Function]) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function.apply(x)
+
+    def extra_repr(self) -> str:
+        return self.function.__name__
+
+
+def cube_net(function: type[torch.autograd.Function] = Cube, seed: int = 0) -> nn.Module:
+    """Linear(5, 6) -> function -> Tanh -> Linear(6, 3), weights from ``seed``.
+
+    The Tanh after the function makes the Jacobian depend on its forward values, so a batching
+    rule that gets those wrong shows in derivatives too.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(5, 6), Apply(function), nn.Tanh(), nn.Linear(6, 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return net

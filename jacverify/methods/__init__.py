@@ -1,0 +1,112 @@
+"""The registry of ways to compute a derivative. A method is an entry, never an ``if`` in the engine.
+
+Importing this package registers the built-in methods; :func:`register_method` adds a user's own,
+which every later check then includes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from jacverify.case import Flat
+from jacverify.errors import InvalidArgument
+
+__all__ = ["Method", "register_method", "registered_methods", "get_methods"]
+
+Mode = Literal["reverse", "forward", "numeric"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to compute a quantity of a canonical case (see NOTE [canonical form]).
+
+    Attributes:
+        name: the registry key, shown in reports.
+        compute: maps a :class:`~jacverify.case.Flat` to the quantity, e.g. (B, M, N).
+        mode: "reverse" (built on backward formulas), "forward" (jvp formulas) or "numeric".
+        vectorized: whether it relies on ``vmap`` (and so on batching rules).
+        assumes_independent: valid only when samples do not interact.
+        extra_memory: elements it materialises beyond the result, given the case; used to refuse
+            a method that would not fit (``not_applicable``) before running it.
+        quantity: what it computes; "batch_jacobian" is the per-sample Jacobian (B, M, N).
+    """
+
+    name: str
+    compute: Callable[[Flat], torch.Tensor]
+    mode: Mode
+    vectorized: bool
+    assumes_independent: bool
+    extra_memory: Callable[[Flat], int] | None = None
+    quantity: str = "batch_jacobian"
+    description: str = ""
+
+    def supports(self, flat: Flat, coupled: str | None, max_memory: int) -> str | None:
+        """The reason this method cannot run on ``flat``, or None when it can."""
+        if coupled and self.assumes_independent:
+            return f"assumes samples do not interact, but {coupled}"
+        if self.extra_memory is not None:
+            need = self.extra_memory(flat) * flat.x.element_size()
+            if need > max_memory:
+                return (
+                    f"needs about {need / 2**20:.1f} MiB beyond the result, over the "
+                    f"max_memory={max_memory} bytes budget"
+                )
+        return None
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register_method(method: Method, *, replace: bool = False) -> Method:
+    """Add ``method`` to the registry so every later check runs it.
+
+    Raises:
+        InvalidArgument: the name is taken and ``replace`` is False.
+    """
+    if not isinstance(method, Method):
+        raise InvalidArgument(f"method={method!r} must be a jacverify.Method")
+    if method.name in _REGISTRY and not replace:
+        raise InvalidArgument(
+            f"a method named {method.name!r} is registered already; pick another name or pass "
+            "replace=True"
+        )
+    _REGISTRY[method.name] = method
+    return method
+
+
+def registered_methods(quantity: str = "batch_jacobian") -> tuple[Method, ...]:
+    """Every registered method for ``quantity``, in registration order."""
+    return tuple(m for m in _REGISTRY.values() if m.quantity == quantity)
+
+
+def get_methods(names: Iterable[str] | None, quantity: str = "batch_jacobian") -> tuple[Method, ...]:
+    """The methods named, or all of them for ``quantity``.
+
+    Raises:
+        InvalidArgument: a name is unknown; the message gives the closest match.
+    """
+    known = {m.name: m for m in registered_methods(quantity)}
+    if names is None:
+        return tuple(known.values())
+    if isinstance(names, str):
+        names = [names]
+    chosen = []
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise InvalidArgument(
+                f"methods contains {name!r}, which is not a registered {quantity} method{hint} "
+                f"(known: {', '.join(known)})"
+            )
+        chosen.append(known[name])
+    return tuple(chosen)
+
+
+# Importing the families registers them, in the order reports list them.
+from jacverify.methods import loops, functional, func, tricks  # noqa: E402,F401

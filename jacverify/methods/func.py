@@ -1,0 +1,60 @@
+"""``torch.func`` transforms: vmap over per-sample jacrev/jacfwd, and the vmapped sum tricks."""
+
+from __future__ import annotations
+
+import torch
+from torch.func import jacfwd, jacrev, jvp, vjp, vmap
+
+from jacverify.case import Flat
+from jacverify.methods import Method, register_method
+
+
+def _one_sample(flat: Flat):
+    """The function of one sample (N,) -> (M,), run as a batch of one."""
+    return lambda xi: flat.fn(xi.unsqueeze(0)).squeeze(0)
+
+
+def vmap_jacrev(flat: Flat) -> torch.Tensor:
+    return vmap(jacrev(_one_sample(flat)))(flat.x)
+
+
+def vmap_jacfwd(flat: Flat) -> torch.Tensor:
+    return vmap(jacfwd(_one_sample(flat)))(flat.x)
+
+
+def sum_trick(flat: Flat) -> torch.Tensor:
+    """``jacrev`` of f(x).sum(0): (M, B, N), valid only when samples do not interact."""
+    return jacrev(lambda x: flat.fn(x).sum(0))(flat.x).permute(1, 0, 2)
+
+
+def forward_broadcast(flat: Flat) -> torch.Tensor:
+    """vmap over ``jvp`` with tangent e_j on every sample: the forward twin of the sum trick."""
+    b = flat.batch_size
+
+    def column(e: torch.Tensor) -> torch.Tensor:
+        return jvp(flat.fn, (flat.x,), (e.expand(b, -1),))[1]
+
+    eye = torch.eye(flat.n_in, dtype=flat.x.dtype, device=flat.x.device)
+    return vmap(column)(eye).permute(1, 2, 0)
+
+
+def vmap_vjp(flat: Flat) -> torch.Tensor:
+    """vmap over ``vjp`` with cotangent e_m on every sample: the sum trick in torch.func."""
+    _, pullback = vjp(flat.fn, flat.x)
+    b = flat.batch_size
+    eye = torch.eye(flat.n_out, dtype=flat.x.dtype, device=flat.x.device)
+    return vmap(lambda e: pullback(e.expand(b, -1))[0])(eye).permute(1, 0, 2)
+
+
+register_method(Method("vmap_jacrev", vmap_jacrev, "reverse", vectorized=True,
+                       assumes_independent=True, description="vmap(jacrev(f_one_sample))"))
+register_method(Method("vmap_jacfwd", vmap_jacfwd, "forward", vectorized=True,
+                       assumes_independent=True, description="vmap(jacfwd(f_one_sample))"))
+register_method(Method("sum_trick", sum_trick, "reverse", vectorized=True,
+                       assumes_independent=True, description="jacrev of f(x).sum(0)"))
+register_method(Method("forward_broadcast", forward_broadcast, "forward", vectorized=True,
+                       assumes_independent=True,
+                       description="vmap over jvp, tangent e_j on every sample"))
+register_method(Method("vmap_vjp", vmap_vjp, "reverse", vectorized=True,
+                       assumes_independent=True,
+                       description="vmap over vjp, cotangent e_m on every sample"))

@@ -1,0 +1,97 @@
+"""Checks before blaming a method: is the function deterministic, and do its samples interact?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from jacverify.case import Flat
+from jacverify.errors import NondeterministicFunction, NonFiniteOutput
+
+__all__ = ["Coupling", "check_determinism", "check_coupling", "MAX_COUPLING_PROBES"]
+
+# NOTE [coupling threshold]
+# Independent samples give bitwise-equal outputs for the untouched samples on deterministic
+# kernels; we still allow COUPLING_ROUNDING * eps * scale (and 4x any run-to-run noise measured
+# by the determinism check) so a kernel that reorders a sum does not count as coupling. Batch
+# statistics move the other samples by O(perturbation), many orders above that.
+COUPLING_ROUNDING = 64
+MAX_COUPLING_PROBES = 16
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """What the batch-coupling check found; ``reason`` is None for independent samples."""
+
+    reason: str | None
+    probes: int
+
+    @property
+    def coupled(self) -> bool:
+        return self.reason is not None
+
+
+def check_determinism(flat: Flat, what: str = "the function") -> float:
+    """Call twice on the same input; return the run-to-run noise (0.0 when bitwise equal).
+
+    Raises:
+        NonFiniteOutput: an output is NaN or Inf.
+        NondeterministicFunction: the outputs differ by more than rounding.
+    """
+    with torch.no_grad():
+        y1, y2 = flat.fn(flat.x), flat.fn(flat.x)
+    bad = ~torch.isfinite(y1)
+    if bad.any():
+        b, m = (int(i) for i in bad.nonzero()[0])
+        raise NonFiniteOutput(
+            f"{what} returned {y1[b, m].item()} at sample {b}, {flat.describe_output(m)} "
+            f"({int(bad.sum())} non-finite entries in all); jacverify checks derivatives at points "
+            "where f is finite: move the inputs, or fix the overflow / log(0) / 0/0 in f"
+        )
+    diff = (y1 - y2).abs()
+    noise = float(diff.max())
+    eps = torch.finfo(y1.dtype).eps
+    if noise > COUPLING_ROUNDING * eps * float(y1.abs().max().clamp(min=1)):
+        b, m = (int(i) for i in (diff == diff.max()).nonzero()[0])
+        raise NondeterministicFunction(
+            f"{what} returned different outputs for the same input (max difference {noise:.3g} "
+            f"at sample {b}, {flat.describe_output(m)}): it has randomness or hidden state, so no derivative is "
+            "well defined. Call model.eval() (dropout and friends), seed the RNG inside f, or "
+            "remove the state it updates between calls"
+        )
+    return noise
+
+
+def check_coupling(flat: Flat, seed: int, noise: float = 0.0) -> Coupling:
+    """Change one sample at a time and see whether any other sample's output moves.
+
+    Probes up to MAX_COUPLING_PROBES samples: the first, the last, and others drawn from ``seed``.
+    """
+    x = flat.x.detach()
+    b = flat.batch_size
+    if b == 1:
+        return Coupling(None, 0)
+    gen = torch.Generator().manual_seed(seed)
+    order = [0, b - 1] + [int(i) for i in torch.randperm(b, generator=gen) if 0 < i < b - 1]
+    probes = order[:MAX_COUPLING_PROBES]
+    with torch.no_grad():
+        y = flat.fn(x)
+        eps = torch.finfo(y.dtype).eps
+        threshold = max(COUPLING_ROUNDING * eps * float(y.abs().max().clamp(min=1)), 4 * noise)
+        for s in probes:
+            x2 = x.clone()
+            delta = torch.randn(x.shape[1], generator=gen, dtype=torch.float64).to(x)
+            x2[s] += 0.1 * delta * x[s].abs().clamp(min=1)
+            moved = (flat.fn(x2) - y).abs()
+            moved[s] = 0
+            if float(moved.max()) > threshold:
+                others = sorted({int(i) for i in (moved > threshold).any(1).nonzero().flatten()})
+                listed = ", ".join(map(str, others[:5])) + (", ..." if len(others) > 5 else "")
+                return Coupling(
+                    f"changing sample {s} changed the outputs of sample(s) {listed} (max change "
+                    f"{float(moved.max()):.3g}): samples interact (BatchNorm in training mode or "
+                    "another batch statistic?)",
+                    len(probes),
+                )
+    return Coupling(None, len(probes))

@@ -1,0 +1,1 @@
+"""Hypothesis strategies for jacverify cases, importable as ``jacverify.strategies``."""

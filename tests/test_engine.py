@@ -1,0 +1,138 @@
+"""The engine on correct networks, on the broken twins, and on a batch-coupled module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import jacverify
+from jacverify.examples import networks as nets
+from jacverify.examples import twins
+from jacverify.methods import registered_methods
+
+ALL = {m.name for m in registered_methods()}
+REVERSE = {m.name for m in registered_methods() if m.mode == "reverse"}
+FORWARD = {m.name for m in registered_methods() if m.mode == "forward"}
+INDEPENDENT_ONLY = {m.name for m in registered_methods() if m.assumes_independent}
+DTYPES = [torch.float32, torch.float64]
+
+
+def _randn(*shape: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _by_status(report: jacverify.Report, status: str) -> set[str]:
+    return {r.method for r in report.results if r.status == status}
+
+
+# Broken twins: which methods each must be flagged by (exactly), and which cannot run on it.
+TWINS = [
+    pytest.param(twins.CubeWrongBackward, REVERSE, set(), id="wrong_backward"),
+    pytest.param(twins.CubeWrongJvp, FORWARD, set(), id="wrong_jvp"),
+    pytest.param(twins.CubeWrongVmap, {"vmap_jacrev", "vmap_jacfwd"}, set(), id="wrong_vmap"),
+    pytest.param(twins.CubeNoJvp, set(), FORWARD, id="no_jvp"),
+    pytest.param(twins.Cube, set(), set(), id="correct"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("function", "flagged", "unsupported"), TWINS)
+def test_twin_flagged_by_exactly_the_methods_it_breaks(function, flagged, unsupported, dtype):
+    report = jacverify.check(twins.cube_net(function), _randn(6, 5), dtype=dtype)
+    assert _by_status(report, "mismatch") == flagged
+    assert _by_status(report, "unsupported") == unsupported
+    assert _by_status(report, "agree") == ALL - flagged - unsupported
+    assert report.passed is (not flagged)
+
+
+def test_every_method_has_a_twin_that_flags_it():
+    covered = REVERSE | FORWARD | {"vmap_jacrev", "vmap_jacfwd"}
+    assert covered == ALL
+
+
+def test_wrong_backward_makes_the_loop_untrusted_and_says_so():
+    report = jacverify.check(twins.cube_net(twins.CubeWrongBackward), _randn(6, 5))
+    assert report.trusted == ("finite_differences",)
+    assert any("loop reference disagrees with finite differences" in n for n in report.notes)
+    assert "backward formula is wrong" in report.hint
+    assert "dual_loop" not in {r.method for r in report.mismatches}
+
+
+def test_wrong_vmap_hint_names_the_batching_rule():
+    report = jacverify.check(twins.cube_net(twins.CubeWrongVmap), _randn(6, 5))
+    assert "batching rule is wrong" in report.hint
+
+
+CORRECT = [
+    pytest.param(nets.ReadmeNet, (8, 5), id="mlp"),
+    pytest.param(nets.ConvNet, (4, 2, 7), id="conv1d"),
+    pytest.param(nets.Conv2dNet, (3, 1, 4, 4), id="conv2d"),
+    pytest.param(nets.LayerNormResidual, (5, 6), id="layernorm_residual"),
+    pytest.param(nets.Attention, (3, 4, 4), id="attention"),
+    pytest.param(nets.TorchAttention, (3, 4, 4), id="nn_multihead_attention"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("net", "shape"), CORRECT)
+def test_correct_networks_have_no_false_mismatch(net, shape, dtype):
+    torch.manual_seed(0)
+    report = jacverify.check(net().eval(), _randn(*shape), dtype=dtype)
+    assert report.passed, report.failure_message()
+    assert report.trusted == ("loop", "finite_differences")
+    assert _by_status(report, "agree") >= {"loop", "sum_trick", "repeat_trick", "loop_rows"}
+
+
+def test_batch_coupled_module_is_not_applicable_not_mismatch():
+    torch.manual_seed(0)
+    net = nets.BatchCoupled().train()
+    report = jacverify.check(net, _randn(6, 5), dtype=torch.float64)
+    assert report.coupling.coupled and "changing sample 0" in report.coupling.reason
+    assert _by_status(report, "not_applicable") == INDEPENDENT_ONLY
+    assert _by_status(report, "agree") == ALL - INDEPENDENT_ONLY == {"loop", "full_diagonal"}
+    assert all("assumes samples do not interact" in report[m].reason for m in INDEPENDENT_ONLY)
+    assert report.passed
+
+
+def test_coupled_reference_is_the_diagonal_block_of_the_full_jacobian():
+    torch.manual_seed(0)
+    net = nets.BatchCoupled().double().train()
+    x = _randn(4, 5).double()
+    report = jacverify.check(net, x)
+    full = torch.autograd.functional.jacobian(net, x)  # (B, M, B, N)
+    diag = torch.stack([full[b, :, b] for b in range(4)])
+    torch.testing.assert_close(report.reference, diag)
+    alone = torch.func.vmap(torch.func.jacrev(lambda xi: net(xi[None])[0]), randomness="same")
+    with pytest.raises(Exception):  # per-sample BatchNorm in training mode is not even defined
+        alone(x)
+
+
+def test_buffers_are_restored_after_the_check():
+    net = nets.BatchCoupled().train()
+    before = net[1].running_mean.clone()
+    jacverify.check(net, _randn(6, 5))
+    torch.testing.assert_close(net[1].running_mean, before)
+
+
+def _mutated(method: jacverify.Method, how: str) -> jacverify.Method:
+    def compute(flat):
+        jac = method.compute(flat).clone()
+        if how == "entry":  # one entry off by 1e-3 of the Jacobian's scale
+            jac[-1, -1, -1] += 1e-3 * jac.abs().max()
+        else:  # samples swapped: the classic batching slip
+            jac = jac.roll(1, dims=0)
+        return jac
+
+    return jacverify.Method(f"{method.name}_{how}", compute, method.mode, method.vectorized,
+                            method.assumes_independent)
+
+
+@pytest.mark.parametrize("how", ["entry", "roll"])
+@pytest.mark.parametrize("method", registered_methods(), ids=lambda m: m.name)
+def test_a_mutant_of_every_method_is_flagged_and_the_original_is_not(method, how):
+    mutant = _mutated(method, how)
+    report = jacverify.check(twins.cube_net(), _randn(5, 5), methods=[method.name],
+                             extra_methods=[mutant])
+    assert report[method.name].status == "agree"
+    assert report[mutant.name].status == "mismatch"
+    assert report[mutant.name].worst_index[0] in ((4,) if how == "entry" else range(5))
