@@ -12,6 +12,7 @@ finite differences and the naive loop:
 
 from jacverify.case import Case, make_case
 from jacverify.compare import Comparison, Reference, compare, tolerances
+from jacverify.discover import target
 from jacverify.engine import DEFAULT_MAX_MEMORY, assert_jacobians_agree, check, check_method
 from jacverify.errors import (
     FunctionRaised,
@@ -50,5 +51,6 @@ __all__ = [
     "make_case",
     "register_method",
     "registered_methods",
+    "target",
     "tolerances",
 ]

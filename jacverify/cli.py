@@ -1,24 +1,220 @@
-"""``jacverify ...``: the command line."""
+"""``jacverify``: check Jacobians of the modules and functions in a file, from the command line.
+
+Exit status: 0 when every applicable method agrees on every target; 1 when a method disagrees or a
+target fails a pre-check (nondeterminism, NaN output, its forward raising); 2 on usage errors
+(a file not found, not Python, raising on import, or nothing to check).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
+
+from jacverify import options
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+
+
+class _Usage(Exception):
+    pass
+
+
+class _Timeout(BaseException):
+    """Raised by the alarm; a BaseException so the user's code and jacverify's own
+    ``except Exception`` (a method that raises is "unsupported") do not swallow it."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jacverify", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="check every module and marked function in FILEs",
+                           description="Runs each FILE's code as `python FILE` would, then checks "
+                           "every nn.Module subclass constructible with no arguments, every module "
+                           "instance at top level, and every function marked @jacverify.target.")
+    check.add_argument("files", nargs="+", metavar="FILE",
+                       help="a .py file or a dotted module name (e.g. jacverify.examples.mlp)")
+    options.add_to_argparse(check)
+    check.add_argument("--batch-size", type=int, default=4, metavar="B",
+                       help="batch size of inferred inputs (default: 4)")
+    check.add_argument("--eval", action="store_true", help="check modules in eval mode")
+    check.add_argument("--quantity", default="batch_jacobian", choices=["batch_jacobian"],
+                       help="what to check (default: batch_jacobian)")
+    check.add_argument("--json", metavar="PATH", help="write the session report as JSON")
+    check.add_argument("--html", metavar="PATH", help="write a self-contained HTML report")
+    check.add_argument("--quiet", action="store_true", help="one line per target")
+    check.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                       help="seconds one target may take before it is abandoned (default: 300)")
+    sub.add_parser("demo", help="check the README's network and print the report")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jacverify", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="check the README's network and print the report")
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        import jacverify
-        from jacverify.examples.networks import ReadmeNet
+    try:
+        if args.command == "demo":
+            return _demo()
+        return _check(args)
+    except _Usage as e:
+        print(f"jacverify: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
-        report = jacverify.check(ReadmeNet(), ReadmeNet.example_input())
-        print(report.render(color=sys.stdout.isatty()))
-        return 0 if report.passed else 1
-    return 2
+
+def _demo() -> int:
+    import jacverify
+    from jacverify.examples.networks import ReadmeNet
+
+    report = jacverify.check(ReadmeNet(), ReadmeNet.example_input())
+    print(report.render(color=sys.stdout.isatty()))
+    return EXIT_OK if report.passed else EXIT_MISMATCH
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the target after ``seconds`` (between Python bytecodes; POSIX main thread only)."""
+    if seconds <= 0 or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _Timeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        kwargs = options.resolve(vars(args))
+    except argparse.ArgumentTypeError as e:
+        raise _Usage(str(e)) from None
+    if args.batch_size < 1:
+        raise _Usage(f"--batch-size={args.batch_size} must be at least 1")
+    from rich.console import Console
+
+    from jacverify.discover import LoadError, discover, load
+    from jacverify.outcomes import session_document, write_json
+
+    # soft_wrap: a line stays one line (greppable, pasteable) whatever the terminal's width.
+    out = Console(highlight=False, soft_wrap=True, width=max(Console().width, 120))
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    usage_errors, candidates = [], []
+    for spec in args.files:
+        try:
+            module = load(spec)
+        except LoadError as e:
+            usage_errors.append(str(e))
+            err.print(f"jacverify: error: {e}", markup=False)
+            continue
+        targets, skipped = discover(module, spec)
+        for line in skipped:
+            out.print(line, markup=False)
+        if not targets:
+            msg = (f"{spec}: nothing to check (define an nn.Module subclass constructible with no "
+                   "arguments, a module instance at top level, or mark a function @jacverify.target)")
+            usage_errors.append(msg)
+            err.print(f"jacverify: error: {msg}", markup=False)
+        candidates += targets
+    outcomes = _run_all(candidates, args, kwargs, out, err)
+    if args.json:
+        write_json(args.json, session_document(outcomes, device=kwargs.get("device", "cpu"),
+                                               dtype=args.dtype, seed=kwargs.get("seed", 0)))
+    if args.html:
+        from jacverify.html_report import write_html
+
+        write_html(args.html, outcomes, f"jacverify check {' '.join(args.files)} (seed "
+                   f"{kwargs.get('seed', 0)}, device {kwargs.get('device', 'cpu')})")
+    failed = [o for o in outcomes if o.status == "failed"]
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("passed", "failed", "skipped")}
+    out.print(f"{counts['passed']} passed, {counts['failed']} failed, "
+              f"{counts['skipped']} skipped target(s)", markup=False)
+    if usage_errors:
+        return EXIT_USAGE
+    return EXIT_MISMATCH if failed else EXIT_OK
+
+
+def _run_all(candidates, args, kwargs, out, err):
+    from rich.progress import Progress
+
+    outcomes = []
+    show = not args.quiet and err.is_terminal and len(candidates) > 1
+    with Progress(console=err, transient=True, disable=not show) as progress:
+        task = progress.add_task("checking", total=len(candidates))
+        for tgt in candidates:
+            progress.update(task, description=tgt.name)
+            outcome = _run_one(tgt, args, kwargs)
+            outcomes.append(outcome)
+            _print_outcome(outcome, args.quiet, out)
+            progress.advance(task)
+    return outcomes
+
+
+def _run_one(tgt, args, kwargs):
+    import jacverify
+    from jacverify.discover import NoInput, example_input
+    from jacverify.outcomes import Outcome
+
+    base = dict(name=tgt.name, kind=tgt.kind)
+    try:
+        with _time_limit(args.timeout):
+            fn = tgt.build()
+            if args.eval and hasattr(fn, "eval"):
+                fn.eval()
+            inputs, axis = example_input(tgt, fn, args.batch_size, kwargs.get("seed", 0),
+                                         kwargs.get("dtype"))
+            shapes = tuple(tuple(t.shape) for t in inputs)
+            base["input_shapes"] = shapes
+            report = jacverify.check(fn, inputs, batch_axis=axis, **kwargs)
+    except _Timeout:
+        return Outcome(**base, error=f"{tgt.name}: abandoned after --timeout={args.timeout:g} s",
+                       failed_precheck=False)
+    except NoInput as e:
+        return Outcome(**base, error=str(e))
+    except (jacverify.NondeterministicFunction, jacverify.NonFiniteOutput,
+            jacverify.FunctionRaised) as e:
+        return Outcome(**base, error=f"{tgt.name}: {e}", failed_precheck=True)
+    except jacverify.InvalidArgument as e:
+        if "methods contains" in str(e) or "device=" in str(e):
+            raise _Usage(str(e)) from None
+        return Outcome(**base, error=f"{tgt.name}: {e}", failed_precheck=True)
+    except jacverify.JacverifyError as e:
+        return Outcome(**base, error=f"{tgt.name}: {e}")
+    except Exception as e:  # noqa: BLE001 - building the target ran the user's code
+        return Outcome(**base, error=f"{tgt.name}: building it raised {type(e).__name__}: {e}",
+                       failed_precheck=True)
+    return Outcome(**base, report=report)
+
+
+def _print_outcome(o, quiet: bool, out) -> None:
+    if o.report is None:
+        out.print(f"{o.name}: {o.status.upper()}: {o.error.removeprefix(o.name + ': ')}",
+                  markup=False)
+        return
+    r = o.report
+    if quiet:
+        agree = sum(x.status == "agree" for x in r.results)
+        line = f"{o.name}: {o.status.upper()} ({agree}/{len(r.results)} agree"
+        if r.mismatches:
+            worst = r.mismatches[0].worst
+            line += (f", {len(r.mismatches)} mismatch: {', '.join(x.method for x in r.mismatches)};"
+                     f" worst {worst.max_abs_error:.3g} at {worst.worst_index})")
+        else:
+            line += f", fastest {r.fastest})"
+        out.print(line, markup=False)
+        return
+    out.rule(f"{o.name} ({o.kind})")
+    out.print(r.table())
+    for line in r._footer():
+        out.print(line, markup=False)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 
 from jacverify.case import Case, Flat, flatten, make_case
-from jacverify.compare import Comparison, Reference, compare, tolerances
+from jacverify.compare import Reference, compare, tolerances
 from jacverify.errors import FunctionRaised, InvalidArgument, JacobianTooLarge, MismatchError
 from jacverify.methods import Method, get_methods
 from jacverify.methods.loops import loop
@@ -161,12 +161,10 @@ def _run(method: Method, flat: Flat, coupled: str | None, max_memory: int,
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         return MethodResult(**meta, status="mismatch", time_s=seconds,
                             reason=f"returned {got}, expected shape {expected}")
-    comparisons: list[Comparison] = [compare(value, r, dtype, rtols) for r in refs]
-    if loop_ref is not None and loop_ref not in refs:  # shown, not trusted
-        comparisons.append(compare(value, loop_ref, dtype, rtols))
-    trusted = comparisons[: len(refs)]
+    trusted = tuple(compare(value, r, dtype, rtols) for r in refs)
+    shown = () if loop_ref is None or loop_ref in refs else (compare(value, loop_ref, dtype, rtols),)
     status = "agree" if all(c.passed for c in trusted) else "mismatch"
-    return MethodResult(**meta, status=status, comparisons=tuple(comparisons), time_s=seconds)
+    return MethodResult(**meta, status=status, comparisons=trusted, time_s=seconds, untrusted=shown)
 
 
 # NOTE [check timings]

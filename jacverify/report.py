@@ -22,8 +22,10 @@ _STYLE = {"agree": "green", "mismatch": "bold red", "not_applicable": "yellow", 
 class MethodResult:
     """One method on one case: its status, its comparisons with the references, its time.
 
-    ``reason`` says why a method is ``not_applicable`` or ``unsupported`` (the error it raised),
-    or what was wrong with a result of the wrong shape.
+    ``comparisons`` are against the trusted references and decide the status; ``untrusted`` are
+    against a reference shown for information only (the loop, when it disagreed with finite
+    differences). ``reason`` says why a method is ``not_applicable`` or ``unsupported`` (the error
+    it raised), or what was wrong with a result of the wrong shape.
     """
 
     method: str
@@ -34,6 +36,7 @@ class MethodResult:
     comparisons: tuple[Comparison, ...] = ()
     reason: str | None = None
     time_s: float | None = None
+    untrusted: tuple[Comparison, ...] = ()
 
     @property
     def worst(self) -> Comparison | None:

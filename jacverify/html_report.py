@@ -1,0 +1,125 @@
+"""A self-contained HTML page: the tables, the worst entries, and matplotlib plots embedded as PNG."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+
+from jacverify.outcomes import Outcome
+from jacverify.report import Report
+
+__all__ = ["write_html"]
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-size: 13px; }
+th { background: #f0f0f0; }
+.agree { color: #11772d; } .mismatch { color: #b00020; font-weight: bold; }
+.not_applicable { color: #9a6700; } .unsupported { color: #7a3db8; }
+pre { background: #f7f7f7; padding: 8px; white-space: pre-wrap; }
+img { max-width: 100%; }
+"""
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(report: Report, title: str) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in report.results if r.time_s]
+    out = []
+    if timed:
+        fig, ax = plt.subplots(figsize=(7, 0.3 * len(timed) + 1))
+        colors = ["#b00020" if r.status == "mismatch" else "#2c7be5" for r in timed]
+        ax.barh([r.method for r in timed], [r.time_s * 1e3 for r in timed], color=colors)
+        ax.set_xscale("log")
+        ax.set_xlabel("time (ms, log scale)")
+        ax.invert_yaxis()
+        ax.set_title(f"{title}: time per method")
+        out.append((f"time per method for {title}", _png(fig)))
+    compared = [r for r in report.results if r.worst is not None]
+    if compared:
+        fig, ax = plt.subplots(figsize=(7, 0.3 * len(compared) + 1))
+        y = range(len(compared))
+        floor = 1e-300
+        ax.scatter([max(r.worst.max_abs_error, floor) for r in compared], y, label="max abs error",
+                   color=["#b00020" if r.status == "mismatch" else "#11772d" for r in compared])
+        ax.scatter([max(r.worst.allowed_at_worst, floor) for r in compared], y, marker="|", s=200,
+                   color="black", label="tolerance at the worst entry")
+        ax.set_yticks(list(y), [r.method for r in compared])
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.legend(loc="lower right", fontsize=8)
+        ax.set_title(f"{title}: error against tolerance")
+        out.append((f"error against tolerance for {title}", _png(fig)))
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
+
+
+def _section(o: Outcome) -> str:
+    e = html.escape
+    parts = [f"<section class='target'><h2>{e(o.name)} <small>({e(o.kind)}, {o.status})</small></h2>"]
+    if o.report is None:
+        parts.append(f"<p class='mismatch'>{e(o.error or '')}</p></section>")
+        return "".join(parts)
+    r = o.report
+    loop = next((x.time_s for x in r.results if x.method == "loop" and x.time_s), None)
+    rows = ["<tr><th>method</th><th>mode</th><th>status</th><th>max abs err</th>"
+            "<th>max rel err</th><th>worst entry</th><th>time (ms)</th><th>vs loop</th><th>reason</th></tr>"]
+    for x in r.results:
+        speed = f"{loop / x.time_s:.1f}x" if loop and x.time_s else ""
+        where = r.flat.describe_index(x.worst_index) if x.worst_index and r.flat else ""
+        rows.append(
+            f"<tr><td>{e(x.method)}</td><td>{e(x.mode)}{' vmap' if x.vectorized else ''}</td>"
+            f"<td class='{x.status}'>{x.status}</td><td>{_fmt(x.max_abs_error)}</td>"
+            f"<td>{_fmt(x.max_rel_error)}</td><td>{e(where)}</td>"
+            f"<td>{_fmt(x.time_s * 1e3 if x.time_s else None)}</td><td>{speed}</td>"
+            f"<td>{e(x.reason or '')}</td></tr>")
+    parts.append("<table class='results'>" + "".join(rows) + "</table>")
+    details = [r.describe(x) for x in r.results if x.status == "mismatch"]
+    extra = [f"reference: {' and '.join(r.trusted)}"] + [f"note: {n}" for n in r.notes]
+    if r.coupling.coupled:
+        extra.append(f"batch coupling: {r.coupling.reason}")
+    if r.hint:
+        extra.append(f"hint: {r.hint}")
+    parts.append("<pre class='details'>" + e("\n".join(extra + details)) + "</pre>")
+    for alt, src in _plots(r, o.name):
+        parts.append(f"<img alt='{e(alt)}' src='{src}'>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+# Marks on <body> how many images decoded, so a headless browser's DOM dump shows the page rendered.
+_MARK_RENDERED = (
+    "window.addEventListener('load', () => { const imgs = [...document.images]; "
+    "document.body.dataset.imagesRendered = imgs.filter(i => i.complete && i.naturalWidth > 0).length; "
+    "document.body.dataset.imagesTotal = imgs.length; });"
+)
+
+
+def write_html(path: str | Path, outcomes: list[Outcome], header: str) -> None:
+    """Write the page; images are inline, so the file stands alone."""
+    body = "".join(_section(o) for o in outcomes)
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>jacverify report</title>"
+        f"<style>{_CSS}</style></head><body><h1>jacverify report</h1>"
+        f"<p>{html.escape(header)}</p>{body}<script>{_MARK_RENDERED}</script></body></html>\n"
+    )
+    Path(path).write_text(page)

@@ -1,0 +1,216 @@
+"""`jacverify check`, run as the real command on files written as any project would write them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "jacverify" / "examples"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jacverify", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def write(tmp_path: Path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+@pytest.mark.parametrize(("example", "code", "expect"), [
+    ("mlp.py", 0, "mlp.py::MLP (module class)"),
+    ("broken_function.py", 1, "FAILED (11 mismatch)"),
+    ("coupled.py", 0, "batch coupling: changing sample 0 changed the outputs"),
+])
+def test_bundled_examples_exit_status_and_report(example, code, expect):
+    result = run("check", str(EXAMPLES / example))
+    assert result.returncode == code, result.stdout + result.stderr
+    assert expect in result.stdout
+
+
+def test_module_name_and_quiet_one_line_per_target():
+    result = run("check", "--quiet", "jacverify.examples.mlp")
+    assert result.returncode == 0
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    assert lines[0].startswith("jacverify.examples.mlp::MLP: PASSED (16/16 agree, fastest ")
+    assert lines[1].startswith("jacverify.examples.mlp::ConvHead: PASSED")
+    assert lines[2] == "2 passed, 0 failed, 0 skipped target(s)"
+
+
+def test_discovery_instances_marked_functions_and_skips(tmp_path):
+    path = write(tmp_path, "model.py", """
+        import torch
+        import jacverify
+        from torch import nn
+
+        class NeedsArgs(nn.Module):
+            def __init__(self, width):
+                super().__init__()
+
+        class NoLayers(nn.Module):
+            def forward(self, x):
+                return x.sin()
+
+        class WithExample(nn.Module):
+            example_input = torch.randn(3, 2, 4)
+            def forward(self, x):
+                return x.tanh().sum(-1)
+
+        net = nn.Sequential(nn.Linear(3, 2), nn.Softplus())
+
+        @jacverify.target(example_input=lambda: (torch.randn(5, 2), torch.randn(5, 2)))
+        def pair(x, y):
+            return x * y.exp()
+
+        def unmarked(x):
+            return x
+    """)
+    result = run("check", "--quiet", path)
+    out = result.stdout
+    assert "model.py::NeedsArgs: skipped, its constructor needs arguments" in out
+    assert ("model.py::NoLayers: SKIPPED: cannot infer an input for " in out
+            and "add an example_input attribute" in out)
+    assert "model.py::WithExample: PASSED" in out
+    assert "model.py::net: PASSED" in out
+    assert "model.py::pair: PASSED" in out
+    assert "unmarked" not in out
+    assert "3 passed, 0 failed, 1 skipped target(s)" in out
+    assert result.returncode == 0
+
+
+def test_eval_flag_makes_dropout_checkable(tmp_path):
+    path = write(tmp_path, "drop.py", """
+        from torch import nn
+        model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Tanh())
+    """)
+    train = run("check", "--quiet", path)
+    assert train.returncode == 1
+    assert "randomness or hidden state" in train.stdout and "model.eval()" in train.stdout
+    assert run("check", "--quiet", "--eval", path).returncode == 0
+
+
+USAGE = [
+    ("missing.py", None, "missing.py: no such file"),
+    ("notes.txt", "hello", "notes.txt: not a Python file"),
+    ("broken.py", "def f(:\n", "broken.py: not valid Python (invalid syntax, line 1)"),
+    ("raises.py", "raise RuntimeError('no GPU here')\n", "raises.py: raised RuntimeError on import: no GPU here"),
+    ("empty.py", "x = 1\n", "empty.py: nothing to check"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "message"), USAGE, ids=[u[0] for u in USAGE])
+def test_usage_errors_exit_2_with_one_line(tmp_path, name, body, message):
+    if body is not None:
+        (tmp_path / name).write_text(body)
+    result = run("check", str(tmp_path / name))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_file_does_not_stop_the_others(tmp_path):
+    bad = write(tmp_path, "raises.py", "raise ImportError('missing dependency')\n")
+    result = run("check", "--quiet", bad, str(EXAMPLES / "mlp.py"))
+    assert result.returncode == 2
+    assert "mlp.py::MLP: PASSED" in result.stdout
+
+
+def test_forward_failing_and_slow_targets_get_a_line_and_the_rest_run(tmp_path):
+    path = write(tmp_path, "mixed.py", """
+        import time
+        from torch import nn
+
+        class WrongShapes(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = nn.Linear(4, 3)
+                self.b = nn.Linear(5, 2)
+            def forward(self, x):
+                return self.b(self.a(x))
+
+        class Slow(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = nn.Linear(2, 2)
+            def forward(self, x):
+                time.sleep(60)
+                return self.a(x)
+
+        class Fine(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = nn.Linear(2, 2)
+            def forward(self, x):
+                return self.a(x).tanh()
+    """)
+    result = run("check", "--quiet", "--timeout", "2", path)
+    out = result.stdout
+    assert "mixed.py::WrongShapes: FAILED: the function raised RuntimeError" in out
+    assert "inputs of shape (4, 4)" in out
+    assert "mixed.py::Slow: SKIPPED: mixed.py::Slow: abandoned after --timeout=2 s" not in out
+    assert "mixed.py::Slow: SKIPPED: abandoned after --timeout=2 s" in out
+    assert "mixed.py::Fine: PASSED" in out
+    assert result.returncode == 1
+
+
+def test_bad_options_are_usage_errors():
+    for args, message in [
+        (["--methods", "vmap_jacrevv"], "did you mean 'vmap_jacrev'"),
+        (["--dtype", "float8"], "dtype 'float8' is not one of"),
+        (["--seed", "x"], "seed 'x' is not an integer"),
+        (["--batch-size", "0"], "--batch-size=0 must be at least 1"),
+    ]:
+        result = run("check", str(EXAMPLES / "mlp.py"), *args)
+        assert result.returncode == 2, args
+        assert message in result.stderr, (args, result.stderr)
+
+
+def test_json_schema(tmp_path):
+    out = tmp_path / "report.json"
+    run("check", "--quiet", "--json", str(out), "--methods", "loop,vmap_jacrev,sum_trick",
+        "--dtype", "float64", "--seed", "3", str(EXAMPLES / "broken_function.py"),
+        str(EXAMPLES / "coupled.py"))
+    doc = json.loads(out.read_text())
+    assert {"jacverify_version", "torch_version", "device", "dtype", "seed", "targets"} <= set(doc)
+    assert (doc["dtype"], doc["seed"], doc["device"]) == ("float64", 3, "cpu")
+    broken, coupled = doc["targets"]
+    assert broken["name"].endswith("broken_function.py::CubeNet")
+    assert broken["kind"] == "module class" and broken["input_shapes"] == [[4, 4]]
+    assert broken["coupled"] is False and coupled["coupled"] is True
+    keys = {"method", "quantity", "mode", "vectorized", "status", "max_abs_error", "max_rel_error",
+            "worst_index", "reason", "time_s"}
+    assert all(keys <= set(r) for t in doc["targets"] for r in t["results"])
+    status = {r["method"]: r["status"] for r in broken["results"]}
+    assert status == {"loop": "mismatch", "vmap_jacrev": "mismatch", "sum_trick": "mismatch"}
+    coupled_status = {r["method"]: r["status"] for r in coupled["results"]}
+    assert coupled_status == {"loop": "agree", "vmap_jacrev": "not_applicable",
+                              "sum_trick": "not_applicable"}
+    assert len(broken["results"][0]["worst_index"]) == 3
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                    reason="chromium is not installed (.ci/run installs it; under CI this fails)")
+def test_html_report_renders_tables_and_images_in_a_real_browser(tmp_path):
+    page = tmp_path / "report.html"
+    result = run("check", "--quiet", "--html", str(page), str(EXAMPLES / "broken_function.py"),
+                 str(EXAMPLES / "mlp.py"))
+    assert result.returncode == 1
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+         "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-images-rendered="6"' in dom and 'data-images-total="6"' in dom
+    assert dom.count("<table class=\"results\">") == 3
+    assert dom.count("<td class=\"mismatch\">mismatch</td>") == 11
+    assert "sample " in dom and "tolerance: |value - ref|" in dom
