@@ -8,49 +8,81 @@ finite differences and the naive loop:
 >>> report = jacverify.check(net, torch.randn(8, 5))
 >>> report.passed, report["vmap_jacrev"].status
 (True, 'agree')
+
+Names are imported on first use, so ``import jacverify`` (and the pytest plugin, which pytest loads
+in every run of a downstream repo) does not import torch until something is called.
 """
 
-from jacverify.case import Case, make_case
-from jacverify.compare import Comparison, Reference, compare, tolerances
-from jacverify.discover import target
-from jacverify.engine import DEFAULT_MAX_MEMORY, assert_jacobians_agree, check, check_method
-from jacverify.errors import (
-    FunctionRaised,
-    InvalidArgument,
-    JacobianTooLarge,
-    JacverifyError,
-    MismatchError,
-    NondeterministicFunction,
-    NonFiniteOutput,
-)
-from jacverify.methods import Method, get_methods, register_method, registered_methods
-from jacverify.report import MethodResult, Report
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Case",
-    "Comparison",
-    "DEFAULT_MAX_MEMORY",
-    "FunctionRaised",
-    "InvalidArgument",
-    "JacobianTooLarge",
-    "JacverifyError",
-    "Method",
-    "MethodResult",
-    "MismatchError",
-    "NonFiniteOutput",
-    "NondeterministicFunction",
-    "Reference",
-    "Report",
-    "assert_jacobians_agree",
-    "check",
-    "check_method",
-    "compare",
-    "get_methods",
-    "make_case",
-    "register_method",
-    "registered_methods",
-    "target",
-    "tolerances",
-]
+# public name -> the module that holds it
+_EXPORTS = {
+    "Case": "jacverify.case",
+    "make_case": "jacverify.case",
+    "Comparison": "jacverify.compare",
+    "Reference": "jacverify.compare",
+    "compare": "jacverify.compare",
+    "tolerances": "jacverify.compare",
+    "target": "jacverify.discover",
+    "DEFAULT_MAX_MEMORY": "jacverify.engine",
+    "assert_jacobians_agree": "jacverify.engine",
+    "check": "jacverify.engine",
+    "check_method": "jacverify.engine",
+    "FunctionRaised": "jacverify.errors",
+    "InvalidArgument": "jacverify.errors",
+    "JacobianTooLarge": "jacverify.errors",
+    "JacverifyError": "jacverify.errors",
+    "MismatchError": "jacverify.errors",
+    "NondeterministicFunction": "jacverify.errors",
+    "NonFiniteOutput": "jacverify.errors",
+    "Method": "jacverify.methods",
+    "get_methods": "jacverify.methods",
+    "register_method": "jacverify.methods",
+    "registered_methods": "jacverify.methods",
+    "unregister_method": "jacverify.methods",
+    "MethodResult": "jacverify.report",
+    "Report": "jacverify.report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jacverify' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from jacverify.case import Case, make_case
+    from jacverify.compare import Comparison, Reference, compare, tolerances
+    from jacverify.discover import target
+    from jacverify.engine import DEFAULT_MAX_MEMORY, assert_jacobians_agree, check, check_method
+    from jacverify.errors import (
+        FunctionRaised,
+        InvalidArgument,
+        JacobianTooLarge,
+        JacverifyError,
+        MismatchError,
+        NondeterministicFunction,
+        NonFiniteOutput,
+    )
+    from jacverify.methods import (
+        Method,
+        get_methods,
+        register_method,
+        registered_methods,
+        unregister_method,
+    )
+    from jacverify.report import MethodResult, Report

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -73,7 +74,7 @@ def check(
                      dtype=dtype, device=device, seed=seed)
     if _case_sink is not None:
         _case_sink(case)
-    with _buffers_restored(case.fn):
+    with _buffers_restored(case.fn), _warnings_isolated():
         return _check(case, chosen, rtols, max_memory)
 
 
@@ -193,6 +194,18 @@ def _timed(compute: Callable[[Flat], torch.Tensor], flat: Flat) -> tuple[torch.T
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else repr(e)
+
+
+# NOTE [warnings inside a check]
+# torch warns from inside its transforms (forward AD's first use calls the deprecated
+# torch.jit.script; vmap falls back to loops with a UserWarning). A downstream suite that runs with
+# `-W error` would turn those into exceptions, and every forward-mode method would become
+# "unsupported" -- silently hiding a wrong jvp. So a check records warnings instead of raising them.
+@contextlib.contextmanager
+def _warnings_isolated() -> Iterator[None]:
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        yield
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import torch
 from jacverify.case import Flat
 from jacverify.errors import InvalidArgument
 
-__all__ = ["Method", "register_method", "registered_methods", "get_methods"]
+__all__ = ["Method", "register_method", "unregister_method", "registered_methods", "get_methods"]
 
 Mode = Literal["reverse", "forward", "numeric"]
 
@@ -77,6 +77,17 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
         )
     _REGISTRY[method.name] = method
     return method
+
+
+def unregister_method(name: str) -> Method:
+    """Remove a method from the registry and return it.
+
+    Raises:
+        InvalidArgument: no method of that name is registered.
+    """
+    if name not in _REGISTRY:
+        raise InvalidArgument(f"no method named {name!r} is registered (known: {', '.join(_REGISTRY)})")
+    return _REGISTRY.pop(name)
 
 
 def registered_methods(quantity: str = "batch_jacobian") -> tuple[Method, ...]:

@@ -1,0 +1,194 @@
+"""The pytest plugin: the ``jacverify`` fixture and marker, options, a summary, a JSON report.
+
+Registered through the ``pytest11`` entry point, so a repo that installs jacverify gets it with no
+configuration. Importing this module does not import torch: the engine is imported the first time
+a test uses the fixture.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jacverify import options
+
+# Keywords the marker and the fixture's calls accept: check()'s options.
+MARKER_KEYWORDS = ("methods", "dtype", "device", "seed", "batch_axis", "out_batch_axis", "rtol",
+                   "max_memory")
+_RECORDS = pytest.StashKey[list]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("jacverify", "jacverify: Jacobian cross-checks")
+    options.add_to_pytest(group, parser)
+    group.addoption("--jacverify-report", dest="jacverify_report", metavar="PATH", default=None,
+                    help="write every check of the session as one JSON document")
+    parser.addini("jacverify_report", "write every check of the session as JSON to this path")
+    group.addoption("--jacverify-profile", dest="jacverify_profile", metavar="NAME", default=None,
+                    help="load jacverify's Hypothesis profile NAME (ci, dev, fuzz)")
+    parser.addini("jacverify_profile", "jacverify's Hypothesis profile to load")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "jacverify(methods=None, dtype=None, device=None, seed=None, ...): options for the "
+        "jacverify fixture's checks in this test (any keyword of jacverify.check)",
+    )
+    config.stash[_RECORDS] = []
+    profile = _option(config, "profile")
+    if profile:
+        from jacverify.profiles import load_profile
+
+        load_profile(profile)
+
+
+def _option(config: pytest.Config, name: str) -> Any:
+    value = config.getoption(f"jacverify_{name}", default=None)
+    return value if value not in (None, "") else (config.getini(f"jacverify_{name}") or None)
+
+
+def _check_marker(item: pytest.Item) -> None:
+    for mark in item.iter_markers("jacverify"):
+        if mark.args:
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.jacverify takes keywords only, "
+                                    f"got positional {mark.args!r}")
+        for key in mark.kwargs:
+            if key not in MARKER_KEYWORDS:
+                close = difflib.get_close_matches(key, MARKER_KEYWORDS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise pytest.UsageError(
+                    f"{item.nodeid}: @pytest.mark.jacverify got unknown keyword {key!r}{hint} "
+                    f"(known: {', '.join(MARKER_KEYWORDS)})")
+        if mark.kwargs.get("methods") is not None:
+            from jacverify.errors import InvalidArgument
+            from jacverify.methods import get_methods
+
+            try:
+                get_methods(mark.kwargs["methods"])
+            except InvalidArgument as e:
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.jacverify: {e}") from None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        _check_marker(item)
+
+
+class JacverifyFixture:
+    """What the ``jacverify`` fixture gives a test: ``check`` and ``check_method`` that fail the
+    test with the report when a method disagrees.
+
+    Options merge in this order, later winning: command line / ini, the test's marker, the call.
+    A method that is ``not_applicable`` or ``unsupported`` fails the test only when the test asked
+    for it by name (in the marker or the call).
+    """
+
+    def __init__(self, defaults: dict[str, Any], marker: dict[str, Any], nodeid: str,
+                 records: list[dict[str, Any]]) -> None:
+        self._defaults, self._marker = defaults, marker
+        self._nodeid, self._records = nodeid, records
+        self.reports: list[Any] = []
+
+    def _options(self, call: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+        merged = {**self._defaults, **self._marker, **call}
+        asked = set(self._marker.get("methods") or ()) | set(call.get("methods") or ())
+        return merged, asked
+
+    def check(self, fn: Any, inputs: Any, **kwargs: Any):
+        """``jacverify.check`` with this test's options; fails the test on a mismatch."""
+        import jacverify
+
+        merged, asked = self._options(kwargs)
+        return self._verdict(jacverify.check(fn, inputs, **merged), asked)
+
+    def check_method(self, method: Any, fn: Any, inputs: Any, **kwargs: Any):
+        """``jacverify.check_method``: the user's own implementation against the references."""
+        import jacverify
+
+        merged, asked = self._options(kwargs)
+        merged.setdefault("methods", list(self._marker.get("methods") or ()))
+        report = jacverify.check_method(method, fn, inputs, **merged)
+        name = getattr(method, "__name__", None) or type(method).__name__
+        return self._verdict(report, asked | {name})
+
+    def _verdict(self, report: Any, asked: set[str]):
+        self.reports.append(report)
+        self._records.append(_record(self._nodeid, report))
+        problems = [r for r in report.results
+                    if r.method in asked and r.status in ("not_applicable", "unsupported")]
+        if report.passed and not problems:
+            return report
+        message = report.failure_message() if not report.passed else ""
+        for r in problems:
+            message += f"\nasked-for method {report.describe(r)}"
+        pytest.fail(message.strip(), pytrace=False)
+
+
+def _record(nodeid: str, report: Any) -> dict[str, Any]:
+    return {"nodeid": nodeid, **report.to_dict()}
+
+
+@pytest.fixture
+def jacverify(request: pytest.FixtureRequest) -> JacverifyFixture:
+    """Check Jacobians in a test: ``jacverify.check(model, x)`` fails the test on a mismatch."""
+    config = request.config
+    raw = {opt.dest: _option(config, opt.dest) for opt in options.OPTIONS}
+    try:
+        defaults = options.resolve(raw)
+    except Exception as e:  # noqa: BLE001 - argparse.ArgumentTypeError and friends
+        raise pytest.UsageError(f"jacverify options: {e}") from None
+    marker: dict[str, Any] = {}
+    for mark in reversed(list(request.node.iter_markers("jacverify"))):
+        marker.update(mark.kwargs)
+    return JacverifyFixture(defaults, marker, request.node.nodeid, config.stash[_RECORDS])
+
+
+# --- the session report: workers hand their records to the controller under pytest-xdist ---
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if hasattr(config, "workeroutput"):  # an xdist worker
+        config.workeroutput["jacverify_records"] = json.dumps(config.stash[_RECORDS])
+        return
+    path = _option(config, "report")
+    if path:
+        Path(path).write_text(json.dumps({"checks": config.stash[_RECORDS]}, indent=2) + "\n")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: collect a finished worker's records."""
+    data = getattr(node, "workeroutput", {}).get("jacverify_records")
+    if data:
+        node.config.stash[_RECORDS].extend(json.loads(data))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    records = config.stash.get(_RECORDS, [])
+    if not records or hasattr(config, "workeroutput"):
+        return
+    tr = terminalreporter
+    tr.write_sep("=", "jacverify summary")
+    statuses = ("agree", "mismatch", "not_applicable", "unsupported")
+    counts: dict[str, dict[str, int]] = {}
+    times: dict[str, list[float]] = {}
+    for rec in records:
+        for r in rec["results"]:
+            counts.setdefault(r["method"], dict.fromkeys(statuses, 0))[r["status"]] += 1
+            if r["time_s"] is not None:
+                times.setdefault(r["method"], []).append(r["time_s"])
+    failed = sum(not rec["passed"] for rec in records)
+    tr.write_line(f"{len(records)} check(s) in {len({r['nodeid'] for r in records})} test(s), "
+                  f"{failed} with a mismatch")
+    width = max(len(m) for m in counts)
+    tr.write_line(f"{'method':<{width}}  " + "  ".join(f"{s:>14}" for s in statuses))
+    for method, c in counts.items():
+        tr.write_line(f"{method:<{width}}  " + "  ".join(f"{c[s]:>14}" for s in statuses))
+    slowest = sorted(((sum(t) / len(t), m) for m, t in times.items()), reverse=True)[:3]
+    tr.write_line("slowest methods (mean time per check): "
+                  + ", ".join(f"{m} {t * 1e3:.2f} ms" for t, m in slowest))
