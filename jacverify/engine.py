@@ -137,9 +137,9 @@ def _trusted_references(ref_flat: Flat, fd: Reference, rtols, notes: list[str]):
         return (loop_ref, fd), loop_ref
     notes.append(
         "the loop reference disagrees with finite differences (max abs error "
-        f"{agreement.max_abs_error:.3g} at {agreement.worst_index}): the backward formulas of the "
-        "function are wrong, so loop is not trusted and every method is judged against finite "
-        "differences, which use no derivative formula"
+        f"{agreement.max_abs_error:.3g} at {agreement.worst_index}), beyond their error bound: a "
+        "backward formula of the function is wrong, so loop is not trusted and every method is "
+        "judged against finite differences, which use no derivative formula"
     )
     return (fd,), loop_ref
 

@@ -136,3 +136,29 @@ def test_a_mutant_of_every_method_is_flagged_and_the_original_is_not(method, how
     assert report[method.name].status == "agree"
     assert report[mutant.name].status == "mismatch"
     assert report[mutant.name].worst_index[0] in ((4,) if how == "entry" else range(5))
+
+
+@pytest.mark.parametrize("offset", [1e-7, 1e-5, 2e-4, 4e-4, 7e-4])
+def test_a_kink_inside_the_fd_steps_is_no_false_mismatch(offset):
+    """ReLU's kink a little right of the input: every step size (h ~ 1e-3) or only some cross it."""
+    f = lambda x: torch.relu(x - 0.3 - offset) * 2.0 + x**2  # noqa: E731
+    x = torch.tensor([[0.3], [1.0], [-0.5]], dtype=torch.float64)
+    report = jacverify.check(f, x, methods=["vmap_jacrev", "loop_rows"])
+    assert report.passed, report.failure_message()
+    assert report.trusted == ("loop", "finite_differences")
+
+
+def test_finite_differences_bound_their_own_error():
+    x = _randn(4, 3).double()
+    from jacverify.case import flatten, make_case
+    from jacverify.oracles import finite_differences
+
+    flat = flatten(make_case(lambda x: torch.stack([x.sin().prod(1), (x**3).sum(1)], 1), x))
+    value, error = finite_differences(flat, independent=True)
+    exact = torch.stack([torch.stack([x.cos()[:, j] * x.sin()[:, [k for k in range(3) if k != j]].prod(1)
+                                      for j in range(3)], 1), 3 * x**2], 1)
+    actual = (value - exact).abs()
+    assert (actual <= error).all()
+    assert error.max() < 1e-7  # sharp enough to catch any wrong formula
+    coupled_value, _ = finite_differences(flat, independent=False)
+    torch.testing.assert_close(coupled_value, value, rtol=0, atol=1e-9)
