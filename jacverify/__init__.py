@@ -9,6 +9,7 @@ finite differences and the naive loop:
 >>> report.passed, report["vmap_jacrev"].status
 (True, 'agree')
 
+``jacverify.compare`` is the module of tolerances and ``compare(value, reference)``.
 Names are imported on first use, so ``import jacverify`` (and the pytest plugin, which pytest loads
 in every run of a downstream repo) does not import torch until something is called.
 """
@@ -26,9 +27,11 @@ _EXPORTS = {
     "make_case": "jacverify.case",
     "Comparison": "jacverify.compare",
     "Reference": "jacverify.compare",
-    "compare": "jacverify.compare",
     "tolerances": "jacverify.compare",
     "target": "jacverify.discover",
+    "fuzz": "jacverify.fuzzing",
+    "FuzzResult": "jacverify.fuzzing",
+    "FuzzFailure": "jacverify.fuzzing",
     "DEFAULT_MAX_MEMORY": "jacverify.engine",
     "assert_jacobians_agree": "jacverify.engine",
     "check": "jacverify.engine",
@@ -66,8 +69,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from jacverify.case import Case, make_case
-    from jacverify.compare import Comparison, Reference, compare, tolerances
+    from jacverify.compare import Comparison, Reference, tolerances
     from jacverify.discover import target
+    from jacverify.fuzzing import FuzzFailure, FuzzResult, fuzz
     from jacverify.engine import DEFAULT_MAX_MEMORY, assert_jacobians_agree, check, check_method
     from jacverify.errors import (
         FunctionRaised,

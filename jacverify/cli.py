@@ -48,6 +48,30 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--quiet", action="store_true", help="one line per target")
     check.add_argument("--timeout", type=float, default=300.0, metavar="S",
                        help="seconds one target may take before it is abandoned (default: 300)")
+    fz = sub.add_parser("fuzz", help="draw random networks and cases, shrink any failure",
+                        description="Draws random network cases with Hypothesis, requires every "
+                        "applicable method to agree with the references, and shrinks the first "
+                        "failure to a runnable reproducer.")
+    budget = fz.add_mutually_exclusive_group()
+    budget.add_argument("--examples", type=int, default=None, metavar="N",
+                        help="examples to generate (default: 100)")
+    budget.add_argument("--seconds", type=float, default=None, metavar="S",
+                        help="fuzz for S seconds instead")
+    fz.add_argument("--methods", metavar="NAMES", help="comma-separated methods (default: all)")
+    fz.add_argument("--quantity", default="batch_jacobian", choices=["batch_jacobian"],
+                    help="what to fuzz (default: batch_jacobian)")
+    fz.add_argument("--seed", type=int, default=None, help="campaign seed (default: random, printed)")
+    fz.add_argument("--profile", default=None, choices=["ci", "dev", "fuzz"],
+                    help="Hypothesis profile (default: JACVERIFY_PROFILE, else ci under CI, else dev)")
+    fz.add_argument("--function", action="append", default=[], metavar="MODULE:CLASS",
+                    help="put this custom autograd.Function in every network (repeatable)")
+    fz.add_argument("--families", metavar="NAMES", help="network families (default: all)")
+    fz.add_argument("--coupled", action="store_true", help="also draw batch-coupled networks")
+    fz.add_argument("--dtype", default=None, help="float32 or float64 (default: both)")
+    fz.add_argument("--shrink-seconds", type=float, default=30.0, metavar="S",
+                    help="how long to shrink a failure (default: 30)")
+    fz.add_argument("--max-depth", type=int, default=3, metavar="D", help="max depth (default: 3)")
+    fz.add_argument("--max-width", type=int, default=5, metavar="W", help="max width (default: 5)")
     sub.add_parser("demo", help="check the README's network and print the report")
     return parser
 
@@ -58,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo()
+        if args.command == "fuzz":
+            return _fuzz(args)
         return _check(args)
     except _Usage as e:
         print(f"jacverify: error: {e}", file=sys.stderr)
@@ -71,6 +97,73 @@ def _demo() -> int:
     report = jacverify.check(ReadmeNet(), ReadmeNet.example_input())
     print(report.render(color=sys.stdout.isatty()))
     return EXIT_OK if report.passed else EXIT_MISMATCH
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    import importlib
+
+    from hypothesis import strategies as st
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    import jacverify
+    from jacverify.fuzzing import fuzz
+    from jacverify.profiles import load_profile
+    from jacverify.strategies import cases, networks
+
+    for path in args.function:
+        module, _, name = path.partition(":")
+        try:
+            ok = isinstance(getattr(importlib.import_module(module), name), type)
+        except Exception:  # noqa: BLE001
+            ok = False
+        if not ok or not name:
+            raise _Usage(f"--function {path!r}: no class {name!r} importable from {module!r} "
+                         "(give MODULE:CLASS, e.g. jacverify.examples.twins:CubeWrongJvp)")
+    try:
+        methods = options.parse_methods(args.methods)
+        if methods:
+            jacverify.get_methods(methods)
+        dtype = options.parse_dtype(args.dtype)
+        families = options.parse_methods(args.families)
+        nets = networks(max_depth=args.max_depth, max_width=args.max_width,
+                        coupled=args.coupled, functions=args.function,
+                        **({"families": families} if families else {}))
+    except (argparse.ArgumentTypeError, jacverify.InvalidArgument) as e:
+        raise _Usage(str(e)) from None
+    profile = load_profile(args.profile)
+    dtypes = st.just(str(dtype).removeprefix("torch.")) if dtype else None
+    strategy = cases(networks=nets, dtypes=dtypes)
+    out = Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True)
+    total = None if args.seconds else (args.examples or 100)
+    columns = [TextColumn("fuzzing {task.completed} examples"), BarColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("fuzz", total=total)
+        result = fuzz(cases=strategy, methods=methods, max_examples=args.examples or 100,
+                      seconds=args.seconds, seed=args.seed, shrink_seconds=args.shrink_seconds,
+                      on_example=lambda case, report: progress.advance(task))
+    table = Table(title=f"jacverify fuzz: {result.examples} examples (shrinking included), "
+                  f"{result.rejected} rejected, {result.seconds:.1f} s, profile {profile}, "
+                  f"seed {result.seed}")
+    statuses = ("agree", "mismatch", "not_applicable", "unsupported")
+    table.add_column("method")
+    for status in statuses:
+        table.add_column(status, justify="right")
+    for method, counts in result.counts.items():
+        table.add_row(method, *(str(counts.get(s, 0)) for s in statuses))
+    out.print(table)
+    if result.failure is None:
+        out.print(f"no failure in {result.examples} examples (seed {result.seed})")
+        return EXIT_OK
+    f = result.failure
+    out.print(f.report.failure_message() if f.report else f"error: {f.error}", markup=False)
+    layers, params = f.case.network.size
+    out.print(f"\nshrunk to {layers} layers, {params} parameters, batch {f.case.batch_size}; "
+              f"replay with (seed {result.seed}):\n", markup=False)
+    out.print(f.snippet, markup=False)
+    return EXIT_MISMATCH
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import copy
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -36,6 +37,7 @@ def check(
     rtol: Mapping[torch.dtype, float] | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
     extra_methods: Sequence[Method] = (),
+    warm_timing: bool = True,
     _case_sink: Callable[[Case], None] | None = None,
 ) -> Report:
     """Compute per-sample Jacobians every applicable way and cross-check them.
@@ -53,6 +55,8 @@ def check(
         rtol: per-dtype overrides merged into NOTE [tolerances]'s defaults.
         max_memory: bytes a method may materialise; larger methods are ``not_applicable``.
         extra_methods: methods to run besides the registered ones (e.g. a user's own).
+        warm_timing: time a quick method twice and keep the faster (NOTE [check timings]);
+            False runs each method once (the fuzz loop, which needs no timings).
 
     Returns:
         A :class:`~jacverify.Report`; ``report.passed`` is False when any method disagrees.
@@ -75,10 +79,10 @@ def check(
     if _case_sink is not None:
         _case_sink(case)
     with _buffers_restored(case.fn), _warnings_isolated():
-        return _check(case, chosen, rtols, max_memory)
+        return _check(case, chosen, rtols, max_memory, 2 if warm_timing else 1)
 
 
-def _check(case: Case, chosen: Sequence[Method], rtols, max_memory: int) -> Report:
+def _check(case: Case, chosen: Sequence[Method], rtols, max_memory: int, runs: int) -> Report:
     flat = flatten(case)
     need = 3 * flat.batch_size * flat.n_out * flat.n_in * 8
     if need > max_memory:
@@ -94,9 +98,18 @@ def _check(case: Case, chosen: Sequence[Method], rtols, max_memory: int) -> Repo
     coupling = check_coupling(ref_flat, case.seed, noise)
     fd_value, fd_error = finite_differences(ref_flat, independent=not coupling.coupled)
     fd = Reference("finite_differences", fd_value, fd_error)
-    refs, loop_ref = _trusted_references(ref_flat, fd, rtols, notes)
-    results = [_run(m, flat, coupling.reason, max_memory, refs, loop_ref, fd, case.dtype, rtols)
-               for m in chosen]
+    loop_ref = _loop_reference(ref_flat, notes)
+    scales = _Scales(_measured_rounding(flat, loop_ref), _derivative_scale(ref_flat))
+    refs = _trusted_references(loop_ref, fd, ref_flat.x.dtype, rtols, scales, notes)
+    if loop_ref not in refs:
+        scales = _Scales(0.0, scales.derivative)  # measured against a loop that is not trusted
+    elif scales.rounding > torch.finfo(flat.x.dtype).eps ** 0.5 * float(loop_ref.value.abs().max()):
+        notes.append(
+            f"this Jacobian is ill-conditioned in {str(flat.x.dtype).removeprefix('torch.')}: the "
+            f"loop there differs from the float64 loop by {scales.rounding:.3g}, more than "
+            "sqrt(eps) of max|J|; that measured rounding (x8) is allowed to every method")
+    results = [_run(m, flat, coupling.reason, max_memory, refs, loop_ref, case.dtype, rtols, scales,
+                    runs) for m in chosen]
     return Report(case, tuple(results), tuple(r.name for r in refs), coupling, refs[0].value,
                   ref_flat.x.dtype, tuple(notes), flat)
 
@@ -124,36 +137,66 @@ def _reference_version(case: Case, notes: list[str]) -> Flat | None:
     return None
 
 
-def _trusted_references(ref_flat: Flat, fd: Reference, rtols, notes: list[str]):
-    """Loop and FD when they agree; FD alone when the loop is wrong (or fails)."""
+@dataclass(frozen=True)
+class _Scales:
+    """Absolute scales every comparison of one check shares (NOTE [tolerances])."""
+
+    rounding: float  # max |loop in the case's dtype - loop in float64|
+    derivative: float  # max|f(x)| / max(1, max|x|)
+
+
+def _derivative_scale(flat: Flat) -> float:
+    with torch.no_grad():
+        return float(flat.fn(flat.x).abs().max()) / max(1.0, float(flat.x.abs().max()))
+
+
+def _measured_rounding(flat: Flat, loop_ref: Reference | None) -> float:
+    """max |loop in the case's dtype - loop in float64|, when they differ in precision."""
+    if loop_ref is None or flat.x.dtype == loop_ref.value.dtype:
+        return 0.0
     try:
-        loop_ref = Reference("loop", loop(ref_flat))
+        low = loop(flat)
+    except Exception:  # noqa: BLE001 - the loop method reports its own failure
+        return 0.0
+    return float((low.to(loop_ref.value) - loop_ref.value).abs().max())
+
+
+def _loop_reference(ref_flat: Flat, notes: list[str]) -> Reference | None:
+    try:
+        return Reference("loop", loop(ref_flat))
     except Exception as e:  # noqa: BLE001
         notes.append(f"the loop reference failed ({type(e).__name__}: {_first_line(e)}); "
                      "methods are judged against finite differences alone")
-        return (fd,), None
-    agreement = compare(loop_ref.value, fd, ref_flat.x.dtype, rtols)
+        return None
+
+
+def _trusted_references(loop_ref: Reference | None, fd: Reference, dtype: torch.dtype, rtols,
+                        scales: _Scales, notes: list[str]) -> tuple[Reference, ...]:
+    """Loop and FD when they agree; FD alone when the loop is wrong (or failed)."""
+    if loop_ref is None:
+        return (fd,)
+    agreement = compare(loop_ref.value, fd, dtype, rtols, derivative_scale=scales.derivative)
     if agreement.passed:
-        return (loop_ref, fd), loop_ref
+        return (loop_ref, fd)
     notes.append(
         "the loop reference disagrees with finite differences (max abs error "
         f"{agreement.max_abs_error:.3g} at {agreement.worst_index}), beyond their error bound: a "
         "backward formula of the function is wrong, so loop is not trusted and every method is "
         "judged against finite differences, which use no derivative formula"
     )
-    return (fd,), loop_ref
+    return (fd,)
 
 
 def _run(method: Method, flat: Flat, coupled: str | None, max_memory: int,
-         refs: tuple[Reference, ...], loop_ref: Reference | None, fd: Reference,
-         dtype: torch.dtype, rtols) -> MethodResult:
+         refs: tuple[Reference, ...], loop_ref: Reference | None,
+         dtype: torch.dtype, rtols, scales: _Scales, runs: int) -> MethodResult:
     meta = dict(method=method.name, quantity=method.quantity, mode=method.mode,
                 vectorized=method.vectorized)
     reason = method.supports(flat, coupled, max_memory)
     if reason:
         return MethodResult(**meta, status="not_applicable", reason=reason)
     try:
-        value, seconds = _timed(method.compute, flat)
+        value, seconds = _timed(method.compute, flat, runs)
     except Exception as e:  # noqa: BLE001 - a method that raises is reported, the check goes on
         return MethodResult(**meta, status="unsupported",
                             reason=f"{type(e).__name__}: {_first_line(e)}")
@@ -162,8 +205,10 @@ def _run(method: Method, flat: Flat, coupled: str | None, max_memory: int,
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         return MethodResult(**meta, status="mismatch", time_s=seconds,
                             reason=f"returned {got}, expected shape {expected}")
-    trusted = tuple(compare(value, r, dtype, rtols) for r in refs)
-    shown = () if loop_ref is None or loop_ref in refs else (compare(value, loop_ref, dtype, rtols),)
+    trusted = tuple(compare(value, r, dtype, rtols, scales.rounding, scales.derivative)
+                    for r in refs)
+    shown = () if loop_ref is None or loop_ref in refs else (
+        compare(value, loop_ref, dtype, rtols, derivative_scale=scales.derivative),)
     status = "agree" if all(c.passed for c in trusted) else "mismatch"
     return MethodResult(**meta, status=status, comparisons=trusted, time_s=seconds, untrusted=shown)
 
@@ -175,10 +220,11 @@ def _run(method: Method, flat: Flat, coupled: str | None, max_memory: int,
 RETIME_BELOW_S = 1.0
 
 
-def _timed(compute: Callable[[Flat], torch.Tensor], flat: Flat) -> tuple[torch.Tensor, float]:
+def _timed(compute: Callable[[Flat], torch.Tensor], flat: Flat,
+           runs: int) -> tuple[torch.Tensor, float]:
     sync = torch.cuda.synchronize if flat.x.is_cuda else (lambda: None)
     best, value = float("inf"), None
-    for _ in range(2):
+    for _ in range(runs):
         sync()
         start = time.perf_counter()
         result = compute(flat)

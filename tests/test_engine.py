@@ -162,3 +162,32 @@ def test_finite_differences_bound_their_own_error():
     assert error.max() < 1e-7  # sharp enough to catch any wrong formula
     coupled_value, _ = finite_differences(flat, independent=False)
     torch.testing.assert_close(coupled_value, value, rtol=0, atol=1e-9)
+
+
+def test_a_jacobian_that_cancels_to_zero_is_no_false_mismatch():
+    """Found by the long fuzz run: LayerNorm of a vector whose entries move together has J = 0
+    exactly, while autodiff returns rounding noise; the derivative scale max|f|/max(1,|x|)
+    absorbs it."""
+    from jacverify.specs import Activation, CaseSpec, Dense, LayerNorm, Network
+
+    net = Network((1,), (Dense(1, 3, (0.75, 0.75, 0.75), (0.0, 0.0, 0.0)), LayerNorm(3),
+                         Activation("sigmoid"), Dense(3, 2, (1.0, 0.5, 0.25, -1.0, 0.0, 1.5), (0.0, 0.0))))
+    module, x = CaseSpec(net, 3, (0.3, -1.1, 1.7)).build()
+    report = jacverify.check(module, x)
+    assert report.passed, report.failure_message()
+    assert float(report.reference.abs().max()) < 1e-12
+    from jacverify.compare import compare
+
+    noisy = jacverify.get_methods(["vmap_jacfwd"])[0].compute(report.flat)
+    without = compare(noisy, jacverify.Reference("loop", report.reference), torch.float64)
+    assert without.max_abs_error > 0 and not without.passed  # real noise, absorbed only by the scale
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_is_compared_honestly(dtype):
+    """sqrt(eps) of bfloat16/float16 and the measured rounding: no false mismatch, twins still caught."""
+    report = jacverify.check(nets.ReadmeNet(), nets.ReadmeNet.example_input(), dtype=dtype)
+    assert report.passed, report.failure_message()
+    assert report.reference_dtype == torch.float64
+    broken = jacverify.check(twins.cube_net(twins.CubeWrongJvp), _randn(6, 5), dtype=dtype)
+    assert _by_status(broken, "mismatch") == FORWARD
