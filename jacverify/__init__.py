@@ -29,6 +29,10 @@ _EXPORTS = {
     "Reference": "jacverify.compare",
     "tolerances": "jacverify.compare",
     "target": "jacverify.discover",
+    "check_jvps": "jacverify.quantities",
+    "check_vjps": "jacverify.quantities",
+    "check_per_sample_jvps": "jacverify.quantities",
+    "NotApplicable": "jacverify.errors",
     "fuzz": "jacverify.fuzzing",
     "FuzzResult": "jacverify.fuzzing",
     "FuzzFailure": "jacverify.fuzzing",
@@ -72,6 +76,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from jacverify.compare import Comparison, Reference, tolerances
     from jacverify.discover import target
     from jacverify.fuzzing import FuzzFailure, FuzzResult, fuzz
+    from jacverify.quantities import check_jvps, check_per_sample_jvps, check_vjps
     from jacverify.engine import DEFAULT_MAX_MEMORY, assert_jacobians_agree, check, check_method
     from jacverify.errors import (
         FunctionRaised,
@@ -81,6 +86,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         MismatchError,
         NondeterministicFunction,
         NonFiniteOutput,
+        NotApplicable,
     )
     from jacverify.methods import (
         Method,

@@ -205,6 +205,7 @@ class Flat:
     x: torch.Tensor
     in_shapes: tuple[tuple[int, ...], ...]
     out_shapes: tuple[tuple[int, ...], ...]
+    vectors: torch.Tensor | None = None  # (K, N) or (K, M) for the JVP/VJP quantities
 
     @property
     def batch_size(self) -> int:
@@ -218,10 +219,18 @@ class Flat:
     def n_out(self) -> int:
         return sum(math.prod(s) for s in self.out_shapes)
 
-    def describe_index(self, index: tuple[int, int, int]) -> str:
-        """Name a flat (sample, output, input) entry in the user's shapes."""
-        b, m, n = index
-        return f"sample {b}, {self.describe_output(m)}, {_unravel(n, self.in_shapes, 'input')}"
+    def describe_index(self, index: tuple[int, ...],
+                       labels: tuple[str, ...] = ("sample", "output", "input")) -> str:
+        """Name an entry of a quantity in the user's shapes, e.g. ``sample 2, output[1], input[0]``."""
+        parts = []
+        for i, label in zip(index, labels):
+            if label == "output":
+                parts.append(self.describe_output(i))
+            elif label == "input":
+                parts.append(_unravel(i, self.in_shapes, "input"))
+            else:
+                parts.append(f"{label} {i}")
+        return ", ".join(parts)
 
     def describe_output(self, m: int) -> str:
         """Name a flat output entry in the user's shapes, e.g. ``output[1, 2]``."""

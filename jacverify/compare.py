@@ -59,7 +59,7 @@ def tolerances(overrides: Mapping[torch.dtype, float] | None = None) -> dict[tor
 
 @dataclass(frozen=True)
 class Reference:
-    """A reference value (B, M, N) in float64 where possible, with its elementwise error bound."""
+    """A reference value (e.g. (B, M, N)) in float64 where possible, with its elementwise error bound."""
 
     name: str
     value: torch.Tensor
@@ -79,7 +79,7 @@ class Comparison:
     passed: bool
     max_abs_error: float
     max_rel_error: float
-    worst_index: tuple[int, int, int]
+    worst_index: tuple[int, ...]
     value_at_worst: float
     reference_at_worst: float
     allowed_at_worst: float

@@ -13,10 +13,16 @@ import torch
 
 from jacverify.case import Case, Flat, flatten, make_case
 from jacverify.compare import Reference, compare, tolerances
-from jacverify.errors import FunctionRaised, InvalidArgument, JacobianTooLarge, MismatchError
+from jacverify.errors import (
+    FunctionRaised,
+    InvalidArgument,
+    JacobianTooLarge,
+    MismatchError,
+    NotApplicable,
+)
 from jacverify.methods import Method, get_methods
 from jacverify.methods.loops import loop
-from jacverify.oracles import check_coupling, check_determinism, finite_differences
+from jacverify.oracles import Coupling, check_coupling, check_determinism, finite_differences
 from jacverify.report import MethodResult, Report
 
 __all__ = ["check", "check_method", "assert_jacobians_agree", "DEFAULT_MAX_MEMORY"]
@@ -82,7 +88,22 @@ def check(
         return _check(case, chosen, rtols, max_memory, 2 if warm_timing else 1)
 
 
-def _check(case: Case, chosen: Sequence[Method], rtols, max_memory: int, runs: int) -> Report:
+@dataclass(frozen=True)
+class _Verified:
+    """The per-sample Jacobian references of a case, after the pre-checks: what every quantity's
+    references are built from."""
+
+    flat: Flat
+    ref_flat: Flat
+    coupling: Coupling
+    fd: Reference
+    loop: Reference | None
+    refs: tuple[Reference, ...]
+    scales: _Scales
+    notes: tuple[str, ...]
+
+
+def _verify(case: Case, rtols, max_memory: int) -> _Verified:
     flat = flatten(case)
     need = 3 * flat.batch_size * flat.n_out * flat.n_in * 8
     if need > max_memory:
@@ -108,10 +129,15 @@ def _check(case: Case, chosen: Sequence[Method], rtols, max_memory: int, runs: i
             f"this Jacobian is ill-conditioned in {str(flat.x.dtype).removeprefix('torch.')}: the "
             f"loop there differs from the float64 loop by {scales.rounding:.3g}, more than "
             "sqrt(eps) of max|J|; that measured rounding (x8) is allowed to every method")
-    results = [_run(m, flat, coupling.reason, max_memory, refs, loop_ref, case.dtype, rtols, scales,
-                    runs) for m in chosen]
-    return Report(case, tuple(results), tuple(r.name for r in refs), coupling, refs[0].value,
-                  ref_flat.x.dtype, tuple(notes), flat)
+    return _Verified(flat, ref_flat, coupling, fd, loop_ref, refs, scales, tuple(notes))
+
+
+def _check(case: Case, chosen: Sequence[Method], rtols, max_memory: int, runs: int) -> Report:
+    v = _verify(case, rtols, max_memory)
+    results = [_run(m, v.flat, v.coupling.reason, max_memory, v.refs, v.loop, case.dtype, rtols,
+                    v.scales, runs) for m in chosen]
+    return Report(case, tuple(results), tuple(r.name for r in v.refs), v.coupling, v.refs[0].value,
+                  v.ref_flat.x.dtype, v.notes, v.flat)
 
 
 def _reference_version(case: Case, notes: list[str]) -> Flat | None:
@@ -189,7 +215,8 @@ def _trusted_references(loop_ref: Reference | None, fd: Reference, dtype: torch.
 
 def _run(method: Method, flat: Flat, coupled: str | None, max_memory: int,
          refs: tuple[Reference, ...], loop_ref: Reference | None,
-         dtype: torch.dtype, rtols, scales: _Scales, runs: int) -> MethodResult:
+         dtype: torch.dtype, rtols, scales: _Scales, runs: int,
+         expected: tuple[int, ...] | None = None) -> MethodResult:
     meta = dict(method=method.name, quantity=method.quantity, mode=method.mode,
                 vectorized=method.vectorized)
     reason = method.supports(flat, coupled, max_memory)
@@ -197,10 +224,12 @@ def _run(method: Method, flat: Flat, coupled: str | None, max_memory: int,
         return MethodResult(**meta, status="not_applicable", reason=reason)
     try:
         value, seconds = _timed(method.compute, flat, runs)
+    except NotApplicable as e:
+        return MethodResult(**meta, status="not_applicable", reason=str(e))
     except Exception as e:  # noqa: BLE001 - a method that raises is reported, the check goes on
         return MethodResult(**meta, status="unsupported",
                             reason=f"{type(e).__name__}: {_first_line(e)}")
-    expected = (flat.batch_size, flat.n_out, flat.n_in)
+    expected = expected or (flat.batch_size, flat.n_out, flat.n_in)
     if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         return MethodResult(**meta, status="mismatch", time_s=seconds,

@@ -15,6 +15,7 @@ __all__ = [
     "NonFiniteOutput",
     "JacobianTooLarge",
     "MismatchError",
+    "NotApplicable",
 ]
 
 
@@ -40,6 +41,10 @@ class NonFiniteOutput(JacverifyError):
 
 class JacobianTooLarge(JacverifyError, MemoryError):
     """The reference Jacobian would not fit in the memory budget given to the check."""
+
+
+class NotApplicable(JacverifyError):
+    """Raised by a method that finds, while running, that its assumption does not hold here."""
 
 
 class MismatchError(JacverifyError, AssertionError):

@@ -85,7 +85,7 @@ def _section(o: Outcome) -> str:
             "<th>max rel err</th><th>worst entry</th><th>time (ms)</th><th>vs loop</th><th>reason</th></tr>"]
     for x in r.results:
         speed = f"{loop / x.time_s:.1f}x" if loop and x.time_s else ""
-        where = r.flat.describe_index(x.worst_index) if x.worst_index and r.flat else ""
+        where = r.flat.describe_index(x.worst_index, r.index_labels) if x.worst_index and r.flat else ""
         rows.append(
             f"<tr><td>{e(x.method)}</td><td>{e(x.mode)}{' vmap' if x.vectorized else ''}</td>"
             f"<td class='{x.status}'>{x.status}</td><td>{_fmt(x.max_abs_error)}</td>"

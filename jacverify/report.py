@@ -56,7 +56,7 @@ class MethodResult:
         return self.worst.max_rel_error if self.worst else None
 
     @property
-    def worst_index(self) -> tuple[int, int, int] | None:
+    def worst_index(self) -> tuple[int, ...] | None:
         return self.worst.worst_index if self.worst else None
 
 
@@ -82,6 +82,7 @@ class Report:
     notes: tuple[str, ...] = ()
     flat: Flat | None = field(default=None, repr=False, compare=False)
     quantity: str = "batch_jacobian"
+    index_labels: tuple[str, ...] = ("sample", "output", "input")
 
     @property
     def passed(self) -> bool:
@@ -130,7 +131,8 @@ class Report:
         c = result.worst
         if c is None:
             return head
-        where = self.flat.describe_index(c.worst_index) if self.flat else str(c.worst_index)
+        where = (self.flat.describe_index(c.worst_index, self.index_labels) if self.flat
+                 else str(c.worst_index))
         return (
             f"{head}\n  against {c.reference}: max abs error {c.max_abs_error:.3g}, max rel error "
             f"{c.max_rel_error:.3g}; worst entry {c.worst_index} ({where}): "

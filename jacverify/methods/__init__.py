@@ -59,7 +59,7 @@ class Method:
         return None
 
 
-_REGISTRY: dict[str, Method] = {}
+_REGISTRY: dict[tuple[str, str], Method] = {}  # (quantity, name) -> method
 
 
 def register_method(method: Method, *, replace: bool = False) -> Method:
@@ -70,24 +70,25 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     """
     if not isinstance(method, Method):
         raise InvalidArgument(f"method={method!r} must be a jacverify.Method")
-    if method.name in _REGISTRY and not replace:
+    if (method.quantity, method.name) in _REGISTRY and not replace:
         raise InvalidArgument(
             f"a method named {method.name!r} is registered already; pick another name or pass "
             "replace=True"
         )
-    _REGISTRY[method.name] = method
+    _REGISTRY[(method.quantity, method.name)] = method
     return method
 
 
-def unregister_method(name: str) -> Method:
+def unregister_method(name: str, quantity: str = "batch_jacobian") -> Method:
     """Remove a method from the registry and return it.
 
     Raises:
-        InvalidArgument: no method of that name is registered.
+        InvalidArgument: no method of that name is registered for ``quantity``.
     """
-    if name not in _REGISTRY:
-        raise InvalidArgument(f"no method named {name!r} is registered (known: {', '.join(_REGISTRY)})")
-    return _REGISTRY.pop(name)
+    if (quantity, name) not in _REGISTRY:
+        known = ", ".join(n for q, n in _REGISTRY if q == quantity)
+        raise InvalidArgument(f"no {quantity} method named {name!r} is registered (known: {known})")
+    return _REGISTRY.pop((quantity, name))
 
 
 def registered_methods(quantity: str = "batch_jacobian") -> tuple[Method, ...]:
@@ -120,4 +121,4 @@ def get_methods(names: Iterable[str] | None, quantity: str = "batch_jacobian") -
 
 
 # Importing the families registers them, in the order reports list them.
-from jacverify.methods import loops, functional, func, tricks  # noqa: E402,F401
+from jacverify.methods import loops, functional, func, tricks, directional  # noqa: E402,F401

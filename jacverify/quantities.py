@@ -1,0 +1,186 @@
+"""JVP and VJP sets at one point, and per-sample JVPs: checked like per-sample Jacobians.
+
+Their references come from the verified per-sample Jacobian (loop and finite differences, after
+the same pre-checks), mapped linearly with its error bound, plus directional finite differences
+where a direction can be perturbed directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from jacverify.case import Flat, make_case
+from jacverify.compare import Reference, tolerances
+from jacverify.engine import DEFAULT_MAX_MEMORY, _buffers_restored, _run, _Scales, _verify, \
+    _warnings_isolated
+from jacverify.errors import InvalidArgument
+from jacverify.methods import get_methods
+from jacverify.oracles import finite_differences
+from jacverify.report import Report
+
+__all__ = ["check_jvps", "check_vjps", "check_per_sample_jvps"]
+
+
+class _AtPoint(nn.Module):
+    """f of one point, as a batch of one: a module so ``.double()`` reaches ``fn``'s parameters."""
+
+    def __init__(self, fn: Callable) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, xb: torch.Tensor) -> torch.Tensor:
+        out = self.fn(xb.squeeze(0))
+        if not isinstance(out, torch.Tensor):
+            raise InvalidArgument(f"the function returned {type(out).__name__}; JVP/VJP checks "
+                                  "need one output tensor")
+        return out.unsqueeze(0)
+
+    @property
+    def __name__(self) -> str:  # reports name the user's function
+        return getattr(self.fn, "__name__", type(self.fn).__name__)
+
+
+def _vectors(name: str, vectors: object, shape: tuple[int, ...], per: str) -> torch.Tensor:
+    if not isinstance(vectors, torch.Tensor) or not vectors.is_floating_point():
+        raise InvalidArgument(f"{name}={type(vectors).__name__} must be a floating tensor of shape "
+                              f"(K, {', '.join(map(str, shape))}), one {per} per row")
+    if tuple(vectors.shape[1:]) != shape or vectors.ndim != len(shape) + 1 or not len(vectors):
+        raise InvalidArgument(f"{name} has shape {tuple(vectors.shape)}; expected (K, "
+                              f"{', '.join(map(str, shape))}) with K >= 1: one {per} per row")
+    return vectors.reshape(len(vectors), -1)
+
+
+def _directional(ref_flat: Flat, vectors: torch.Tensor, per_sample: bool,
+                 independent: bool) -> Reference:
+    """FD of t -> f(x + t v) for each vector (one point) or each sample's own vector."""
+    x, g = ref_flat.x, ref_flat.fn
+    v = vectors.to(x)
+    if per_sample:
+        fn = lambda t: g(x + t * v)  # noqa: E731
+    else:
+        fn = lambda t: torch.cat([g(x + t[k] * v[k]) for k in range(len(v))])  # noqa: E731
+    line = dataclasses.replace(ref_flat, fn=fn, x=x.new_zeros(len(v), 1), in_shapes=((1,),))
+    value, error = finite_differences(line, independent=independent or not per_sample)
+    return Reference("directional_fd", value[..., 0], error[..., 0])
+
+
+def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
+                  expected: tuple[int, ...], labels: tuple[str, ...], direction: str | None,
+                  methods, rtol, max_memory: int, warm_timing: bool) -> Report:
+    chosen = get_methods(methods, quantity)
+    rtols = tolerances(rtol)
+    with _buffers_restored(case.fn), _warnings_isolated():
+        v = _verify(case, rtols, max_memory)
+        vec64 = vectors.to(device=v.ref_flat.x.device, dtype=v.ref_flat.x.dtype)
+        refs = [Reference(r.name, *derive(r.value, r.error, vec64)) for r in v.refs]
+        if direction is not None:
+            refs.append(_directional(v.ref_flat, vec64, direction == "per_sample",
+                                     not v.coupling.coupled))
+        loop = next((r for r in refs if r.name == "loop"), None)
+        if loop is None and v.loop is not None:  # shown, not trusted
+            loop = Reference("loop", *derive(v.loop.value, None, vec64))
+        norm = float(vec64.abs().sum(-1).max())  # |J v| <= sum_j |J_.j| |v_j|
+        scales = _Scales(v.scales.rounding * norm, v.scales.derivative * norm)
+        flat = dataclasses.replace(v.flat, vectors=vectors.to(v.flat.x))
+        results = [_run(m, flat, v.coupling.reason, max_memory, tuple(refs), loop, case.dtype,
+                        rtols, scales, 2 if warm_timing else 1, expected) for m in chosen]
+    return Report(case, tuple(results), tuple(r.name for r in refs), v.coupling, refs[0].value,
+                  v.ref_flat.x.dtype, v.notes, v.flat, quantity, labels)
+
+
+def _linear(spec: str) -> Callable:
+    def derive(jac: torch.Tensor, error: torch.Tensor | None, vec: torch.Tensor):
+        value = torch.einsum(spec, jac, vec)
+        return value, None if error is None else torch.einsum(spec, error, vec.abs())
+
+    return derive
+
+
+def _options(dtype, device, seed) -> dict:
+    return dict(dtype=dtype, device=device, seed=seed)
+
+
+def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
+               methods: Sequence[str] | None = None, dtype: torch.dtype | None = None,
+               device: str | torch.device | None = None, seed: int = 0,
+               rtol: Mapping[torch.dtype, float] | None = None,
+               max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True) -> Report:
+    """Check every way to compute ``J v_i`` at one point ``x`` for K vectors, shape (K, out).
+
+    ``fn`` maps ``x`` (any shape, no batch axis) to one output tensor; ``vectors`` is (K, *x.shape).
+    References: the verified Jacobian times each vector, and directional finite differences.
+
+    >>> f = lambda x: torch.stack([x.sin().sum(), (x * x).prod()])
+    >>> report = check_jvps(f, torch.tensor([0.5, -1.0]), torch.eye(2))
+    >>> report.passed, report.reference.shape
+    (True, torch.Size([2, 2]))
+    """
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgument(f"x={type(x).__name__} must be a tensor: the point")
+    vec = _vectors("vectors", vectors, tuple(x.shape), "tangent")
+    case = make_case(_AtPoint(fn), x.unsqueeze(0), **_options(dtype, device, seed))
+    m = case.fn(case.inputs[0]).numel()
+    return _run_quantity(case, "jvp_set", vec, _linear("bmn,kn->km"), (len(vec), m),
+                         ("vector", "output"), "set", methods, rtol, max_memory, warm_timing)
+
+
+def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
+               methods: Sequence[str] | None = None, dtype: torch.dtype | None = None,
+               device: str | torch.device | None = None, seed: int = 0,
+               rtol: Mapping[torch.dtype, float] | None = None,
+               max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True) -> Report:
+    """Check every way to compute ``vᵀ_i J`` at one point ``x`` for K cotangents, shape (K, in).
+
+    ``vectors`` is (K, *out_shape). The reference is the adjoint identity through the verified
+    Jacobian: ``<vᵀJ, t> = <v, J t>`` for every tangent t, i.e. ``vᵀ J`` with J checked against
+    loops and finite differences.
+
+    >>> f = lambda x: torch.stack([x.sin().sum(), (x * x).prod()])
+    >>> check_vjps(f, torch.tensor([0.5, -1.0]), torch.eye(2)).passed
+    True
+    """
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgument(f"x={type(x).__name__} must be a tensor: the point")
+    case = make_case(_AtPoint(fn), x.unsqueeze(0), **_options(dtype, device, seed))
+    with torch.no_grad():
+        out_shape = tuple(case.fn(case.inputs[0]).shape[1:])
+    vec = _vectors("vectors", vectors, out_shape, "cotangent")
+    return _run_quantity(case, "vjp_set", vec, _linear("bmn,km->kn"),
+                         (len(vec), case.inputs[0].numel()), ("vector", "input"), None, methods,
+                         rtol, max_memory, warm_timing)
+
+
+def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
+                          batch_axis: int = 0, methods: Sequence[str] | None = None,
+                          dtype: torch.dtype | None = None,
+                          device: str | torch.device | None = None, seed: int = 0,
+                          rtol: Mapping[torch.dtype, float] | None = None,
+                          max_memory: int = DEFAULT_MAX_MEMORY,
+                          warm_timing: bool = True) -> Report:
+    """Check every way to compute per-sample ``J_b v_b`` for a batch, shape (B, out).
+
+    ``vectors`` has the shape of ``x``: one tangent per sample. References: the verified
+    per-sample Jacobian applied to each sample's vector, and per-sample directional finite
+    differences (one sample moved at a time when samples interact).
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh())
+    >>> check_per_sample_jvps(net, torch.randn(5, 3), torch.randn(5, 3)).passed
+    True
+    """
+    if not isinstance(vectors, torch.Tensor) or not isinstance(x, torch.Tensor) \
+            or vectors.shape != x.shape:
+        got = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
+        raise InvalidArgument(f"vectors has shape {got}; per-sample JVPs need one tangent per "
+                              f"sample, the shape of x {tuple(x.shape) if isinstance(x, torch.Tensor) else ''}")
+    case = make_case(fn, x, batch_axis=batch_axis, **_options(dtype, device, seed))
+    vec = vectors.movedim(case.batch_axis, 0).reshape(case.batch_size, -1)
+    with torch.no_grad():
+        flat_out = case.fn(*case.inputs)
+    m = flat_out.numel() // case.batch_size
+    return _run_quantity(case, "per_sample_jvp", vec, _linear("bmn,bn->bm"),
+                         (case.batch_size, m), ("sample", "output"), "per_sample", methods, rtol,
+                         max_memory, warm_timing)
