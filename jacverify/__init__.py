@@ -32,6 +32,8 @@ _EXPORTS = {
     "check_jvps": "jacverify.quantities",
     "check_vjps": "jacverify.quantities",
     "check_per_sample_jvps": "jacverify.quantities",
+    "check_hessians": "jacverify.quantities",
+    "check_hessian_diagonals": "jacverify.quantities",
     "NotApplicable": "jacverify.errors",
     "fuzz": "jacverify.fuzzing",
     "FuzzResult": "jacverify.fuzzing",
@@ -76,7 +78,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from jacverify.compare import Comparison, Reference, tolerances
     from jacverify.discover import target
     from jacverify.fuzzing import FuzzFailure, FuzzResult, fuzz
-    from jacverify.quantities import check_jvps, check_per_sample_jvps, check_vjps
+    from jacverify.quantities import (
+        check_hessian_diagonals,
+        check_hessians,
+        check_jvps,
+        check_per_sample_jvps,
+        check_vjps,
+    )
     from jacverify.engine import DEFAULT_MAX_MEMORY, assert_jacobians_agree, check, check_method
     from jacverify.errors import (
         FunctionRaised,

@@ -216,7 +216,8 @@ def _trusted_references(loop_ref: Reference | None, fd: Reference, dtype: torch.
 def _run(method: Method, flat: Flat, coupled: str | None, max_memory: int,
          refs: tuple[Reference, ...], loop_ref: Reference | None,
          dtype: torch.dtype, rtols, scales: _Scales, runs: int,
-         expected: tuple[int, ...] | None = None) -> MethodResult:
+         expected: tuple[int, ...] | None = None,
+         finding: Callable[[torch.Tensor], str | None] | None = None) -> MethodResult:
     meta = dict(method=method.name, quantity=method.quantity, mode=method.mode,
                 vectorized=method.vectorized)
     reason = method.supports(flat, coupled, max_memory)
@@ -239,7 +240,8 @@ def _run(method: Method, flat: Flat, coupled: str | None, max_memory: int,
     shown = () if loop_ref is None or loop_ref in refs else (
         compare(value, loop_ref, dtype, rtols, derivative_scale=scales.derivative),)
     status = "agree" if all(c.passed for c in trusted) else "mismatch"
-    return MethodResult(**meta, status=status, comparisons=trusted, time_s=seconds, untrusted=shown)
+    return MethodResult(**meta, status=status, comparisons=trusted, time_s=seconds, untrusted=shown,
+                        reason=finding(value) if finding else None)
 
 
 # NOTE [check timings]

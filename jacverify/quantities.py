@@ -22,7 +22,11 @@ from jacverify.methods import get_methods
 from jacverify.oracles import finite_differences
 from jacverify.report import Report
 
-__all__ = ["check_jvps", "check_vjps", "check_per_sample_jvps"]
+__all__ = ["check_jvps", "check_vjps", "check_per_sample_jvps", "check_hessians",
+           "check_hessian_diagonals"]
+
+
+SCALING = (1, 4, 16)  # numbers of vectors each agreeing JVP/VJP-set method is timed on
 
 
 class _AtPoint(nn.Module):
@@ -68,9 +72,28 @@ def _directional(ref_flat: Flat, vectors: torch.Tensor, per_sample: bool,
     return Reference("directional_fd", value[..., 0], error[..., 0])
 
 
+def _scaling(chosen, results, flat: Flat, sizes: Sequence[int], seed: int):
+    """Time each agreeing method on K random vectors for each K in ``sizes`` (best of two runs)."""
+    from jacverify.engine import _timed
+
+    gen = torch.Generator().manual_seed(seed)
+    width = flat.vectors.shape[1]
+    table = []
+    for method, result in zip(chosen, results):
+        if result.status != "agree":
+            continue
+        points = []
+        for k in sizes:
+            vecs = torch.randn(k, width, generator=gen, dtype=torch.float64).to(flat.x)
+            points.append((k, _timed(method.compute, dataclasses.replace(flat, vectors=vecs), 2)[1]))
+        table.append((method.name, tuple(points)))
+    return tuple(table)
+
+
 def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
                   expected: tuple[int, ...], labels: tuple[str, ...], direction: str | None,
-                  methods, rtol, max_memory: int, warm_timing: bool) -> Report:
+                  methods, rtol, max_memory: int, warm_timing: bool,
+                  scaling: Sequence[int] = ()) -> Report:
     chosen = get_methods(methods, quantity)
     rtols = tolerances(rtol)
     with _buffers_restored(case.fn), _warnings_isolated():
@@ -88,8 +111,9 @@ def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
         flat = dataclasses.replace(v.flat, vectors=vectors.to(v.flat.x))
         results = [_run(m, flat, v.coupling.reason, max_memory, tuple(refs), loop, case.dtype,
                         rtols, scales, 2 if warm_timing else 1, expected) for m in chosen]
+        growth = _scaling(chosen, results, flat, scaling, case.seed) if scaling else ()
     return Report(case, tuple(results), tuple(r.name for r in refs), v.coupling, refs[0].value,
-                  v.ref_flat.x.dtype, v.notes, v.flat, quantity, labels)
+                  v.ref_flat.x.dtype, v.notes, v.flat, quantity, labels, growth)
 
 
 def _linear(spec: str) -> Callable:
@@ -108,11 +132,13 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
                methods: Sequence[str] | None = None, dtype: torch.dtype | None = None,
                device: str | torch.device | None = None, seed: int = 0,
                rtol: Mapping[torch.dtype, float] | None = None,
-               max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True) -> Report:
+               max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True,
+               scaling: Sequence[int] = SCALING) -> Report:
     """Check every way to compute ``J v_i`` at one point ``x`` for K vectors, shape (K, out).
 
     ``fn`` maps ``x`` (any shape, no batch axis) to one output tensor; ``vectors`` is (K, *x.shape).
     References: the verified Jacobian times each vector, and directional finite differences.
+    ``report.scaling`` times every agreeing method on K = 1, 4, 16 random vectors (``scaling=``).
 
     >>> f = lambda x: torch.stack([x.sin().sum(), (x * x).prod()])
     >>> report = check_jvps(f, torch.tensor([0.5, -1.0]), torch.eye(2))
@@ -125,14 +151,16 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     case = make_case(_AtPoint(fn), x.unsqueeze(0), **_options(dtype, device, seed))
     m = case.fn(case.inputs[0]).numel()
     return _run_quantity(case, "jvp_set", vec, _linear("bmn,kn->km"), (len(vec), m),
-                         ("vector", "output"), "set", methods, rtol, max_memory, warm_timing)
+                         ("vector", "output"), "set", methods, rtol, max_memory, warm_timing,
+                         scaling)
 
 
 def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
                methods: Sequence[str] | None = None, dtype: torch.dtype | None = None,
                device: str | torch.device | None = None, seed: int = 0,
                rtol: Mapping[torch.dtype, float] | None = None,
-               max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True) -> Report:
+               max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True,
+               scaling: Sequence[int] = SCALING) -> Report:
     """Check every way to compute ``vᵀ_i J`` at one point ``x`` for K cotangents, shape (K, in).
 
     ``vectors`` is (K, *out_shape). The reference is the adjoint identity through the verified
@@ -151,7 +179,7 @@ def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     vec = _vectors("vectors", vectors, out_shape, "cotangent")
     return _run_quantity(case, "vjp_set", vec, _linear("bmn,km->kn"),
                          (len(vec), case.inputs[0].numel()), ("vector", "input"), None, methods,
-                         rtol, max_memory, warm_timing)
+                         rtol, max_memory, warm_timing, scaling)
 
 
 def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
@@ -184,3 +212,130 @@ def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, 
     return _run_quantity(case, "per_sample_jvp", vec, _linear("bmn,bn->bm"),
                          (case.batch_size, m), ("sample", "output"), "per_sample", methods, rtol,
                          max_memory, warm_timing)
+
+
+# --- per-sample second derivatives ---
+
+# Modules whose second derivative is zero almost everywhere and undefined at a kink (or, for ELU,
+# jumps): a Hessian check there would only test the kinks.
+_NOT_TWICE_DIFFERENTIABLE = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "Hardtanh",
+                             "Hardswish", "Hardsigmoid", "Hardshrink", "Softshrink", "Threshold",
+                             "ELU", "CELU", "_Abs")
+
+
+def _kinks(fn: object) -> list[str]:
+    if not isinstance(fn, nn.Module):
+        return []
+    return sorted({type(m).__name__ for m in fn.modules()
+                   if type(m).__name__ in _NOT_TWICE_DIFFERENTIABLE})
+
+
+def _hessian_reference(v) -> Reference:
+    """Finite differences of the verified first derivative (the float64 loop), with its bound."""
+    from jacverify.methods.loops import loop
+
+    ref = v.ref_flat
+    b, m, n = ref.batch_size, ref.n_out, ref.n_in
+
+    def jacobian(z: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            return loop(dataclasses.replace(ref, x=z)).reshape(b, m * n)
+
+    line = dataclasses.replace(ref, fn=jacobian, out_shapes=((m * n,),))
+    value, error = finite_differences(line, independent=not v.coupling.coupled)
+    return Reference("fd_of_jacobian", value.reshape(b, m, n, n), error.reshape(b, m, n, n))
+
+
+def _asymmetry(tolerance: float) -> Callable[[torch.Tensor], str | None]:
+    def finding(h: torch.Tensor) -> str | None:
+        gap = float((h - h.transpose(-1, -2)).abs().max())
+        return (f"asymmetric Hessian: max |H - Hᵀ| = {gap:.3g} (allowed {tolerance:.3g})"
+                if gap > tolerance else None)
+
+    return finding
+
+
+def _second_order(fn, x, quantity: str, diagonal: bool, batch_axis: int, methods, dtype, device,
+                  seed: int, rtol, max_memory: int, warm_timing: bool) -> Report:
+    from jacverify.report import MethodResult
+
+    chosen = get_methods(methods, quantity)
+    rtols = tolerances(rtol)
+    case = make_case(fn, x, batch_axis=batch_axis, dtype=dtype, device=device, seed=seed)
+    labels = ("sample", "output", "input") + (() if diagonal else ("input",))
+    with _buffers_restored(case.fn), _warnings_isolated():
+        v = _verify(case, rtols, max_memory)
+        b, m, n = v.flat.batch_size, v.flat.n_out, v.flat.n_in
+        expected = (b, m, n) if diagonal else (b, m, n, n)
+        kinks = _kinks(case.fn)
+        blocked = None
+        if kinks:
+            blocked = (f"{', '.join(kinks)} is not twice differentiable: second derivatives are "
+                       "zero almost everywhere and undefined at its kinks")
+        elif v.loop is None or v.loop not in v.refs:
+            blocked = ("the first derivative disagrees with finite differences (see the "
+                       "batch_jacobian check): second derivatives built on it are not checked")
+        if blocked:
+            results = tuple(MethodResult(mm.name, quantity, mm.mode, mm.vectorized,
+                                         "not_applicable", reason=blocked) for mm in chosen)
+            return Report(case, results, (), v.coupling, torch.zeros(expected), v.ref_flat.x.dtype,
+                          v.notes + (blocked,), v.flat, quantity, labels)
+        full = _hessian_reference(v)
+        notes = list(v.notes)
+        gap = float((full.value - full.value.transpose(-1, -2)).abs().max())
+        bound = float((full.error + full.error.transpose(-1, -2)).max())
+        if gap > 2 * bound:
+            notes.append(f"the finite-difference Hessian is asymmetric beyond its error bound "
+                         f"(max |H - Hᵀ| = {gap:.3g}): the function is not twice differentiable here")
+        ref = full if not diagonal else Reference(
+            full.name, full.value.diagonal(dim1=-2, dim2=-1), full.error.diagonal(dim1=-2, dim2=-1))
+        scale = float(v.refs[0].value.abs().max()) / max(1.0, float(v.ref_flat.x.abs().max()))
+        scales = _Scales(0.0, max(v.scales.derivative, scale))
+        eps = torch.finfo(case.dtype).eps ** 0.5
+        finding = None if diagonal else _asymmetry(eps * (float(full.value.abs().max()) + scales.derivative))
+        results = tuple(_run(mm, v.flat, v.coupling.reason, max_memory, (ref,), None, case.dtype,
+                             rtols, scales, 2 if warm_timing else 1, expected, finding)
+                        for mm in chosen)
+    return Report(case, results, (ref.name,), v.coupling, ref.value, v.ref_flat.x.dtype,
+                  tuple(notes), v.flat, quantity, labels)
+
+
+def check_hessians(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
+                   methods: Sequence[str] | None = None, dtype: torch.dtype | None = None,
+                   device: str | torch.device | None = None, seed: int = 0,
+                   rtol: Mapping[torch.dtype, float] | None = None,
+                   max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True) -> Report:
+    """Check every way to compute per-sample Hessians of each output, shape (B, out, in, in).
+
+    Reference: finite differences of the first derivative, itself verified against finite
+    differences first (a wrong backward makes every second-order method not applicable, with the
+    reason). Each method's result is also checked for symmetry in the two input axes; an
+    asymmetric one has it as its ``reason``. Networks with ReLU-like layers are not applicable.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    >>> report = check_hessians(net, torch.randn(4, 2), dtype=torch.float64)
+    >>> report.passed, report.reference.shape
+    (True, torch.Size([4, 1, 2, 2]))
+    """
+    return _second_order(fn, x, "hessian", False, batch_axis, methods, dtype, device, seed, rtol,
+                         max_memory, warm_timing)
+
+
+def check_hessian_diagonals(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
+                            methods: Sequence[str] | None = None,
+                            dtype: torch.dtype | None = None,
+                            device: str | torch.device | None = None, seed: int = 0,
+                            rtol: Mapping[torch.dtype, float] | None = None,
+                            max_memory: int = DEFAULT_MAX_MEMORY,
+                            warm_timing: bool = True) -> Report:
+    """Check ``d²y_m / dx_k²`` per sample, shape (B, out, in): the loop physics-informed training
+    code writes (``loop``: ``autograd.grad(..., grad_outputs=ones, create_graph=True)`` per output
+    column and input entry) side by side with its vectorized replacements.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    >>> report = check_hessian_diagonals(net, torch.randn(4, 2))
+    >>> report.passed, [r.method for r in report.results]
+    (True, ['loop', 'vmap_hessian', 'forward_over_reverse'])
+    """
+    return _second_order(fn, x, "hessian_diagonal", True, batch_axis, methods, dtype, device, seed,
+                         rtol, max_memory, warm_timing)

@@ -83,6 +83,7 @@ class Report:
     flat: Flat | None = field(default=None, repr=False, compare=False)
     quantity: str = "batch_jacobian"
     index_labels: tuple[str, ...] = ("sample", "output", "input")
+    scaling: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()  # method -> (K, seconds)
 
     @property
     def passed(self) -> bool:
@@ -167,6 +168,7 @@ class Report:
             "passed": self.passed,
             "fastest": self.fastest,
             "notes": list(self.notes),
+            "scaling": {m: [[k, t] for k, t in points] for m, points in self.scaling},
             "results": [
                 {
                     "method": r.method,
@@ -229,6 +231,10 @@ class Report:
             lines.append(f"batch coupling: {self.coupling.reason}")
         lines += [f"note: {n}" for n in self.notes]
         lines += [self.describe(r) for r in self.results if r.status != "agree"]
+        if self.scaling:
+            lines.append("time against the number of vectors K:")
+            lines += [f"  {m}: " + ", ".join(f"K={k} {t * 1e3:.2f} ms" for k, t in points)
+                      for m, points in self.scaling]
         if self.hint:
             lines.append(f"hint: {self.hint}")
         verdict = "PASSED" if self.passed else f"FAILED ({len(self.mismatches)} mismatch)"

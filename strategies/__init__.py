@@ -240,9 +240,11 @@ def _kink_margin_ok(network: Network, x: torch.Tensor) -> bool:
     from jacverify.oracles.finite_differences import _step
 
     module = network.build()
-    captured: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
-             for m in module.modules() if type(m).__name__ in ("ReLU", "LeakyReLU", "_Abs", "Hardtanh")]
+    kinks_of = {"ReLU": (0.0,), "LeakyReLU": (0.0,), "_Abs": (0.0,), "Hardtanh": (-1.0, 1.0)}
+    captured: list[tuple[torch.Tensor, tuple[float, ...]]] = []
+    hooks = [m.register_forward_hook(
+                 lambda m, inp, out: captured.append((inp[0], kinks_of[type(m).__name__])))
+             for m in module.modules() if type(m).__name__ in kinks_of]
     x = x.detach().requires_grad_()
     try:
         module(x)
@@ -250,13 +252,12 @@ def _kink_margin_ok(network: Network, x: torch.Tensor) -> bool:
         for h in hooks:
             h.remove()
     step = _step(x.detach()).flatten(1)
-    for z in captured:
-        kinks = torch.tensor([0.0]) if "Hardtanh" not in str(z.grad_fn) else torch.tensor([-1.0, 1.0])
+    for z, kinks in captured:
         flat = z.flatten(1)
         for u in range(flat.shape[1]):
             (g,) = torch.autograd.grad(flat[:, u].sum(), x, retain_graph=True)
             reach = (g.flatten(1).abs() * step).sum(1)
-            distance = min((flat[:, u].detach() - k).abs() for k in kinks)
+            distance = torch.stack([(flat[:, u].detach() - k).abs() for k in kinks]).amin(0)
             if bool((distance <= 4 * reach).any()):
                 return False
     return True

@@ -191,3 +191,21 @@ def test_low_precision_is_compared_honestly(dtype):
     assert report.reference_dtype == torch.float64
     broken = jacverify.check(twins.cube_net(twins.CubeWrongJvp), _randn(6, 5), dtype=dtype)
     assert _by_status(broken, "mismatch") == FORWARD
+
+
+def test_hardtanh_kink_between_the_fd_steps_found_by_the_long_fuzz_run():
+    """A kink between h/4 and h/2 slipped past the old detector (Richardson alone underestimates
+    there); the second difference's scaling across all three steps catches it."""
+    from jacverify.specs import Activation, BatchNorm, CaseSpec, Conv1d, Dense, Flatten, Network
+    from jacverify.strategies import _kink_margin_ok
+
+    net = Network((2, 2), (
+        Conv1d(2, 2, 2, (-0.8876953125, 1.0, 0.431640625, -0.76171875, 0.0, 0.0, 0.0, 0.0),
+               (0.5068359375, 0.0009765625)),
+        Activation("hardtanh"), Flatten(), BatchNorm(2), Dense(2, 2, (0.0, 0.0, 2**-10, 0.0), (0.0, 0.0))))
+    case = CaseSpec(net, 2, (0.0, 0.0, 0.0, 0.0, -0.037109375, 0.724609375, -1.361328125, -0.423828125))
+    module, x = case.build()
+    report = jacverify.check(module, x, seed=2005698596)
+    assert report.passed, report.failure_message()
+    assert report.trusted == ("loop", "finite_differences")
+    assert not _kink_margin_ok(net, x)  # and the strategies no longer draw it

@@ -116,3 +116,49 @@ def cube_net(function: type[torch.autograd.Function] = Cube, seed: int = 0) -> n
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
     return net
+
+
+# --- second-order twins: first derivatives right, second derivatives wrong ---
+
+class SinDetachedBackward(torch.autograd.Function):
+    """sin(x) whose backward uses a detached saved input: the gradient is right, but its own
+    derivative drops the -sin(x) term, so double backward is silently wrong."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.sin(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0].detach())
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.cos(x) * grad
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        (x,) = ctx.saved_tensors
+        return torch.cos(x) * tangent
+
+
+class HiddenSecondOrderDetach(nn.Module):
+    """tanh(x) + (x - x.detach())**2: the extra term is 0 and so is its gradient, so values and
+    first derivatives are exact; autodiff still sees its second derivative, 2 on the diagonal."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x) + (x - x.detach()) ** 2
+
+
+def second_order_net(layer: nn.Module, seed: int = 0) -> nn.Module:
+    """Linear(3, 4) -> layer -> Tanh -> Linear(4, 2), weights from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(3, 4), layer, nn.Tanh(), nn.Linear(4, 2))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.7)
+    return net

@@ -121,4 +121,4 @@ def get_methods(names: Iterable[str] | None, quantity: str = "batch_jacobian") -
 
 
 # Importing the families registers them, in the order reports list them.
-from jacverify.methods import loops, functional, func, tricks, directional  # noqa: E402,F401
+from jacverify.methods import loops, functional, func, tricks, directional, second_order  # noqa: E402,F401,I001

@@ -22,10 +22,13 @@ __all__ = ["finite_differences", "ROUNDING_FACTOR"]
 # Kinks: across a kink at distance d < s from x (ReLU, abs), D(s) carries an error (b - a)(1/2 - d/2s)
 # whose constant part no extrapolation can see. The second difference per step,
 #   c(s) = (f(x + s) + f(x - s) - 2 f(x)) / s,
-# is s f'' for smooth f (halving with s) but stays near |b - a| when a kink lies inside s; where
-# |c(h/4)| > 3/4 |c(h/2)| + rounding, the entry gets |c(h/2)| + |c(h/4)| (>= the kink's error) added
-# to its bound. The check then calls nothing wrong there; strategies keep inputs off kinks so it
-# stays sharp.
+# is s f'' + O(s^3) for smooth f, so c(h/2) = c(h)/2 and c(h/4) = c(h/2)/2 up to O(h^3). A kink
+# inside any of the steps breaks that scaling (c jumps to ~|b - a| for the steps that cross it and
+# stays ~0 for those that do not). Where max(|c(h/2) - c(h)/2|, |c(h/4) - c(h/2)/2|) exceeds
+# 1/4 max|c| + rounding, the entry gets |c(h)| + |c(h/2)| + |c(h/4)| (>= the kink's error) added to
+# its bound. (An inflection point, f'' ~ 0, can trip the test; the bound then grows by ~h f'',
+# which is ~0 there.) The check then calls nothing wrong there; strategies keep inputs off kinks
+# so it stays sharp.
 # The step h = 2^round(log2(eps^(1/5))) * max(1, |x|): the h that balances h^4 truncation against
 # eps/h rounding, times the power of two at or above max(1, |x|). The difference quotient divides
 # by the step actually taken, (x + h) - (x - h) as represented, not by 2h.
@@ -73,7 +76,10 @@ def finite_differences(flat: Flat, independent: bool) -> tuple[torch.Tensor, tor
                 r2 = (4 * d[2] - d[1]) / 3
                 value[rows, :, j] = r2 + (r2 - r1) / 15
                 rounding = 2 * ROUNDING_FACTOR * eps * scale[rows] / (h / 4)[:, None]
-                c2, c4 = curvature[1].abs(), curvature[2].abs()
-                kink = c4 > 0.75 * c2 + rounding
-                error[rows, :, j] = (r2 - r1).abs() + rounding + torch.where(kink, c2 + c4, 0.0)
+                c1, c2, c4 = curvature
+                off_scale = torch.maximum((c2 - c1 / 2).abs(), (c4 - c2 / 2).abs())
+                size = torch.maximum(torch.maximum(c1.abs(), c2.abs()), c4.abs())
+                kink = off_scale > size / 4 + rounding
+                widened = torch.where(kink, c1.abs() + c2.abs() + c4.abs(), 0.0)
+                error[rows, :, j] = (r2 - r1).abs() + rounding + widened
     return value, error
