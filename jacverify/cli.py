@@ -16,6 +16,9 @@ from collections.abc import Iterator
 from jacverify import options
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+# kept here (not imported from jacverify.quantities) so `jacverify --help` needs no torch import
+QUANTITIES = ("batch_jacobian", "jvp_set", "vjp_set", "per_sample_jvp", "hessian",
+              "hessian_diagonal")
 
 
 class _Usage(Exception):
@@ -41,8 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--batch-size", type=int, default=4, metavar="B",
                        help="batch size of inferred inputs (default: 4)")
     check.add_argument("--eval", action="store_true", help="check modules in eval mode")
-    check.add_argument("--quantity", default="batch_jacobian", choices=["batch_jacobian"],
-                       help="what to check (default: batch_jacobian)")
+    check.add_argument("--quantity", default="batch_jacobian", choices=QUANTITIES,
+                       help="what to check (default: batch_jacobian); the JVP/VJP sets use the "
+                       "first sample as the point and 3 random vectors, per_sample_jvp one "
+                       "random tangent per sample")
     check.add_argument("--json", metavar="PATH", help="write the session report as JSON")
     check.add_argument("--html", metavar="PATH", help="write a self-contained HTML report")
     check.add_argument("--quiet", action="store_true", help="one line per target")
@@ -58,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--seconds", type=float, default=None, metavar="S",
                         help="fuzz for S seconds instead")
     fz.add_argument("--methods", metavar="NAMES", help="comma-separated methods (default: all)")
-    fz.add_argument("--quantity", default="batch_jacobian", choices=["batch_jacobian"],
+    fz.add_argument("--quantity", default="batch_jacobian", choices=QUANTITIES,
                     help="what to fuzz (default: batch_jacobian)")
     fz.add_argument("--seed", type=int, default=None, help="campaign seed (default: random, printed)")
     fz.add_argument("--profile", default=None, choices=["ci", "dev", "fuzz"],
@@ -110,7 +115,7 @@ def _fuzz(args: argparse.Namespace) -> int:
     import jacverify
     from jacverify.fuzzing import fuzz
     from jacverify.profiles import load_profile
-    from jacverify.strategies import cases, networks
+    from jacverify.strategies import TWICE_DIFFERENTIABLE, cases, networks
 
     for path in args.function:
         module, _, name = path.partition(":")
@@ -124,27 +129,30 @@ def _fuzz(args: argparse.Namespace) -> int:
     try:
         methods = options.parse_methods(args.methods)
         if methods:
-            jacverify.get_methods(methods)
+            jacverify.get_methods(methods, args.quantity)
         dtype = options.parse_dtype(args.dtype)
         families = options.parse_methods(args.families)
+        second = args.quantity in ("hessian", "hessian_diagonal")
         nets = networks(max_depth=args.max_depth, max_width=args.max_width,
                         coupled=args.coupled, functions=args.function,
-                        **({"families": families} if families else {}))
+                        **({"families": families} if families else {}),
+                        **({"activations": TWICE_DIFFERENTIABLE} if second else {}))
     except (argparse.ArgumentTypeError, jacverify.InvalidArgument) as e:
         raise _Usage(str(e)) from None
     profile = load_profile(args.profile)
     dtypes = st.just(str(dtype).removeprefix("torch.")) if dtype else None
-    strategy = cases(networks=nets, dtypes=dtypes)
+    strategy = cases(quantity=args.quantity, networks=nets, dtypes=dtypes)
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True)
     total = None if args.seconds else (args.examples or 100)
     columns = [TextColumn("fuzzing {task.completed} examples"), BarColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("fuzz", total=total)
-        result = fuzz(cases=strategy, methods=methods, max_examples=args.examples or 100,
+        result = fuzz(cases=strategy, methods=methods, quantity=args.quantity,
+                      max_examples=args.examples or 100,
                       seconds=args.seconds, seed=args.seed, shrink_seconds=args.shrink_seconds,
                       on_example=lambda case, report: progress.advance(task))
-    table = Table(title=f"jacverify fuzz: {result.examples} examples (shrinking included), "
+    table = Table(title=f"jacverify fuzz {args.quantity}: {result.examples} examples (shrinking included), "
                   f"{result.rejected} rejected, {result.seconds:.1f} s, profile {profile}, "
                   f"seed {result.seed}")
     statuses = ("agree", "mismatch", "not_applicable", "unsupported")
@@ -255,6 +263,7 @@ def _run_one(tgt, args, kwargs):
     import jacverify
     from jacverify.discover import NoInput, example_input
     from jacverify.outcomes import Outcome
+    from jacverify.quantities import check_quantity
 
     base = dict(name=tgt.name, kind=tgt.kind)
     try:
@@ -266,7 +275,7 @@ def _run_one(tgt, args, kwargs):
                                          kwargs.get("dtype"))
             shapes = tuple(tuple(t.shape) for t in inputs)
             base["input_shapes"] = shapes
-            report = jacverify.check(fn, inputs, batch_axis=axis, **kwargs)
+            report = check_quantity(args.quantity, fn, inputs, batch_axis=axis, **kwargs)
     except _Timeout:
         return Outcome(**base, error=f"{tgt.name}: abandoned after --timeout={args.timeout:g} s",
                        failed_precheck=False)

@@ -11,6 +11,7 @@ from typing import Any
 
 from jacverify.errors import InvalidArgument, MismatchError, NonFiniteOutput
 from jacverify.report import Report
+from jacverify.quantities import QUANTITIES
 from jacverify.specs import CaseSpec
 
 __all__ = ["fuzz", "FuzzResult", "FuzzFailure"]
@@ -58,6 +59,7 @@ def fuzz(
     *,
     cases=None,
     methods: Sequence[str] | None = None,
+    quantity: str = "batch_jacobian",
     max_examples: int = 100,
     seconds: float | None = None,
     seed: int | None = None,
@@ -69,7 +71,9 @@ def fuzz(
     """Draw cases, check each, and shrink the first failure to a minimal reproducer.
 
     Args:
-        cases: a strategy of :class:`~jacverify.specs.CaseSpec` (default ``strategies.cases()``).
+        cases: a strategy of :class:`~jacverify.specs.CaseSpec` (default
+            ``strategies.cases(quantity=quantity)``); each case runs its own quantity's check.
+        quantity: the quantity of the default cases, and of the ``methods`` names.
         methods: method names to run (default: all registered).
         max_examples: examples to generate (when ``seconds`` is None).
         seconds: fuzz for this long instead, in runs of 25 examples with consecutive seeds.
@@ -104,9 +108,11 @@ def fuzz(
         raise InvalidArgument(f"shrink_examples={shrink_examples!r} must be an int >= 0 or None")
     if seconds is not None and not seconds > 0:
         raise InvalidArgument(f"seconds={seconds!r} must be positive (or None for max_examples)")
+    if quantity not in QUANTITIES:
+        raise InvalidArgument(f"quantity={quantity!r} is not one of {', '.join(QUANTITIES)}")
     if methods is not None:
-        jacverify.get_methods(methods)  # validates names before any example runs
-    strategy = cases if cases is not None else default_cases()
+        jacverify.get_methods(methods, quantity)  # validates names before any example runs
+    strategy = cases if cases is not None else default_cases(quantity=quantity)
     seeded = seed is not None
     seed = random.randrange(2**31) if seed is None else seed
     counts: dict[str, dict[str, int]] = {}
@@ -127,9 +133,8 @@ def fuzz(
             state["since_failure"] += 1
         state["examples"] += 1
         state["last"] = case
-        module, x = case.build()
         try:
-            report = jacverify.check(module, x, methods=methods, seed=seed, warm_timing=False)
+            report = case.check(methods=methods, seed=seed, warm_timing=False)
         except NonFiniteOutput:
             state["rejected"] += 1
             if on_example:

@@ -350,21 +350,40 @@ class CaseSpec:
     inputs: tuple[float, ...]
     dtype: str = "float64"
     device: str = "cpu"
+    quantity: str = "batch_jacobian"
+    vectors: tuple[float, ...] = ()  # flattened; reshaped for the quantity by ``check``
 
     def build(self) -> tuple[nn.Module, torch.Tensor]:
         dtype = getattr(torch, self.dtype)
         x = torch.tensor(self.inputs, dtype=dtype).reshape(self.batch_size, *self.network.in_shape)
         return self.network.build(dtype, self.device), x.to(self.device)
 
+    def check(self, **options):
+        """Build the case and run its quantity's check (``jacverify.check`` and friends)."""
+        from jacverify.quantities import check_quantity
+
+        module, x = self.build()
+        vectors = None
+        if self.vectors:
+            v = torch.tensor(self.vectors, dtype=x.dtype, device=x.device)
+            if self.quantity == "per_sample_jvp":
+                vectors = v.reshape(x.shape)
+            else:
+                width = math.prod(self.network.in_shape if self.quantity == "jvp_set"
+                                  else self.network.out_shape)
+                shape = self.network.in_shape if self.quantity == "jvp_set" else self.network.out_shape
+                vectors = v.reshape(len(self.vectors) // width, *shape)
+        return check_quantity(self.quantity, module, x, vectors=vectors, **options)
+
     def snippet(self, methods: list[str] | None = None, seed: int = 0,
                 campaign_seeded: bool = False) -> str:
-        """Self-contained Python that rebuilds this case and re-runs the check with ``seed``."""
-        methods_arg = f", methods={methods!r}" if methods else ""
+        """Self-contained Python that rebuilds this case and re-runs its check with ``seed``."""
+        methods_arg = f"methods={methods!r}, " if methods else ""
         rerun = f"; the campaign: jacverify fuzz --seed {seed}" if campaign_seeded else ""
         return (
             f"# jacverify fuzz repro (seed {seed}{rerun})\n"
             f"import torch\nimport jacverify\nfrom jacverify.specs import *\n\n"
-            f"case = {self!r}\nmodule, x = case.build()\n"
-            f"report = jacverify.check(module, x{methods_arg}, seed={seed})\nprint(report)\n"
-            "assert report.passed\n"
+            f"case = {self!r}\n"
+            f"report = case.check({methods_arg}seed={seed})  # jacverify.check and friends\n"
+            "print(report)\nassert report.passed\n"
         )

@@ -279,18 +279,41 @@ def inputs(draw, network: Network, *, batch_size: int) -> tuple[float, ...]:
     return values
 
 
+# Second derivatives need C2 activations: ELU's second derivative jumps at 0.
+TWICE_DIFFERENTIABLE = tuple(a for a in SMOOTH_ACTIVATIONS if a != "elu")
+QUANTITIES = ("batch_jacobian", "jvp_set", "vjp_set", "per_sample_jvp", "hessian",
+              "hessian_diagonal")
+
+
 @st.composite
-def cases(draw, *, networks: st.SearchStrategy[Network] | None = None,
+def cases(draw, *, quantity: str = "batch_jacobian",
+          networks: st.SearchStrategy[Network] | None = None,
           batch_sizes: st.SearchStrategy[int] | None = None,
           dtypes: st.SearchStrategy[str] | None = None,
           devices: st.SearchStrategy[str] | None = None) -> CaseSpec:
-    """Whole per-sample-Jacobian cases: a network, a batch of inputs off its kinks, a dtype, a device.
+    """Whole cases for ``quantity``: a network, a batch of inputs off its kinks, the vectors the
+    quantity needs (tangents, cotangents), a dtype, a device. For second derivatives the default
+    networks use twice-differentiable activations only.
 
     Shrinks towards a one-layer float64 MLP on one sample of zeros.
     """
-    net = draw(networks if networks is not None else globals()["networks"]())
+    _choices("quantity", (quantity,), QUANTITIES)
+    if networks is None:
+        second = quantity in ("hessian", "hessian_diagonal")
+        networks = globals()["networks"](**({"activations": TWICE_DIFFERENTIABLE} if second else {}))
+    net = draw(networks)
+    # a set quantity evaluates one point, a batch of one: nothing to couple, and BatchNorm in
+    # training mode cannot run on it
+    assume(not (net.coupled and quantity in ("jvp_set", "vjp_set")))
     b = draw(batch_sizes if batch_sizes is not None else globals()["batch_sizes"]())
     b = max(b, 2) if net.coupled else b  # batch statistics need two samples
     dtype = draw(dtypes if dtypes is not None else globals()["dtypes"]())
     device = draw(devices if devices is not None else globals()["devices"]())
-    return CaseSpec(net, b, draw(inputs(net, batch_size=b)), dtype, device)
+    x = draw(inputs(net, batch_size=b))
+    vectors: tuple[float, ...] = ()
+    if quantity == "per_sample_jvp":
+        vectors = tuple(draw(st.lists(_grid(INPUT_BOUND), min_size=len(x), max_size=len(x))))
+    elif quantity in ("jvp_set", "vjp_set"):
+        shape = net.in_shape if quantity == "jvp_set" else net.out_shape
+        vectors = tuple(v for vec in draw(vector_sets(math.prod(shape))) for v in vec)
+    return CaseSpec(net, b, x, dtype, device, quantity, vectors)

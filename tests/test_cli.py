@@ -214,3 +214,13 @@ def test_html_report_renders_tables_and_images_in_a_real_browser(tmp_path):
     assert dom.count("<table class=\"results\">") == 3
     assert dom.count("<td class=\"mismatch\">mismatch</td>") == 11
     assert "sample " in dom and "tolerance: |value - ref|" in dom
+
+
+def test_quantity_option_dispatches_to_the_right_check():
+    hessian = run("check", "--quiet", "--quantity", "hessian", str(EXAMPLES / "mlp.py"))
+    assert hessian.returncode == 0 and "MLP: PASSED (9/9 agree" in hessian.stdout
+    broken = run("check", "--quiet", "--quantity", "per_sample_jvp", str(EXAMPLES / "broken_function.py"))
+    assert broken.returncode == 1 and "1 mismatch: double_backward" in broken.stdout
+    coupled = run("check", "--quiet", "--quantity", "vjp_set", str(EXAMPLES / "coupled.py"))
+    assert coupled.returncode == 1
+    assert "coupled.py::model: FAILED: the function raised ValueError" in coupled.stdout
