@@ -315,7 +315,7 @@ def _print_outcome(o, quiet: bool, out) -> None:
         return
     out.rule(f"{o.name} ({o.kind})")
     out.print(r.table())
-    for line in r._footer():
+    for line in r.footer_lines():
         out.print(line, markup=False)
 
 

@@ -96,7 +96,6 @@ class _Verified:
     flat: Flat
     ref_flat: Flat
     coupling: Coupling
-    fd: Reference
     loop: Reference | None
     refs: tuple[Reference, ...]
     scales: _Scales
@@ -129,7 +128,7 @@ def _verify(case: Case, rtols, max_memory: int) -> _Verified:
             f"this Jacobian is ill-conditioned in {str(flat.x.dtype).removeprefix('torch.')}: the "
             f"loop there differs from the float64 loop by {scales.rounding:.3g}, more than "
             "sqrt(eps) of max|J|; that measured rounding (x8) is allowed to every method")
-    return _Verified(flat, ref_flat, coupling, fd, loop_ref, refs, scales, tuple(notes))
+    return _Verified(flat, ref_flat, coupling, loop_ref, refs, scales, tuple(notes))
 
 
 def _check(case: Case, chosen: Sequence[Method], rtols, max_memory: int, runs: int) -> Report:

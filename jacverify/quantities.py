@@ -109,7 +109,7 @@ def _scaling(chosen, results, flat: Flat, sizes: Sequence[int], seed: int):
 
 
 def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
-                  expected: tuple[int, ...], labels: tuple[str, ...], direction: str | None,
+                  expected: Callable[[Flat], tuple[int, ...]], labels: tuple[str, ...], direction: str | None,
                   methods, rtol, max_memory: int, warm_timing: bool,
                   scaling: Sequence[int] = ()) -> Report:
     chosen = get_methods(methods, quantity)
@@ -128,7 +128,7 @@ def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
         scales = _Scales(v.scales.rounding * norm, v.scales.derivative * norm)
         flat = dataclasses.replace(v.flat, vectors=vectors.to(v.flat.x))
         results = [_run(m, flat, v.coupling.reason, max_memory, tuple(refs), loop, case.dtype,
-                        rtols, scales, 2 if warm_timing else 1, expected) for m in chosen]
+                        rtols, scales, 2 if warm_timing else 1, expected(v.flat)) for m in chosen]
         growth = _scaling(chosen, results, flat, scaling, case.seed) if scaling else ()
     return Report(case, tuple(results), tuple(r.name for r in refs), v.coupling, refs[0].value,
                   v.ref_flat.x.dtype, v.notes, v.flat, quantity, labels, growth)
@@ -140,10 +140,6 @@ def _linear(spec: str) -> Callable:
         return value, None if error is None else torch.einsum(spec, error, vec.abs())
 
     return derive
-
-
-def _options(dtype, device, seed) -> dict:
-    return dict(dtype=dtype, device=device, seed=seed)
 
 
 def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
@@ -166,9 +162,9 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     if not isinstance(x, torch.Tensor):
         raise InvalidArgument(f"x={type(x).__name__} must be a tensor: the point")
     vec = _vectors("vectors", vectors, tuple(x.shape), "tangent")
-    case = make_case(_AtPoint(fn), x.unsqueeze(0), **_options(dtype, device, seed))
-    m = case.fn(case.inputs[0]).numel()
-    return _run_quantity(case, "jvp_set", vec, _linear("bmn,kn->km"), (len(vec), m),
+    case = make_case(_AtPoint(fn), x.unsqueeze(0), dtype=dtype, device=device, seed=seed)
+    return _run_quantity(case, "jvp_set", vec, _linear("bmn,kn->km"),
+                         lambda flat: (len(vec), flat.n_out),
                          ("vector", "output"), "set", methods, rtol, max_memory, warm_timing,
                          scaling)
 
@@ -191,12 +187,12 @@ def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     """
     if not isinstance(x, torch.Tensor):
         raise InvalidArgument(f"x={type(x).__name__} must be a tensor: the point")
-    case = make_case(_AtPoint(fn), x.unsqueeze(0), **_options(dtype, device, seed))
+    case = make_case(_AtPoint(fn), x.unsqueeze(0), dtype=dtype, device=device, seed=seed)
     with torch.no_grad():
         out_shape = tuple(case.fn(case.inputs[0]).shape[1:])
     vec = _vectors("vectors", vectors, out_shape, "cotangent")
     return _run_quantity(case, "vjp_set", vec, _linear("bmn,km->kn"),
-                         (len(vec), case.inputs[0].numel()), ("vector", "input"), None, methods,
+                         lambda flat: (len(vec), flat.n_in), ("vector", "input"), None, methods,
                          rtol, max_memory, warm_timing, scaling)
 
 
@@ -222,13 +218,10 @@ def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, 
         got = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
         raise InvalidArgument(f"vectors has shape {got}; per-sample JVPs need one tangent per "
                               f"sample, the shape of x {tuple(x.shape) if isinstance(x, torch.Tensor) else ''}")
-    case = make_case(fn, x, batch_axis=batch_axis, **_options(dtype, device, seed))
+    case = make_case(fn, x, batch_axis=batch_axis, dtype=dtype, device=device, seed=seed)
     vec = vectors.movedim(case.batch_axis, 0).reshape(case.batch_size, -1)
-    with torch.no_grad():
-        flat_out = case.fn(*case.inputs)
-    m = flat_out.numel() // case.batch_size
     return _run_quantity(case, "per_sample_jvp", vec, _linear("bmn,bn->bm"),
-                         (case.batch_size, m), ("sample", "output"), "per_sample", methods, rtol,
+                         lambda flat: (flat.batch_size, flat.n_out), ("sample", "output"), "per_sample", methods, rtol,
                          max_memory, warm_timing)
 
 

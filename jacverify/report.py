@@ -220,11 +220,12 @@ class Report:
         buf = io.StringIO()
         console = Console(file=buf, width=width, force_terminal=color, color_system="auto" if color else None)
         console.print(self.table())
-        for line in self._footer():
+        for line in self.footer_lines():
             console.print(line, highlight=False, markup=False)
         return buf.getvalue().rstrip()
 
-    def _footer(self) -> list[str]:
+    def footer_lines(self) -> list[str]:
+        """The lines under the table: references, coupling, notes, non-agreeing methods, verdict."""
         lines = [f"reference: {' and '.join(self.trusted)} "
                  f"(computed in {str(self.reference_dtype).removeprefix('torch.')})"]
         if self.coupling.coupled:
