@@ -19,7 +19,7 @@ from jacverify.engine import DEFAULT_MAX_MEMORY, _buffers_restored, _run, _Scale
     _warnings_isolated
 from jacverify.errors import InvalidArgument
 from jacverify.methods import get_methods
-from jacverify.oracles import finite_differences
+from jacverify.oracles import directional_differences, finite_differences
 from jacverify.report import Report
 
 __all__ = ["check_jvps", "check_vjps", "check_per_sample_jvps", "check_hessians",
@@ -73,20 +73,6 @@ def _vectors(name: str, vectors: object, shape: tuple[int, ...], per: str) -> to
     return vectors.reshape(len(vectors), -1)
 
 
-def _directional(ref_flat: Flat, vectors: torch.Tensor, per_sample: bool,
-                 independent: bool) -> Reference:
-    """FD of t -> f(x + t v) for each vector (one point) or each sample's own vector."""
-    x, g = ref_flat.x, ref_flat.fn
-    v = vectors.to(x)
-    if per_sample:
-        fn = lambda t: g(x + t * v)  # noqa: E731
-    else:
-        fn = lambda t: torch.cat([g(x + t[k] * v[k]) for k in range(len(v))])  # noqa: E731
-    line = dataclasses.replace(ref_flat, fn=fn, x=x.new_zeros(len(v), 1), in_shapes=((1,),))
-    value, error = finite_differences(line, independent=independent or not per_sample)
-    return Reference("directional_fd", value[..., 0], error[..., 0])
-
-
 def _scaling(chosen, results, flat: Flat, sizes: Sequence[int], seed: int):
     """Time each agreeing method on K random vectors for each K in ``sizes`` (best of two runs)."""
     from jacverify.engine import _timed
@@ -119,7 +105,7 @@ def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
         vec64 = vectors.to(device=v.ref_flat.x.device, dtype=v.ref_flat.x.dtype)
         refs = [Reference(r.name, *derive(r.value, r.error, vec64)) for r in v.refs]
         if direction is not None:
-            refs.append(_directional(v.ref_flat, vec64, direction == "per_sample",
+            refs.append(directional_differences(v.ref_flat, vec64, direction == "per_sample",
                                      not v.coupling.coupled))
         loop = next((r for r in refs if r.name == "loop"), None)
         if loop is None and v.loop is not None:  # shown, not trusted

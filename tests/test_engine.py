@@ -89,7 +89,8 @@ def test_batch_coupled_module_is_not_applicable_not_mismatch():
     report = jacverify.check(net, _randn(6, 5), dtype=torch.float64)
     assert report.coupling.coupled and "changing sample 0" in report.coupling.reason
     assert _by_status(report, "not_applicable") == INDEPENDENT_ONLY
-    assert _by_status(report, "agree") == ALL - INDEPENDENT_ONLY == {"loop", "full_diagonal"}
+    assert _by_status(report, "agree") == ALL - INDEPENDENT_ONLY == {
+        "loop", "full_diagonal", "batched_grad_per_sample"}
     assert all("assumes samples do not interact" in report[m].reason for m in INDEPENDENT_ONLY)
     assert report.passed
 

@@ -8,6 +8,12 @@ import sys
 
 import pytest
 
+from jacverify import registered_methods
+
+# a wrong backward fails the reverse-mode methods, a wrong jvp the forward-mode ones
+N_REVERSE = sum(m.mode == "reverse" for m in registered_methods())
+N_FORWARD = sum(m.mode == "forward" for m in registered_methods())
+
 DOWNSTREAM = """
 import pytest, torch
 from jacverify.examples.twins import CubeWrongBackward, cube_net
@@ -70,7 +76,7 @@ def test_a_failing_downstream_test_shows_the_report(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines([
-        "*jacverify: 11 method(s) disagree with the finite_differences reference on batch_jacobian",
+        f"*jacverify: {N_REVERSE} method(s) disagree with the finite_differences reference on batch_jacobian",
         "loop (reverse): mismatch",
         "  against finite_differences: max abs error *, max rel error *; worst entry (*) "
         "(sample *, output[[]*[]], input[[]*[]]): value *, reference *, allowed error *",
@@ -182,6 +188,7 @@ from jacverify.examples.twins import CubeWrongJvp, cube_net
 def test_wrong_jvp(jacverify):
     jacverify.check(cube_net(CubeWrongJvp), torch.randn(6, 5))
 """)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error")
+    # (pytest-benchmark warns at start-up under xdist, which -W error would make fatal)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:benchmark", "-W", "error")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*jacverify: 5 method(s) disagree*"])
+    result.stdout.fnmatch_lines([f"*jacverify: {N_FORWARD} method(s) disagree*"])

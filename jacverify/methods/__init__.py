@@ -34,6 +34,8 @@ class Method:
         extra_memory: elements it materialises beyond the result, given the case; used to refuse
             a method that would not fit (``not_applicable``) before running it.
         quantity: what it computes; "batch_jacobian" is the per-sample Jacobian (B, M, N).
+        cost: how its work grows with the case, in words; a benchmark shows it as the likely
+            cause when the method is far slower than the best.
     """
 
     name: str
@@ -44,6 +46,7 @@ class Method:
     extra_memory: Callable[[Flat], int] | None = None
     quantity: str = "batch_jacobian"
     description: str = ""
+    cost: str = ""
 
     def supports(self, flat: Flat, coupled: str | None, max_memory: int) -> str | None:
         """The reason this method cannot run on ``flat``, or None when it can."""

@@ -27,15 +27,16 @@ def sum_trick(flat: Flat) -> torch.Tensor:
     return jacrev(lambda x: flat.fn(x).sum(0))(flat.x).permute(1, 0, 2)
 
 
-def forward_broadcast(flat: Flat) -> torch.Tensor:
-    """vmap over ``jvp`` with tangent e_j on every sample: the forward twin of the sum trick."""
+def forward_broadcast(flat: Flat, chunk_size: int | None = None) -> torch.Tensor:
+    """vmap over ``jvp`` with tangent e_j on every sample: the forward twin of the sum trick;
+    ``chunk_size`` tangents per pass (all N by default)."""
     b = flat.batch_size
 
     def column(e: torch.Tensor) -> torch.Tensor:
         return jvp(flat.fn, (flat.x,), (e.expand(b, -1),))[1]
 
     eye = torch.eye(flat.n_in, dtype=flat.x.dtype, device=flat.x.device)
-    return vmap(column)(eye).permute(1, 2, 0)
+    return vmap(column, chunk_size=chunk_size)(eye).permute(1, 2, 0)
 
 
 def vmap_vjp(flat: Flat) -> torch.Tensor:
@@ -47,14 +48,19 @@ def vmap_vjp(flat: Flat) -> torch.Tensor:
 
 
 register_method(Method("vmap_jacrev", vmap_jacrev, "reverse", vectorized=True,
-                       assumes_independent=True, description="vmap(jacrev(f_one_sample))"))
+                       assumes_independent=True, description="vmap(jacrev(f_one_sample))",
+    cost="vmap over B per-sample jacrev calls: M cotangents per sample"))
 register_method(Method("vmap_jacfwd", vmap_jacfwd, "forward", vectorized=True,
-                       assumes_independent=True, description="vmap(jacfwd(f_one_sample))"))
+                       assumes_independent=True, description="vmap(jacfwd(f_one_sample))",
+    cost="vmap over B per-sample jacfwd calls: N tangents per sample"))
 register_method(Method("sum_trick", sum_trick, "reverse", vectorized=True,
-                       assumes_independent=True, description="jacrev of f(x).sum(0)"))
+                       assumes_independent=True, description="jacrev of f(x).sum(0)",
+    cost="jacrev of f(x).sum(0): M vmapped cotangents (reverse mode, grows with M)"))
 register_method(Method("forward_broadcast", forward_broadcast, "forward", vectorized=True,
                        assumes_independent=True,
-                       description="vmap over jvp, tangent e_j on every sample"))
+                       description="vmap over jvp, tangent e_j on every sample",
+    cost="vmap over N tangents through the batch (forward mode, grows with N)"))
 register_method(Method("vmap_vjp", vmap_vjp, "reverse", vectorized=True,
                        assumes_independent=True,
-                       description="vmap over vjp, cotangent e_m on every sample"))
+                       description="vmap over vjp, cotangent e_m on every sample",
+    cost="vmap over M cotangents through the batch (reverse mode, grows with M)"))

@@ -70,11 +70,15 @@ def double_backward(flat: Flat) -> torch.Tensor:
 
 
 register_method(Method("loop", loop, "reverse", vectorized=False, assumes_independent=False,
-                       description="autograd.grad per sample and output entry"))
+                       description="autograd.grad per sample and output entry",
+    cost="a Python loop of B*M backward passes through the whole batch"))
 register_method(Method("loop_rows", loop_rows, "reverse", vectorized=False, assumes_independent=True,
-                       description="autograd.grad per output entry, batch summed"))
+                       description="autograd.grad per output entry, batch summed",
+    cost="M backward passes, one per output entry"))
 register_method(Method("dual_loop", dual_loop, "forward", vectorized=False, assumes_independent=True,
-                       description="forward_ad dual tensors, one pass per input entry"))
+                       description="forward_ad dual tensors, one pass per input entry",
+    cost="N dual forward passes in Python, one per input entry"))
 register_method(Method("double_backward", double_backward, "reverse", vectorized=False,
                        assumes_independent=True,
-                       description="JVP from two reverse passes, one per input entry"))
+                       description="JVP from two reverse passes, one per input entry",
+    cost="N double-backward passes, one per input entry (cheap only when N is small)"))

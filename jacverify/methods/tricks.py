@@ -38,25 +38,55 @@ def dual_repeat(flat: Flat) -> torch.Tensor:
     return t.reshape(n, b, flat.n_out).permute(1, 2, 0)
 
 
-def batched_grad(flat: Flat) -> torch.Tensor:
-    """``autograd.grad(is_grads_batched=True)`` with cotangents e_m on every sample."""
+def batched_grad(flat: Flat, chunk_size: int | None = None) -> torch.Tensor:
+    """``autograd.grad(is_grads_batched=True)`` with cotangents e_m on every sample, ``chunk_size``
+    of them per backward (all M by default)."""
+    b, m = flat.batch_size, flat.n_out
+    eye = torch.eye(m, dtype=flat.x.dtype, device=flat.x.device)
+    rows = _batched_rows(flat, lambda rows: eye[rows, None, :].expand(-1, b, m), m, chunk_size)
+    return rows.permute(1, 0, 2)
+
+
+def batched_grad_per_sample(flat: Flat, chunk_size: int | None = None) -> torch.Tensor:
+    """Cotangent e_(b, m) for each sample b and output m: the rows of the full Jacobian, batched,
+    keeping block b of row (b, m). Right when samples interact; B times the work otherwise."""
+    b, m, n = flat.batch_size, flat.n_out, flat.n_in
+    eye = torch.eye(b * m, dtype=flat.x.dtype, device=flat.x.device)
+    rows = _batched_rows(flat, lambda rows: eye[rows].reshape(-1, b, m), b * m, chunk_size)
+    return rows.reshape(b, m, b, n).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+
+
+def _batched_rows(flat: Flat, cotangents, count: int, chunk_size: int | None) -> torch.Tensor:
+    """Gradients (count, B, N) for cotangents(rows) (k, B, M), ``chunk_size`` rows per backward."""
     x = flat.x.detach().requires_grad_()
     y = flat.fn(x)
-    eye = torch.eye(flat.n_out, dtype=y.dtype, device=y.device)
-    cot = eye[:, None, :].expand(flat.n_out, flat.batch_size, flat.n_out)
-    (g,) = torch.autograd.grad(y, x, cot, is_grads_batched=True,
-                               allow_unused=True, materialize_grads=True)
-    return g.permute(1, 0, 2)
+    step = count if chunk_size is None else max(1, min(count, chunk_size))
+    out = x.new_empty(count, *x.shape)
+    for start in range(0, count, step):
+        rows = torch.arange(start, min(count, start + step), device=x.device)
+        (g,) = torch.autograd.grad(y, x, cotangents(rows), is_grads_batched=True,
+                                   retain_graph=start + step < count,
+                                   allow_unused=True, materialize_grads=True)
+        out[start:start + len(rows)] = g
+    return out
 
 
 register_method(Method("repeat_trick", repeat_trick, "reverse", vectorized=False,
                        assumes_independent=True,
                        extra_memory=lambda f: f.n_out * f.batch_size * f.n_in,
-                       description="input copied per output entry, one backward"))
+                       description="input copied per output entry, one backward",
+    cost="forward and backward over M copies of the batch (grows with M)"))
 register_method(Method("dual_repeat", dual_repeat, "forward", vectorized=False,
                        assumes_independent=True,
                        extra_memory=lambda f: 2 * f.n_in * f.batch_size * f.n_in,
-                       description="input copied per input entry, one dual pass"))
+                       description="input copied per input entry, one dual pass",
+    cost="a dual pass over N copies of the batch (grows with N)"))
 register_method(Method("batched_grad", batched_grad, "reverse", vectorized=True,
                        assumes_independent=True,
-                       description="autograd.grad(is_grads_batched=True), batch summed"))
+                       description="autograd.grad(is_grads_batched=True), batch summed",
+    cost="one backward with M batched cotangents (reverse mode, grows with M)"))
+register_method(Method("batched_grad_per_sample", batched_grad_per_sample, "reverse", vectorized=True,
+                       assumes_independent=False,
+                       extra_memory=lambda f: f.batch_size**2 * f.n_out * f.n_in,
+                       description="autograd.grad(is_grads_batched=True), cotangent per sample and output",
+                       cost="B*M batched cotangents, the full Jacobian's rows: B times the work"))

@@ -1,7 +1,7 @@
 """References a method is judged against: finite differences and the naive loop, plus the
 pre-checks (determinism, batch coupling) that decide which methods can apply at all."""
 
-from jacverify.oracles.finite_differences import finite_differences
+from jacverify.oracles.finite_differences import directional_differences, finite_differences
 from jacverify.oracles.prechecks import Coupling, check_coupling, check_determinism
 
-__all__ = ["finite_differences", "check_coupling", "check_determinism", "Coupling"]
+__all__ = ["finite_differences", "directional_differences", "check_coupling", "check_determinism", "Coupling"]

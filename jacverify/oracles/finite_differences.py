@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
 from jacverify.case import Flat
+from jacverify.compare import Reference
 
-__all__ = ["finite_differences", "ROUNDING_FACTOR"]
+__all__ = ["finite_differences", "directional_differences", "ROUNDING_FACTOR"]
 
 # NOTE [finite-difference error estimate]
 # D(h) = (f(x + h e) - f(x - h e)) / 2h = f' + a h^2 + b h^4 + ...  Two Richardson steps
@@ -83,3 +85,18 @@ def finite_differences(flat: Flat, independent: bool) -> tuple[torch.Tensor, tor
                 widened = torch.where(kink, c1.abs() + c2.abs() + c4.abs(), 0.0)
                 error[rows, :, j] = (r2 - r1).abs() + rounding + widened
     return value, error
+
+
+def directional_differences(ref_flat: Flat, vectors: torch.Tensor, per_sample: bool,
+                            independent: bool) -> Reference:
+    """FD of t -> f(x + t v): for each vector at one point ((K, N) vectors -> (K, M)), or for
+    each sample along its own vector ((B, N) -> (B, M)), with the error bound of the same rule."""
+    x, g = ref_flat.x, ref_flat.fn
+    v = vectors.to(x)
+    if per_sample:
+        fn = lambda t: g(x + t * v)  # noqa: E731
+    else:
+        fn = lambda t: torch.cat([g(x + t[k] * v[k]) for k in range(len(v))])  # noqa: E731
+    line = dataclasses.replace(ref_flat, fn=fn, x=x.new_zeros(len(v), 1), in_shapes=((1,),))
+    value, error = finite_differences(line, independent=independent or not per_sample)
+    return Reference("directional_fd", value[..., 0], error[..., 0])

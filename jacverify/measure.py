@@ -1,0 +1,154 @@
+"""Wall time and peak memory of one call, device-synchronized: what ``bench`` and ``auto`` share."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Timing", "time_call", "peak_memory", "saved_activation_bytes"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call over ``rounds`` timed calls (after warm-up), pytest-benchmark's statistics."""
+
+    rounds: int
+    median: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+    mean: float
+    stddev: float
+
+    @property
+    def iqr(self) -> float:
+        return self.q3 - self.q1
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"min": self.min, "max": self.max, "mean": self.mean, "stddev": self.stddev,
+                "rounds": self.rounds, "median": self.median, "iqr": self.iqr, "q1": self.q1,
+                "q3": self.q3, "ops": 1.0 / self.mean if self.mean else 0.0}
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+# NOTE [benchmark rounds]
+# One warm-up call (the first call of a transform pays one-off set-up: forward AD's first use took
+# 600 ms here), then timed calls until MIN_ROUNDS calls and MIN_SECONDS of timed work, at most
+# MAX_ROUNDS; a call slower than SLOW_CALL_S stops at SLOW_ROUNDS (the naive loop on a batch of 64
+# takes a second, and its median over three calls is as telling as over thirty). The median and
+# quartiles are reported, not the mean: a scheduler hiccup on a 2-core machine moves the mean.
+MIN_ROUNDS, MAX_ROUNDS, MIN_SECONDS = 5, 200, 0.2
+SLOW_CALL_S, SLOW_ROUNDS = 0.5, 3
+
+
+def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", *,
+              warmup: int = 1, min_seconds: float = MIN_SECONDS) -> Timing:
+    """Time ``fn()`` per NOTE [benchmark rounds], synchronizing CUDA around every call.
+
+    >>> t = time_call(lambda: torch.ones(8).sum())
+    >>> t.rounds >= MIN_ROUNDS and t.min <= t.median <= t.max
+    True
+    """
+    sync = _sync(torch.device(device))
+    for _ in range(warmup):
+        fn()
+    sync()
+    times: list[float] = []
+    while len(times) < MAX_ROUNDS:
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+        if times[0] > SLOW_CALL_S and len(times) >= SLOW_ROUNDS:
+            break
+        if len(times) >= MIN_ROUNDS and sum(times) >= min_seconds:
+            break
+    q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
+    return Timing(len(times), statistics.median(times), q[0], q[2], min(times), max(times),
+                  statistics.fmean(times), statistics.pstdev(times))
+
+
+# NOTE [peak memory]
+# CUDA: the caching allocator's peak (torch.cuda.max_memory_allocated) after resetting it, minus
+# what was allocated before the call -- exact, per byte the call allocated.
+# CPU: torch has no allocator statistics, so we run the call once under torch.profiler with
+# profile_memory=True, which records every allocation and free of torch's CPU allocator, and take
+# the running total's maximum over operators in time order. That is the peak of live tensor bytes
+# the call allocated (not RSS: Python objects, the allocator's cached pages and memory freed
+# inside a single operator are not in it). It costs a profiled run, so it is measured once, apart
+# from the timed runs.
+def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> int:
+    """Peak bytes of tensors ``fn()`` allocated, per NOTE [peak memory]."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = fn()  # noqa: F841 - kept alive until the peak is read
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - before)
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_native_output(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()  # noqa: F841
+    running = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        running += event.self_cpu_memory_usage
+        peak = max(peak, running)
+    return peak
+
+
+@contextlib.contextmanager
+def _quiet_native_output() -> Iterator[None]:
+    """The profiler's native library prints start/stop lines on the process's stdout/stderr file
+    descriptors; a benchmark table must not be interleaved with them."""
+    try:
+        fds = [sys.stdout.fileno(), sys.stderr.fileno()]
+    except (AttributeError, OSError, ValueError):  # captured streams (pytest) have no descriptor
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in fds]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            os.dup2(null, fd)
+        yield
+    finally:
+        for fd, copy in zip(fds, saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(null)
+
+
+def saved_activation_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
+    """Bytes of the tensors one forward of ``fn`` saves for backward (each storage counted once,
+    the input excluded; weights a layer saves are included, as autograd keeps them alive too).
+
+    >>> saved_activation_bytes(torch.tanh, torch.zeros(4, 3, dtype=torch.float64))  # saves tanh(x)
+    96
+    """
+    seen: dict[tuple[int, torch.device], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.layout == torch.strided and t.untyped_storage().nbytes():
+            seen[(t.untyped_storage().data_ptr(), t.device)] = t.untyped_storage().nbytes()
+        return t
+
+    leaf = x.detach().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(leaf)
+    seen.pop((leaf.untyped_storage().data_ptr(), leaf.device), None)
+    return sum(seen.values())

@@ -1,0 +1,79 @@
+"""Cheap verification: uᵀ J v for a few random u, v against directional finite differences.
+
+Its cost is a few forward passes per probe, whatever the input size, where the full
+finite-difference Jacobian costs 6 N of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from jacverify.case import Flat
+from jacverify.compare import Reference
+from jacverify.oracles.finite_differences import directional_differences
+
+__all__ = ["Probes", "draw_probes", "projection_reference", "project"]
+
+DEFAULT_PROBES = 4
+
+
+@dataclass(frozen=True)
+class Probes:
+    """K random probes: cotangents ``u`` (K, B, M) and tangents ``v`` (K, B, N)."""
+
+    u: torch.Tensor
+    v: torch.Tensor
+
+
+# NOTE [projection probes]
+# Probe k draws standard normal u_k (B, M) and v_k (B, N) from the check's seed. For independent
+# samples every sample gets its own u, v: u_kᵀ J v_k = sum_b u_kbᵀ J_b v_kb, and the directional
+# difference of f along v_k gives every J_b v_kb at once (6 evaluations). When samples interact,
+# probe k keeps one sample s_k (drawn) and zeroes u, v elsewhere, so the cross-sample terms the
+# per-sample Jacobian leaves out never enter: f moves only along sample s_k's input, and only
+# sample s_k's outputs are read. A wrong entry J_b[m, n] = c is seen with probability 1 over the
+# draws (the projection is a non-zero polynomial in u, v); a random probe sees an error of relative
+# size r at about r of the projection's size, so four probes flag any O(1) error -- a wrong
+# formula, another sample's value -- while a rounding-sized one passes.
+# Tolerance: the FD error bound (per probe: sum |u| x the directional error) doubled, plus
+# sqrt(eps) x (|p| + max|p| + max_k ||u_k|| ||J v_k||): the last term is the size of the products
+# summed, by Cauchy-Schwarz, so a projection that cancels to ~0 is held to the rounding of what it
+# was summed from. None of it is multiplied by the number of entries.
+def draw_probes(flat: Flat, probes: int, seed: int, coupled: bool) -> Probes:
+    """Per NOTE [projection probes]; drawn on the CPU from ``seed``, moved to ``flat.x``."""
+    gen = torch.Generator().manual_seed(seed)
+    b, m, n = flat.batch_size, flat.n_out, flat.n_in
+    u = torch.randn(probes, b, m, generator=gen, dtype=torch.float64)
+    v = torch.randn(probes, b, n, generator=gen, dtype=torch.float64)
+    if coupled:
+        keep = torch.zeros(probes, b, 1, dtype=torch.float64)
+        keep[torch.arange(probes), torch.randint(b, (probes,), generator=gen)] = 1
+        u, v = u * keep, v * keep
+    return Probes(u.to(flat.x.device), v.to(flat.x.device))
+
+
+def projection_reference(ref_flat: Flat, probes: Probes) -> tuple[Reference, float]:
+    """Directional FD of each probe, reduced by its u: the reference (K,) with its error bound,
+    and the scale max_k ||u_k|| ||J v_k|| of NOTE [projection probes]."""
+    values, errors, scale = [], [], 0.0
+    for u, v in zip(probes.u, probes.v):
+        d = directional_differences(ref_flat, v, per_sample=True, independent=True)
+        u = u.to(d.value)
+        values.append((u * d.value).sum())
+        errors.append((u.abs() * d.error).sum())
+        scale = max(scale, float(u.norm() * d.value.norm()))
+    return Reference("projection_fd", torch.stack(values), torch.stack(errors)), scale
+
+
+def project(jacobian: torch.Tensor, probes: Probes) -> torch.Tensor:
+    """u_kᵀ J v_k for each probe: (B, M, N) -> (K,), in float64.
+
+    >>> j = torch.eye(2).expand(3, 2, 2)
+    >>> p = Probes(torch.ones(1, 3, 2, dtype=torch.float64), torch.ones(1, 3, 2, dtype=torch.float64))
+    >>> project(j, p).tolist()
+    [6.0]
+    """
+    j = jacobian.detach().to(device=probes.u.device, dtype=torch.float64)
+    return torch.einsum("kbm,bmn,kbn->k", probes.u, j, probes.v)
