@@ -23,6 +23,9 @@ __version__ = "0.1.0"
 
 # public name -> the module that holds it
 _EXPORTS = {
+    "batch_jacobian": "jacverify.auto",
+    "plan": "jacverify.auto",
+    "Plan": "jacverify.auto",
     "Case": "jacverify.case",
     "make_case": "jacverify.case",
     "Comparison": "jacverify.compare",
@@ -74,6 +77,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from jacverify.auto import Plan, batch_jacobian, plan
     from jacverify.case import Case, make_case
     from jacverify.compare import Comparison, Reference, tolerances
     from jacverify.discover import target

@@ -263,11 +263,12 @@ def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = 
 
     def g(x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        parts = x.split(sizes, dim=1)
-        xs = [p.reshape(b, *s).movedim(0, axis) for p, s in zip(parts, in_shapes)]
+        parts = x.split(sizes, dim=1) if len(sizes) > 1 else (x,)
+        xs = [_moved(p.reshape(b, *s), 0, axis) for p, s in zip(parts, in_shapes)]
         out = fn(*xs)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        return torch.cat([o.movedim(out_axis, 0).reshape(b, -1) for o in outs], dim=1)
+        if isinstance(out, torch.Tensor):  # (the common case, kept free of a cat under vmap)
+            return _moved(out, out_axis, 0).reshape(b, -1)
+        return torch.cat([_moved(o, out_axis, 0).reshape(b, -1) for o in out], dim=1)
 
     x = torch.cat(
         [t.to(dtype).movedim(axis, 0).reshape(case.batch_size, -1) for t in case.inputs], dim=1
@@ -293,6 +294,10 @@ def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = 
             )
         out_shapes.append(_drop(o.shape, out_axis))
     return Flat(g, x.detach(), in_shapes, tuple(out_shapes))
+
+
+def _moved(t: torch.Tensor, source: int, destination: int) -> torch.Tensor:
+    return t if source == destination else t.movedim(source, destination)
 
 
 def _call(fn: Callable, inputs: tuple[torch.Tensor, ...]):

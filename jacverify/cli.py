@@ -78,6 +78,23 @@ def _parser() -> argparse.ArgumentParser:
     fz.add_argument("--max-depth", type=int, default=3, metavar="D", help="max depth (default: 3)")
     fz.add_argument("--max-width", type=int, default=5, metavar="W", help="max width (default: 5)")
     sub.add_parser("demo", help="check the README's network and print the report")
+    bn = sub.add_parser("bench", help="time every method side by side (a FILE's targets or a suite)",
+                        description="Checks, then times every method side by side in this process: "
+                        "median and IQR over repeated runs after a warm-up, peak memory, the ratio "
+                        "to one forward pass and to the loop, and methods over 10x slower than the "
+                        "best flagged with the likely cause. With no FILE, runs --suite.")
+    bn.add_argument("files", nargs="*", metavar="FILE", help="a .py file or dotted module name")
+    bn.add_argument("--suite", default=None, choices=["default", "quick"],
+                    help="the tanh-MLP suite and its batch/size sweeps (default when no FILE)")
+    options.add_to_argparse(bn)
+    bn.add_argument("--batch-size", type=int, default=64, metavar="B",
+                    help="batch size of a FILE's inferred inputs (default: 64)")
+    bn.add_argument("--no-sweeps", action="store_true", help="skip the suite's sweeps")
+    bn.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    bn.add_argument("--min-seconds", type=float, default=None, metavar="S",
+                    help="timed work per method and case (default: 0.2)")
+    bn.add_argument("--json", metavar="PATH", help="write pytest-benchmark-style JSON")
+    bn.add_argument("--html", metavar="PATH", help="write tables and sweep plots as HTML")
     return parser
 
 
@@ -89,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             return _demo()
         if args.command == "fuzz":
             return _fuzz(args)
+        if args.command == "bench":
+            from jacverify.cli_bench import run_bench
+
+            return run_bench(args, _Usage)
         return _check(args)
     except _Usage as e:
         print(f"jacverify: error: {e}", file=sys.stderr)

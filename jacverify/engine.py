@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -23,6 +25,13 @@ from jacverify.errors import (
 from jacverify.methods import Method, get_methods
 from jacverify.methods.loops import loop
 from jacverify.oracles import Coupling, check_coupling, check_determinism, finite_differences
+from jacverify.oracles.projections import (
+    DEFAULT_PROBES,
+    Probes,
+    draw_probes,
+    project,
+    projection_reference,
+)
 from jacverify.report import MethodResult, Report
 
 __all__ = ["check", "check_method", "assert_jacobians_agree", "DEFAULT_MAX_MEMORY"]
@@ -44,6 +53,8 @@ def check(
     max_memory: int = DEFAULT_MAX_MEMORY,
     extra_methods: Sequence[Method] = (),
     warm_timing: bool = True,
+    verification: str = "full",
+    probes: int = DEFAULT_PROBES,
     _case_sink: Callable[[Case], None] | None = None,
 ) -> Report:
     """Compute per-sample Jacobians every applicable way and cross-check them.
@@ -63,6 +74,10 @@ def check(
         extra_methods: methods to run besides the registered ones (e.g. a user's own).
         warm_timing: time a quick method twice and keep the faster (NOTE [check timings]);
             False runs each method once (the fuzz loop, which needs no timings).
+        verification: "full" compares every entry with the finite-difference Jacobian and the
+            loop; "projection" compares ``probes`` random projections uᵀ J v with directional
+            finite differences (NOTE [projection probes]): a few forward passes per probe, for
+            inputs too wide for 6 N of them. ``report.verification`` says which ran.
 
     Returns:
         A :class:`~jacverify.Report`; ``report.passed`` is False when any method disagrees.
@@ -84,7 +99,14 @@ def check(
                      dtype=dtype, device=device, seed=seed)
     if _case_sink is not None:
         _case_sink(case)
+    if verification not in ("full", "projection"):
+        raise InvalidArgument(f"verification={verification!r} must be 'full' or 'projection'")
+    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
+        raise InvalidArgument(f"probes={probes!r} must be a positive int")
     with _buffers_restored(case.fn), _warnings_isolated():
+        if verification == "projection":
+            return _check_projected(case, chosen, rtols, max_memory, 2 if warm_timing else 1,
+                                    probes)
         return _check(case, chosen, rtols, max_memory, 2 if warm_timing else 1)
 
 
@@ -137,6 +159,38 @@ def _check(case: Case, chosen: Sequence[Method], rtols, max_memory: int, runs: i
                     v.scales, runs) for m in chosen]
     return Report(case, tuple(results), tuple(r.name for r in v.refs), v.coupling, v.refs[0].value,
                   v.ref_flat.x.dtype, v.notes, v.flat)
+
+
+def _check_projected(case: Case, chosen: Sequence[Method], rtols, max_memory: int, runs: int,
+                     probes: int) -> Report:
+    """Every method's Jacobian reduced to uᵀ J v per probe, against directional FD of them."""
+    flat = flatten(case)
+    notes: list[str] = []
+    check_determinism(flat)
+    ref_flat = _reference_version(case, notes) or flat
+    noise = check_determinism(ref_flat, "the reference copy of the function")
+    coupling = check_coupling(ref_flat, case.seed, noise)
+    drawn = draw_probes(ref_flat, probes, case.seed, coupling.coupled)
+    ref, scale = projection_reference(ref_flat, drawn)
+    notes.append(f"verification by {probes} random projections uᵀJv against directional finite "
+                 "differences (NOTE [projection probes]), not entry by entry: the report's "
+                 "indices are probes")
+    scales = _Scales(0.0, scale)
+    results = [_run(dataclasses.replace(m, compute=partial(_projected, m.compute, drawn)), flat,
+                    coupling.reason, max_memory, (ref,), None, case.dtype, rtols, scales, runs,
+                    expected=(probes,)) for m in chosen]
+    return Report(case, tuple(results), (ref.name,), coupling, ref.value, ref_flat.x.dtype,
+                  tuple(notes), flat, index_labels=("probe",),
+                  verification=f"projection ({probes} probes)")
+
+
+def _projected(compute: Callable[[Flat], torch.Tensor], drawn: Probes, flat: Flat) -> torch.Tensor:
+    value = compute(flat)
+    expected = (flat.batch_size, flat.n_out, flat.n_in)
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
+        raise NotApplicable(f"returned {getattr(value, 'shape', type(value).__name__)}, "
+                            f"expected shape {expected}")
+    return project(value, drawn)
 
 
 def _reference_version(case: Case, notes: list[str]) -> Flat | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from jacverify.outcomes import Outcome
 from jacverify.report import Report
 
-__all__ = ["write_html"]
+__all__ = ["write_html", "write_bench_html"]
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -121,5 +121,62 @@ def write_html(path: str | Path, outcomes: list[Outcome], header: str) -> None:
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>jacverify report</title>"
         f"<style>{_CSS}</style></head><body><h1>jacverify report</h1>"
         f"<p>{html.escape(header)}</p>{body}<script>{_MARK_RENDERED}</script></body></html>\n"
+    )
+    Path(path).write_text(page)
+
+
+def _sweep_plot(name: str, cases, axis: str) -> str:
+    """Median time against the swept size, one line per method, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    methods = dict.fromkeys(r.method for c in cases for r in c.results)
+    for method in methods:
+        points = [(c.params[axis], r.time_s) for c in cases for r in c.results
+                  if r.method == method and r.time_s and r.status == "agree"]
+        if points:
+            style = {"linewidth": 3, "color": "black"} if method == "auto" else {}
+            ax.plot(*zip(*points), marker="o", label=method, **style)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"{axis} (log scale)")
+    ax.set_ylabel("median time (s, log scale)")
+    ax.set_title(f"time against {axis} per method ({name} sweep)")
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    return _png(fig)
+
+
+_SWEPT = {"batch": "batch", "inputs": "in", "outputs": "out"}
+
+
+def write_bench_html(path: str | Path, run) -> None:
+    """The bench page: a table per case and a time-against-size plot per sweep, inline."""
+    e = html.escape
+    parts = [f"<p>suite {e(run.suite)}, device {e(run.device)}, started {e(run.started)}, "
+             f"torch {e(str(run.machine.get('torch')))}</p>"]
+    for name, cases in run.sweeps:
+        axis = _SWEPT.get(name, "batch")
+        parts.append(f"<h2>sweep: {e(name)}</h2><img alt='time against {axis}' "
+                     f"src='{_sweep_plot(name, cases, axis)}'>")
+    for c in run.cases:
+        rows = ["<tr><th>method</th><th>status</th><th>median ms</th><th>IQR ms</th>"
+                "<th>peak KiB</th><th>x forward</th><th>vs loop</th><th>note</th></tr>"]
+        for r in sorted(c.results, key=lambda r: (r.time_s is None, r.time_s or 0.0)):
+            t = r.timing
+            rows.append(
+                f"<tr><td>{e(r.method)}</td><td class='{r.status}'>{r.status}</td>"
+                f"<td>{_fmt(t.median * 1e3 if t else None)}</td>"
+                f"<td>{_fmt(t.iqr * 1e3 if t else None)}</td>"
+                f"<td>{_fmt(r.peak_bytes / 1024 if r.peak_bytes is not None else None)}</td>"
+                f"<td>{_fmt(r.forward_ratio)}</td><td>{_fmt(r.speedup_vs_loop)}</td>"
+                f"<td>{e(r.pathology or r.reason or '')}</td></tr>")
+        parts.append(f"<h2>{e(c.name)}</h2><table>{''.join(rows)}</table>")
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>jacverify bench</title>"
+        f"<style>{_CSS}</style></head><body><h1>jacverify bench</h1>{''.join(parts)}"
+        f"<script>{_MARK_RENDERED}</script></body></html>\n"
     )
     Path(path).write_text(page)

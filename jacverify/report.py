@@ -84,6 +84,7 @@ class Report:
     quantity: str = "batch_jacobian"
     index_labels: tuple[str, ...] = ("sample", "output", "input")
     scaling: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()  # method -> (K, seconds)
+    verification: str = "full"  # or "projection (K probes)": see check(verification=)
 
     @property
     def passed(self) -> bool:
@@ -165,6 +166,7 @@ class Report:
             "coupled": self.coupling.coupled,
             "coupling": self.coupling.reason,
             "trusted": list(self.trusted),
+            "verification": self.verification,
             "passed": self.passed,
             "fastest": self.fastest,
             "notes": list(self.notes),

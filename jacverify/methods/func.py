@@ -39,12 +39,14 @@ def forward_broadcast(flat: Flat, chunk_size: int | None = None) -> torch.Tensor
     return vmap(column, chunk_size=chunk_size)(eye).permute(1, 2, 0)
 
 
-def vmap_vjp(flat: Flat) -> torch.Tensor:
-    """vmap over ``vjp`` with cotangent e_m on every sample: the sum trick in torch.func."""
+def vmap_vjp(flat: Flat, chunk_size: int | None = None) -> torch.Tensor:
+    """vmap over ``vjp`` with cotangent e_m on every sample: the sum trick in torch.func;
+    ``chunk_size`` cotangents per pass (all M by default)."""
     _, pullback = vjp(flat.fn, flat.x)
     b = flat.batch_size
     eye = torch.eye(flat.n_out, dtype=flat.x.dtype, device=flat.x.device)
-    return vmap(lambda e: pullback(e.expand(b, -1))[0])(eye).permute(1, 0, 2)
+    rows = vmap(lambda e: pullback(e.expand(b, -1))[0], chunk_size=chunk_size)(eye)
+    return rows.permute(1, 0, 2)
 
 
 register_method(Method("vmap_jacrev", vmap_jacrev, "reverse", vectorized=True,

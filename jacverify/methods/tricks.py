@@ -20,13 +20,21 @@ def _identity_rows(flat: Flat, k: int) -> torch.Tensor:
     return eye.repeat_interleave(flat.batch_size, dim=0)
 
 
-def repeat_trick(flat: Flat) -> torch.Tensor:
-    """Copy i of the batch gets cotangent e_i; one backward gives every row of every sample."""
+def repeat_trick(flat: Flat, chunk_size: int | None = None) -> torch.Tensor:
+    """Copy i of the batch gets cotangent e_i; one backward gives every row of every sample
+    (``chunk_size`` copies per pass; all M by default)."""
     b, m, n = flat.batch_size, flat.n_out, flat.n_in
-    x = _copies(flat, m).requires_grad_()
-    (g,) = torch.autograd.grad(flat.fn(x), x, _identity_rows(flat, m),
-                               allow_unused=True, materialize_grads=True)
-    return g.reshape(m, b, n).permute(1, 0, 2)
+    step = m if chunk_size is None else max(1, min(m, chunk_size))
+    cotangents = _identity_rows(flat, m).reshape(m, b, m)  # copy i of sample b gets e_i
+    parts = []
+    for start in range(0, m, step):
+        k = min(step, m - start)
+        x = _copies(flat, k).requires_grad_()
+        (g,) = torch.autograd.grad(flat.fn(x), x, cotangents[start:start + k].reshape(k * b, m),
+                                   allow_unused=True, materialize_grads=True)
+        parts.append(g.reshape(k, b, n))
+    rows = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return rows.permute(1, 0, 2)
 
 
 def dual_repeat(flat: Flat) -> torch.Tensor:
@@ -56,19 +64,38 @@ def batched_grad_per_sample(flat: Flat, chunk_size: int | None = None) -> torch.
     return rows.reshape(b, m, b, n).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
 
 
-def _batched_rows(flat: Flat, cotangents, count: int, chunk_size: int | None) -> torch.Tensor:
-    """Gradients (count, B, N) for cotangents(rows) (k, B, M), ``chunk_size`` rows per backward."""
+def batched_double_backward(flat: Flat, chunk_size: int | None = None) -> torch.Tensor:
+    """Forward mode out of two reverse passes, batched: g(u) = Jᵀu with create_graph, then
+    J e_j = d(g · e_j)/du for every j in one ``is_grads_batched`` backward (``chunk_size`` per pass)."""
     x = flat.x.detach().requires_grad_()
     y = flat.fn(x)
+    u = torch.zeros_like(y, requires_grad=True)
+    (g,) = torch.autograd.grad(y, x, u, create_graph=True, allow_unused=True, materialize_grads=True)
+    b, n = flat.batch_size, flat.n_in
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    rows = _batched_rows(flat, lambda rows: eye[rows, None, :].expand(-1, b, n), n, chunk_size,
+                         output=g, wrt=u)
+    return rows.permute(1, 2, 0)
+
+
+def _batched_rows(flat: Flat, cotangents, count: int, chunk_size: int | None,
+                  output: torch.Tensor | None = None, wrt: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradients of ``output`` (default f(x)) with respect to ``wrt`` (default x), (count, *wrt),
+    for cotangents(rows) of shape (k, *output), ``chunk_size`` rows per batched backward."""
+    if output is None:
+        x = flat.x.detach().requires_grad_()
+        y = flat.fn(x)
+    else:
+        x, y = wrt, output
     step = count if chunk_size is None else max(1, min(count, chunk_size))
-    out = x.new_empty(count, *x.shape)
+    parts = []
     for start in range(0, count, step):
-        rows = torch.arange(start, min(count, start + step), device=x.device)
+        rows = slice(start, min(count, start + step))
         (g,) = torch.autograd.grad(y, x, cotangents(rows), is_grads_batched=True,
                                    retain_graph=start + step < count,
                                    allow_unused=True, materialize_grads=True)
-        out[start:start + len(rows)] = g
-    return out
+        parts.append(g)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 register_method(Method("repeat_trick", repeat_trick, "reverse", vectorized=False,
@@ -90,3 +117,7 @@ register_method(Method("batched_grad_per_sample", batched_grad_per_sample, "reve
                        extra_memory=lambda f: f.batch_size**2 * f.n_out * f.n_in,
                        description="autograd.grad(is_grads_batched=True), cotangent per sample and output",
                        cost="B*M batched cotangents, the full Jacobian's rows: B times the work"))
+register_method(Method("batched_double_backward", batched_double_backward, "reverse", vectorized=True,
+                       assumes_independent=True,
+                       description="JVPs from two reverse passes, tangents batched (is_grads_batched)",
+                       cost="two backward passes with N batched tangents (grows with N)"))

@@ -1,0 +1,274 @@
+"""``batch_jacobian(f, x)``: the per-sample Jacobian, the fastest registered way that is right here."""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from jacverify.case import Flat, flatten, make_case
+from jacverify.errors import InvalidArgument, MismatchError
+from jacverify.measure import peak_memory, saved_activation_bytes, time_call
+from jacverify.methods import func, get_methods, tricks
+from jacverify.oracles import check_coupling, check_determinism
+from jacverify.oracles.projections import DEFAULT_PROBES
+
+__all__ = ["batch_jacobian", "plan", "Plan"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How ``batch_jacobian(method="auto")`` computes a case, and why.
+
+    Attributes:
+        method: the registered method it runs.
+        chunk_size: cotangents (reverse) or tangents (forward) per pass; ``rows`` means one pass.
+        rows: how many there are in all.
+        reason: the shapes, coupling and memory facts that chose it.
+        memory_budget: bytes the call may use: 2x the Jacobian plus the forward's saved activations
+            (or the caller's ``max_memory``).
+    """
+
+    method: str
+    chunk_size: int
+    rows: int
+    reason: str
+    memory_budget: int
+
+    @property
+    def chunks(self) -> int:
+        return math.ceil(self.rows / self.chunk_size)
+
+
+# NOTE [auto plan]
+# Measured side by side on the bench suite (`jacverify bench`, numbers in the README): a reverse pass
+# costs about one backward per cotangent row, a forward pass one jvp per tangent, so
+# - samples interact (the coupling probe moved another sample's output): the per-sample truth is
+#   the diagonal block of the full Jacobian -> batched_grad_per_sample, B*M cotangent rows;
+# - M <= N: reverse mode, M cotangent rows: batched_grad (one autograd.grad with
+#   is_grads_batched), vmap_vjp (vmap over torch.func.vjp) or repeat_trick (M copies, no vmap);
+# - M > N: forward mode, N tangent rows: batched_double_backward (J v out of two reverse passes,
+#   tangents batched; needs no forward-AD formula) or forward_broadcast (vmap over jvp).
+# Within the family the first call times each candidate for PLAN_TIMING_S and keeps the fastest:
+# which one wins depends on the device and the shape (vmap_vjp beat batched_grad by 1.25x at
+# B=16, 64-64-64 here; batched_grad won by 1.15x at B=64, 8-64-8). A candidate that raises (no
+# double backward, no forward-AD formula, no batching rule) drops out; when all do, batched_grad.
+# Memory: the budget is 2 |J| + the bytes the forward saves for backward, but never under
+# MEMORY_FLOOR: a vectorized pass over k rows holds k gradients of every hidden layer, so with
+# hidden layers wider than the Jacobian's rows (8-64-8 at B=64: 0.37 MB against a 0.17 MB budget)
+# only one row per pass would fit, tripling the time (0.32 -> 0.99 ms) to save 0.2 MB. The floor
+# keeps that trade for cases where the memory matters; pass max_memory= for a strict budget.
+# A pass over k rows is estimated at k x saved activations + |J|; when that may not fit, the plan
+# measures the peak (NOTE [peak memory]) at 1 and 2 rows per pass, extrapolates linearly (peak
+# grows sublinearly in k, so this errs small), and confirms the chunk it picks, halving it while
+# over. Plans are cached per function, input shape, dtype, device and train/eval state: the probes
+# and measurements run on the first call only.
+MEMORY_FLOOR = 2**24  # 16 MiB
+PLAN_TIMING_S = 0.02  # per candidate, on the first call
+
+
+def plan(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
+         max_memory: int | None = None) -> Plan:
+    """The plan ``batch_jacobian(fn, x)`` would use (made and cached on first use).
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    >>> p = plan(net, torch.randn(32, 8))
+    >>> p.method, p.rows
+    ('batched_grad', 2)
+    """
+    return _planned(fn, x, max_memory)[0]
+
+
+def batch_jacobian(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    method: str = "auto",
+    verify: bool = False,
+    probes: int = DEFAULT_PROBES,
+    max_memory: int | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The per-sample Jacobian ``J[b] = d fn(x)[b] / d x[b]``, shaped (B, *out, *in).
+
+    Args:
+        fn: a function or module of one batched tensor (batch first).
+        x: the inputs, (B, *in).
+        method: "auto" (NOTE [auto plan]) or the name of a registered batch_jacobian method.
+        verify: check this answer against finite differences with ``probes`` random projections
+            uᵀ J v (cost: 6 forward passes per probe, whatever the size); raise if it is wrong.
+        max_memory: bytes the computation may use; the default is NOTE [auto plan]'s budget.
+        seed: seeds the coupling probe and the projections.
+
+    Raises:
+        InvalidArgument: ``fn``, ``x`` or ``method`` is not usable; the message says why.
+        MismatchError: ``verify=True`` and the answer disagrees with finite differences.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    >>> x = torch.randn(5, 3)
+    >>> jac = batch_jacobian(net, x, verify=True)
+    >>> jac.shape
+    torch.Size([5, 2, 3])
+    >>> torch.allclose(jac[1], torch.func.jacrev(net)(x[1]))
+    True
+    """
+    if method == "auto":
+        chosen, flat, out_shape = _planned(fn, x, max_memory)
+        compute = _COMPUTE[chosen.method]
+        value = compute(flat, chosen.chunk_size)
+        name = chosen.method
+    else:
+        (m,) = get_methods([method])
+        flat = flatten(_case(fn, x))
+        out_shape = flat.out_shapes[0]
+        value, name = m.compute(flat), m.name
+    if verify:
+        _verify(fn, x, value, name, probes, seed)
+    return value.reshape(x.shape[0], *out_shape, *x.shape[1:])
+
+
+def _case(fn, x):
+    if not isinstance(x, torch.Tensor) or x.ndim < 1:
+        raise InvalidArgument(f"x={type(x).__name__} must be a tensor with the batch first, (B, *in); "
+                              "batch_jacobian takes one input (use jacverify.check for several)")
+    return make_case(fn, x)
+
+
+def _flat(fn, x: torch.Tensor, out_shape: tuple[int, ...]) -> Flat:
+    """The canonical form without the validating call (the plan validated this shape already)."""
+    in_shape = tuple(x.shape[1:])
+
+    def g(z: torch.Tensor) -> torch.Tensor:
+        return fn(z.reshape(z.shape[0], *in_shape)).reshape(z.shape[0], -1)
+
+    return Flat(g, x.detach().reshape(x.shape[0], -1), (in_shape,), (out_shape,))
+
+
+# Plans keyed by the function (weakly, so a cached plan never keeps a model alive) and then by the
+# shapes and modes of the call; functions that cannot be weakly referenced share a small LRU.
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_STRONG: OrderedDict = OrderedDict()
+_STRONG_SIZE = 8
+
+
+def _key(fn, x: torch.Tensor, max_memory: int | None) -> tuple:
+    modes = tuple(m.training for m in fn.modules()) if isinstance(fn, torch.nn.Module) else ()
+    return (tuple(x.shape), x.dtype, x.device, modes, max_memory)
+
+
+def _planned(fn, x: torch.Tensor, max_memory: int | None) -> tuple[Plan, Flat, tuple[int, ...]]:
+    key = _key(fn, x, max_memory) if isinstance(x, torch.Tensor) else None
+    try:
+        table = _PLANS.setdefault(fn, {})
+    except TypeError:  # not weakly referenceable (a builtin): a strong, bounded cache
+        table = _STRONG.setdefault(id(fn), {})
+        _STRONG.move_to_end(id(fn))
+        while len(_STRONG) > _STRONG_SIZE:
+            _STRONG.popitem(last=False)
+    if key in table:
+        chosen, out_shape = table[key]
+        return chosen, _flat(fn, x, out_shape), out_shape
+    case = _case(fn, x)
+    if max_memory is not None and (not isinstance(max_memory, int) or max_memory <= 0):
+        raise InvalidArgument(f"max_memory={max_memory!r} must be a positive number of bytes")
+    flat = flatten(case)
+    if len(flat.out_shapes) != 1:
+        raise InvalidArgument("fn returned a tuple; batch_jacobian takes one output tensor "
+                              "(use jacverify.check for several)")
+    chosen = _make_plan(flat, max_memory)
+    table[key] = (chosen, flat.out_shapes[0])
+    return chosen, _flat(fn, x, flat.out_shapes[0]), flat.out_shapes[0]
+
+
+def _make_plan(flat: Flat, max_memory: int | None) -> Plan:
+    b, m, n = flat.batch_size, flat.n_out, flat.n_in
+    coupling = check_coupling(flat, seed=0, noise=check_determinism(flat))
+    if coupling.coupled:
+        family, rows = ("batched_grad_per_sample",), b * m
+        why = f"samples interact ({coupling.reason}): rows of the full Jacobian, B*M = {rows}"
+    elif m <= n:
+        family, rows = ("batched_grad", "vmap_vjp", "repeat_trick"), m
+        why = f"independent samples, outputs M={m} <= inputs N={n}: reverse mode, M rows"
+    else:
+        family, rows = ("batched_double_backward", "forward_broadcast"), n
+        why = f"independent samples, outputs M={m} > inputs N={n}: forward mode, N rows"
+    saved = saved_activation_bytes(flat.fn, flat.x)
+    jac_bytes = b * m * n * flat.x.element_size()
+    budget = max_memory or max(2 * jac_bytes + saved, MEMORY_FLOOR)
+    chunk = rows if rows * saved + jac_bytes <= budget else None
+    timed, failed = {}, []
+    for name in family:
+        try:
+            k = chunk or _chunk_within(flat, name, rows, budget)
+            timed[name] = (time_call(lambda: _COMPUTE[name](flat, k), flat.x.device,
+                                     min_seconds=PLAN_TIMING_S).median, k)
+        except Exception as e:  # noqa: BLE001 - no double backward, forward AD or batching rule
+            failed.append(f"{name} raised {type(e).__name__}")
+    if not timed:  # the whole family failed: reverse mode over the outputs, which every op has
+        name, rows = "batched_grad", m
+        timed[name] = (0.0, rows if rows * saved + jac_bytes <= budget
+                       else _chunk_within(flat, name, rows, budget))
+    name = min(timed, key=lambda k: timed[k][0])
+    chunk = timed[name][1]
+    why += f"; {name} timed fastest of {', '.join(family)}" if len(timed) > 1 else f"; {name}"
+    why += f" ({'; '.join(failed)})" if failed else ""
+    if chunk < rows:
+        why += f"; {math.ceil(rows / chunk)} passes of {chunk} rows to stay within {budget} bytes"
+    return Plan(name, chunk, rows, why, budget)
+
+
+def _chunk_within(flat: Flat, name: str, rows: int, budget: int) -> int:
+    """The most rows per pass whose measured peak memory fits ``budget`` (NOTE [auto plan])."""
+    if rows == 1:
+        return 1
+    compute = _COMPUTE[name]
+
+    def peak(k: int) -> int:
+        return peak_memory(lambda: compute(flat, k), flat.x.device)
+
+    try:
+        one, two = peak(1), peak(2)
+        per_row = max(two - one, 1)
+        chunk = int(max(1, min(rows, (budget - one) // per_row + 1)))
+        while chunk > 1 and peak(chunk) > budget:
+            chunk //= 2
+    except RuntimeError:  # a profiler is running already (the caller's): one row per pass
+        return 1
+    return chunk
+
+
+# the registered methods auto chooses from, called with their chunk size
+_COMPUTE: dict[str, Callable[[Flat, int], torch.Tensor]] = {
+    "batched_grad": tricks.batched_grad,
+    "batched_double_backward": tricks.batched_double_backward,
+    "batched_grad_per_sample": tricks.batched_grad_per_sample,
+    "forward_broadcast": func.forward_broadcast,
+    "vmap_vjp": func.vmap_vjp,
+    "repeat_trick": tricks.repeat_trick,
+}
+
+
+def _verify(fn, x: torch.Tensor, value: torch.Tensor, name: str, probes: int, seed: int) -> None:
+    from jacverify.compare import compare, tolerances
+    from jacverify.engine import _reference_version
+    from jacverify.oracles.projections import draw_probes, project, projection_reference
+
+    if not isinstance(probes, int) or probes < 1:
+        raise InvalidArgument(f"probes={probes!r} must be a positive int")
+    case = make_case(fn, x, seed=seed)
+    flat = flatten(case)
+    ref_flat = _reference_version(case, []) or flat
+    coupled = check_coupling(ref_flat, seed).coupled
+    drawn = draw_probes(ref_flat, probes, seed, coupled)
+    ref, scale = projection_reference(ref_flat, drawn)
+    c = compare(project(value, drawn), ref, case.dtype, tolerances(), derivative_scale=scale)
+    if not c.passed:
+        raise MismatchError(
+            f"batch_jacobian via {name} failed its verification: probe {c.worst_index[0]} of "
+            f"{probes} gives uᵀJv = {c.value_at_worst:.6g}, finite differences "
+            f"{c.reference_at_worst:.6g} (allowed {c.allowed_at_worst:.3g}: {c.rule}); run "
+            "jacverify.check(fn, x) to see which methods are wrong and where", None)  # type: ignore[arg-type]

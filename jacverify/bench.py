@@ -1,0 +1,275 @@
+"""Performance of every method side by side: time, peak memory, ratios, pathologies; the suite."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from jacverify.auto import batch_jacobian, plan
+from jacverify.compare import Reference, compare, tolerances
+from jacverify.engine import check
+from jacverify.measure import Timing, peak_memory, time_call
+from jacverify.methods import get_methods
+
+__all__ = ["MethodBench", "CaseBench", "SuiteCase", "BenchRun", "bench", "bench_suite", "SUITES",
+           "SWEEPS", "PATHOLOGY_RATIO"]
+
+# NOTE [pathology]
+# A method more than PATHOLOGY_RATIO times slower than the fastest correct one on a case is marked,
+# with its registered cost model as the likely cause (e.g. "the full (B*M, B*N) Jacobian then its
+# diagonal: quadratic in the batch"). Ten times is past any constant-factor difference between
+# two sound ways (the correct methods of the suite spread over about 3x) and into a different
+# growth law.
+PATHOLOGY_RATIO = 10.0
+
+
+@dataclass(frozen=True)
+class MethodBench:
+    """One method on one case: its verdict from the check, and how fast and big it ran."""
+
+    method: str
+    status: str
+    reason: str | None = None
+    timing: Timing | None = None
+    peak_bytes: int | None = None
+    forward_ratio: float | None = None
+    speedup_vs_loop: float | None = None
+    pathology: str | None = None
+
+    @property
+    def time_s(self) -> float | None:
+        return self.timing.median if self.timing else None
+
+
+@dataclass(frozen=True)
+class CaseBench:
+    """Every method on one case, with the forward pass as the unit of cost."""
+
+    name: str
+    params: dict = field(compare=False)
+    forward: Timing
+    jacobian_bytes: int
+    results: tuple[MethodBench, ...]
+    plan: str | None = None
+
+    def __getitem__(self, method: str) -> MethodBench:
+        for r in self.results:
+            if r.method == method:
+                return r
+        raise KeyError(f"no result for {method!r}; ran {[r.method for r in self.results]}")
+
+    @property
+    def fastest(self) -> MethodBench | None:
+        """The fastest registered method that agrees with the references (``auto`` aside)."""
+        ok = [r for r in self.results if r.status == "agree" and r.timing and r.method != "auto"]
+        return min(ok, key=lambda r: r.timing.median) if ok else None  # type: ignore[union-attr]
+
+    def ratio(self, method: str, to: str) -> float | None:
+        """time(method) / time(to), medians; None when either did not run."""
+        try:
+            a, b = self[method].time_s, self[to].time_s
+        except KeyError:
+            return None
+        return a / b if a and b else None
+
+
+@dataclass(frozen=True)
+class SuiteCase:
+    """A tanh MLP case of the bench suite: ``in -> hidden -> hidden -> out``, batch first.
+
+    >>> SuiteCase(64, (8, 64, 8), "float32").name
+    'mlp8-64-8/B64/float32'
+    """
+
+    batch: int
+    sizes: tuple[int, int, int]
+    dtype: str = "float32"
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"mlp{'-'.join(map(str, self.sizes))}/B{self.batch}/{self.dtype}"
+
+    def build(self, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, torch.Tensor]:
+        n, h, m = self.sizes
+        gen = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        net = torch.nn.Sequential(torch.nn.Linear(n, h), torch.nn.Tanh(), torch.nn.Linear(h, h),
+                                  torch.nn.Tanh(), torch.nn.Linear(h, m))
+        dtype = getattr(torch, self.dtype)
+        x = torch.randn(self.batch, n, generator=gen)
+        return net.to(device=device, dtype=dtype), x.to(device=device, dtype=dtype)
+
+
+SUITES: dict[str, tuple[SuiteCase, ...]] = {
+    "default": tuple(SuiteCase(b, s, dt) for b, s in [(64, (8, 64, 8)), (64, (32, 128, 4)),
+                                                       (64, (4, 256, 64)), (16, (64, 64, 64))]
+                     for dt in ("float64", "float32")),
+    "quick": (SuiteCase(8, (4, 16, 2), "float64"), SuiteCase(8, (2, 16, 6), "float32")),
+}
+# How cost grows: batch size, then input size, then output size, one at a time (float32).
+SWEEPS: dict[str, dict[str, tuple[SuiteCase, ...]]] = {
+    "default": {
+        "batch": tuple(SuiteCase(b, (8, 64, 8)) for b in (1, 4, 16, 64, 256)),
+        "inputs": tuple(SuiteCase(64, (n, 64, 8)) for n in (2, 8, 32)),
+        "outputs": tuple(SuiteCase(64, (8, 64, m)) for m in (2, 8, 32)),
+    },
+    "quick": {"batch": tuple(SuiteCase(b, (3, 8, 2)) for b in (1, 4))},
+}
+
+
+def bench(fn: Callable, x: torch.Tensor, *, name: str | None = None,
+          methods: Sequence[str] | None = None, device: str | torch.device | None = None,
+          memory: bool = True, min_seconds: float | None = None, params: dict | None = None
+          ) -> CaseBench:
+    """Time every method (and ``batch_jacobian(method="auto")``) on one case, side by side.
+
+    Each method is first checked (``jacverify.check``): a wrong method is timed and marked, one
+    that cannot run says why. Then timed per NOTE [benchmark rounds], and its peak memory measured
+    per NOTE [peak memory] in one more run.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    >>> result = bench(net, torch.randn(4, 3), methods=["loop", "batched_grad"], memory=False)
+    >>> [r.status for r in result.results]
+    ['agree', 'agree', 'agree']
+    >>> result.fastest.method in ("loop", "batched_grad")
+    True
+    """
+    timing = {} if min_seconds is None else {"min_seconds": min_seconds}
+    report = check(fn, x, methods=methods, device=device, warm_timing=False)
+    flat, dev = report.flat, report.case.device
+    fwd_fn, fwd_x = report.case.fn, report.case.inputs[0]
+    forward = time_call(lambda: fwd_fn(fwd_x), dev, **timing)
+    chosen = {m.name: m for m in get_methods([r.method for r in report.results])}
+    rows: list[MethodBench] = []
+    for r in report.results:
+        if r.status not in ("agree", "mismatch"):
+            rows.append(MethodBench(r.method, r.status, r.reason))
+            continue
+        compute = chosen[r.method].compute
+        rows.append(MethodBench(r.method, r.status, r.reason,
+                                time_call(lambda: compute(flat), dev, **timing),
+                                peak_memory(lambda: compute(flat), dev) if memory else None))
+    auto_plan = None
+    if len(report.case.inputs) == 1 and report.case.batch_axis == 0 and len(flat.out_shapes) == 1:
+        value = batch_jacobian(fwd_fn, fwd_x).reshape(flat.batch_size, flat.n_out, flat.n_in)
+        ref = Reference(report.trusted[0], report.reference)
+        agree = compare(value, ref, report.case.dtype, tolerances()).passed
+        auto_plan = plan(fwd_fn, fwd_x).reason
+        rows.append(MethodBench(
+            "auto", "agree" if agree else "mismatch", auto_plan,
+            time_call(lambda: batch_jacobian(fwd_fn, fwd_x), dev, **timing),
+            peak_memory(lambda: batch_jacobian(fwd_fn, fwd_x), dev) if memory else None))
+    return CaseBench(name or repr(report.case), dict(params or {}), forward,
+                     flat.batch_size * flat.n_out * flat.n_in * flat.x.element_size(),
+                     _with_ratios(rows, forward), auto_plan)
+
+
+def _with_ratios(rows: list[MethodBench], forward: Timing) -> tuple[MethodBench, ...]:
+    loop = next((r.time_s for r in rows if r.method == "loop" and r.time_s), None)
+    correct = [r.time_s for r in rows if r.status == "agree" and r.time_s]
+    best = min(correct, default=None)
+    best_name = next((r.method for r in rows if r.time_s == best), None)
+    costs = {m.name: m.cost for m in get_methods(None)}
+    out = []
+    for r in rows:
+        if r.time_s is None:
+            out.append(r)
+            continue
+        slow = best and r.time_s > PATHOLOGY_RATIO * best
+        cause = costs.get(r.method) or "no cost model registered"
+        out.append(MethodBench(
+            r.method, r.status, r.reason, r.timing, r.peak_bytes,
+            forward_ratio=r.time_s / forward.median if forward.median else None,
+            speedup_vs_loop=loop / r.time_s if loop else None,
+            pathology=f"{r.time_s / best:.0f}x slower than {best_name}: {cause}" if slow else None))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """A suite run: its cases, its sweeps (how cost grows), and where it ran."""
+
+    suite: str
+    cases: tuple[CaseBench, ...]
+    sweeps: tuple[tuple[str, tuple[CaseBench, ...]], ...]
+    device: str
+    started: str
+    machine: dict = field(compare=False)
+
+    def to_json(self) -> dict:
+        """pytest-benchmark's saved-run layout: one entry per (case, method), stats in seconds."""
+        import jacverify
+
+        benchmarks = []
+        groups = [("suite", c) for c in self.cases] + [
+            (f"sweep:{s}", c) for s, cs in self.sweeps for c in cs]
+        for group, case in groups:
+            for r in case.results:
+                stats = r.timing.to_dict() if r.timing else None
+                if stats:
+                    stats.update(iterations=1, total=stats["mean"] * stats["rounds"],
+                                 ld15iqr=stats["min"], hd15iqr=stats["max"], outliers="0;0",
+                                 iqr_outliers=0, stddev_outliers=0)
+                benchmarks.append({
+                    "group": f"{group}:{case.name}", "name": f"{r.method}[{case.name}]",
+                    "fullname": f"jacverify bench::{group}::{case.name}::{r.method}",
+                    "params": {**case.params, "method": r.method}, "param": case.name,
+                    "extra_info": {"status": r.status, "reason": r.reason,
+                                   "peak_bytes": r.peak_bytes, "forward_ratio": r.forward_ratio,
+                                   "speedup_vs_loop": r.speedup_vs_loop,
+                                   "pathology": r.pathology, "forward_median_s": case.forward.median,
+                                   "jacobian_bytes": case.jacobian_bytes},
+                    "options": {"timer": "perf_counter", "warmup": 1, "device": self.device},
+                    "stats": stats,
+                })
+        return {"machine_info": self.machine, "commit_info": {}, "benchmarks": benchmarks,
+                "datetime": self.started, "version": f"jacverify {jacverify.__version__}"}
+
+
+def bench_suite(suite: str = "default", *, sweeps: bool = True, device: str = "cpu",
+                methods: Sequence[str] | None = None, memory: bool = True,
+                min_seconds: float | None = None,
+                on_case: Callable[[str, CaseBench], None] | None = None) -> BenchRun:
+    """Run a named suite (``SUITES``) and its sweeps (``SWEEPS``) in this process.
+
+    ``on_case(group, result)`` is called after each case (progress bars).
+    """
+    from jacverify.errors import InvalidArgument
+
+    if suite not in SUITES:
+        raise InvalidArgument(f"suite={suite!r} is not one of {', '.join(SUITES)}")
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+    def run(group: str, spec: SuiteCase) -> CaseBench:
+        net, x = spec.build(device)
+        n, h, m = spec.sizes
+        result = bench(net, x, name=spec.name, methods=methods, memory=memory,
+                       min_seconds=min_seconds,
+                       params={"batch": spec.batch, "in": n, "hidden": h, "out": m,
+                               "dtype": spec.dtype})
+        if on_case:
+            on_case(group, result)
+        return result
+
+    cases = tuple(run("suite", c) for c in SUITES[suite])
+    swept = tuple((s, tuple(run(f"sweep {s}", c) for c in cs))
+                  for s, cs in (SWEEPS[suite].items() if sweeps else ()))
+    return BenchRun(suite, cases, swept, device, started, _machine(device))
+
+
+def _machine(device: str) -> dict:
+    import os
+
+    info = {"node": platform.node(), "processor": platform.processor(),
+            "machine": platform.machine(), "python_version": platform.python_version(),
+            "system": platform.system(), "release": platform.release(),
+            "cpu": {"count": os.cpu_count()}, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info

@@ -1,0 +1,196 @@
+"""batch_jacobian(method="auto"), the projection check, and the benchmark machinery."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import jacverify
+from jacverify.auto import _COMPUTE, MEMORY_FLOOR
+from jacverify.bench import MethodBench, _with_ratios, bench
+from jacverify.case import flatten, make_case
+from jacverify.examples.networks import BatchCoupled
+from jacverify.examples.twins import CubeWrongBackward, CubeWrongJvp, cube_net
+from jacverify.measure import Timing, peak_memory, saved_activation_bytes, time_call
+from jacverify.methods.loops import loop
+
+
+def _mlp(n: int, h: int, m: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(n, h), torch.nn.Tanh(),
+                               torch.nn.Linear(h, m)).double()
+
+
+def _truth(fn, x):
+    return loop(flatten(make_case(fn, x)))
+
+
+@pytest.mark.parametrize(("n", "m"), [(6, 3), (3, 6), (4, 4)])
+def test_auto_matches_the_loop_and_picks_the_mode_by_shape(n, m):
+    net, x = _mlp(n, 16, m), torch.randn(5, n, dtype=torch.float64)
+    jac = jacverify.batch_jacobian(net, x, verify=True)
+    torch.testing.assert_close(jac, _truth(net, x), rtol=0, atol=1e-12)  # same float64 formulas
+    family = {"batched_grad", "vmap_vjp", "repeat_trick"} if m <= n else {
+        "batched_double_backward", "forward_broadcast"}
+    assert jacverify.plan(net, x).method in family
+
+
+def test_auto_keeps_user_shapes():
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 4), torch.nn.Unflatten(1, (2, 2)))
+    x = torch.randn(3, 2, 3)
+    assert jacverify.batch_jacobian(net, x).shape == (3, 2, 2, 2, 3)
+
+
+def test_auto_on_interacting_samples_gives_the_per_sample_blocks():
+    net, x = BatchCoupled().double().train(), torch.randn(6, 5, dtype=torch.float64)
+    p = jacverify.plan(net, x)
+    assert p.method == "batched_grad_per_sample" and "samples interact" in p.reason
+    torch.testing.assert_close(jacverify.batch_jacobian(net, x, verify=True), _truth(net, x),
+                               rtol=0, atol=1e-12)
+
+
+def test_plan_is_cached_and_follows_train_eval():
+    net, x = BatchCoupled().double().train(), torch.randn(6, 5, dtype=torch.float64)
+    assert jacverify.plan(net, x) is jacverify.plan(net, x)
+    assert jacverify.plan(net.eval(), x).method != "batched_grad_per_sample"
+
+
+def test_memory_budget_chunks_and_stays_exact():
+    net, x = _mlp(4, 64, 3), torch.randn(32, 4, dtype=torch.float64)
+    tight = saved_activation_bytes(lambda z: net(z), x)  # far below one full vectorized pass
+    p = jacverify.plan(net, x, max_memory=tight)
+    assert p.chunks > 1 and "passes of" in p.reason and p.memory_budget == tight
+    jac = jacverify.batch_jacobian(net, x, max_memory=tight)
+    torch.testing.assert_close(jac, _truth(net, x), rtol=0, atol=1e-12)
+    assert jacverify.plan(net, x).memory_budget >= MEMORY_FLOOR  # the default budget
+
+
+@pytest.mark.parametrize("name", sorted(_COMPUTE))
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_every_chunked_method_equals_its_one_pass(name, chunk):
+    flat = flatten(make_case(_mlp(3, 8, 5), torch.randn(4, 3, dtype=torch.float64)))
+    torch.testing.assert_close(_COMPUTE[name](flat, chunk), _COMPUTE[name](flat, None),
+                               rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("twin", [CubeWrongBackward, CubeWrongJvp])
+def test_verify_catches_a_wrong_method(twin):
+    """A wrong backward fails every reverse method; a wrong jvp the forward ones. Forced onto such
+    a method, batch_jacobian(verify=True) must raise; plain verify of a right method passes."""
+    net, x = cube_net(twin).double(), torch.randn(6, 5, dtype=torch.float64)
+    wrong = "batched_grad" if twin is CubeWrongBackward else "forward_broadcast"
+    with pytest.raises(jacverify.MismatchError, match=f"via {wrong} failed its verification"):
+        jacverify.batch_jacobian(net, x, method=wrong, verify=True)
+    right = "forward_broadcast" if twin is CubeWrongBackward else "batched_grad"
+    jacverify.batch_jacobian(net, x, method=right, verify=True)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"method": "fastest"}, "not a registered batch_jacobian method"),
+    ({"probes": 0, "verify": True}, "probes=0 must be a positive int"),
+    ({"max_memory": -1}, "max_memory=-1 must be a positive number of bytes"),
+])
+def test_bad_arguments_name_the_argument(kwargs, message):
+    with pytest.raises(jacverify.InvalidArgument, match=message):
+        jacverify.batch_jacobian(_mlp(2, 4, 2), torch.randn(3, 2, dtype=torch.float64), **kwargs)
+
+
+def test_bad_inputs_name_what_is_wrong():
+    with pytest.raises(jacverify.InvalidArgument, match="must be a tensor with the batch first"):
+        jacverify.batch_jacobian(torch.tanh, [1.0, 2.0])
+    with pytest.raises(jacverify.InvalidArgument, match="returned a tuple"):
+        jacverify.batch_jacobian(lambda z: (z, z), torch.randn(3, 2))
+
+
+def test_projection_check_passes_right_methods_and_flags_wrong_ones():
+    wide = torch.nn.Sequential(torch.nn.Linear(40, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    report = jacverify.check(wide, torch.randn(8, 40), verification="projection", probes=3)
+    assert report.passed and report.verification == "projection (3 probes)"
+    assert report.trusted == ("projection_fd",) and report.reference.shape == (3,)
+    assert any("random projections" in n for n in report.notes)
+    broken = jacverify.check(cube_net(CubeWrongBackward), torch.randn(6, 5),
+                             verification="projection")
+    reverse = {m.name for m in jacverify.registered_methods() if m.mode == "reverse"}
+    assert {r.method for r in broken.mismatches} == reverse
+    assert "probe" in broken.failure_message()
+
+
+def test_projection_check_respects_interacting_samples():
+    net = BatchCoupled().double().train()
+    report = jacverify.check(net, torch.randn(6, 5, dtype=torch.float64), verification="projection")
+    assert report.passed and report.coupling.coupled
+    assert report["batched_grad_per_sample"].status == "agree"
+
+
+def test_projection_verification_argument_is_validated():
+    with pytest.raises(jacverify.InvalidArgument, match="verification='cheap'"):
+        jacverify.check(torch.nn.Linear(2, 2), torch.randn(3, 2), verification="cheap")
+
+
+def test_time_call_statistics_are_ordered():
+    t = time_call(lambda: torch.randn(64, 64) @ torch.randn(64, 64), min_seconds=0.01)
+    assert t.rounds >= 5 and t.min <= t.q1 <= t.median <= t.q3 <= t.max
+    assert t.to_dict()["iqr"] == pytest.approx(t.q3 - t.q1)
+
+
+def test_peak_memory_sees_a_known_allocation_on_cpu():
+    size = 2**22  # 4 MiB of float32 created and freed inside the call
+    peak = peak_memory(lambda: torch.ones(size // 4).sum())
+    assert size <= peak < 2 * size
+
+
+def _timing(seconds: float) -> Timing:
+    return Timing(5, seconds, seconds, seconds, seconds, seconds, seconds, 0.0)
+
+
+def test_pathology_flags_methods_over_ten_times_the_best_with_their_cost_model():
+    rows = [MethodBench("batched_grad", "agree", timing=_timing(0.001)),
+            MethodBench("full_diagonal", "agree", timing=_timing(0.0101)),
+            MethodBench("loop", "agree", timing=_timing(0.0099)),
+            MethodBench("sum_trick", "mismatch", timing=_timing(0.0005)),  # wrong: never "best"
+            MethodBench("vmap_jacfwd", "unsupported", reason="no rule")]
+    out = {r.method: r for r in _with_ratios(rows, _timing(0.0001))}
+    assert out["full_diagonal"].pathology.startswith("10x slower than batched_grad: the full")
+    assert "quadratic in the batch" in out["full_diagonal"].pathology
+    assert out["loop"].pathology is None and out["batched_grad"].pathology is None
+    assert out["batched_grad"].speedup_vs_loop == pytest.approx(9.9)
+    assert out["batched_grad"].forward_ratio == pytest.approx(10.0)
+    assert out["vmap_jacfwd"].timing is None
+
+
+def test_bench_checks_times_and_marks_a_wrong_method():
+    result = bench(cube_net(CubeWrongBackward), torch.randn(6, 5),
+                   methods=["loop", "forward_broadcast", "batched_grad"], min_seconds=0.01)
+    status = {r.method: r.status for r in result.results}
+    assert status == {"loop": "mismatch", "forward_broadcast": "agree",
+                      "batched_grad": "mismatch", "auto": status["auto"]}
+    assert result.fastest.method == "forward_broadcast"
+    assert all(r.timing.rounds >= 1 and r.peak_bytes is not None for r in result.results)
+
+
+def test_cli_bench_quick_suite_writes_table_json_and_plot(tmp_path):
+    out_json, out_html = tmp_path / "bench.json", tmp_path / "bench.html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jacverify", "bench", "--suite", "quick", "--min-seconds", "0.01",
+         "--json", str(out_json), "--html", str(out_html)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "auto / fastest" in proc.stdout and "mlp4-16-2/B8/float64" in proc.stdout
+    doc = json.loads(out_json.read_text())
+    assert {"machine_info", "commit_info", "benchmarks", "datetime", "version"} <= set(doc)
+    entry = next(b for b in doc["benchmarks"] if b["name"] == "auto[mlp4-16-2/B8/float64]")
+    assert entry["stats"]["rounds"] >= 5 and entry["stats"]["median"] > 0
+    assert entry["extra_info"]["status"] == "agree"
+    assert any(b["group"].startswith("sweep:batch") for b in doc["benchmarks"])
+    page = out_html.read_text()
+    assert page.count("<img alt='time against batch'") == 1 and "data:image/png;base64," in page
+
+
+def test_cli_bench_rejects_an_unknown_method():
+    proc = subprocess.run([sys.executable, "-m", "jacverify", "bench", "--suite", "quick",
+                           "--methods", "lop"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "did you mean 'loop'" in proc.stderr
