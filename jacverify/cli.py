@@ -78,6 +78,40 @@ def _parser() -> argparse.ArgumentParser:
     fz.add_argument("--max-depth", type=int, default=3, metavar="D", help="max depth (default: 3)")
     fz.add_argument("--max-width", type=int, default=5, metavar="W", help="max width (default: 5)")
     sub.add_parser("demo", help="check the README's network and print the report")
+    fr = sub.add_parser("fuzz-rules", help="fuzz the batching rules of custom ops and "
+                        "autograd.Functions (in FILEs, or --op NS::NAME)",
+                        description="Finds the torch.library custom ops and the autograd.Functions "
+                        "with a vmap rule (a vmap staticmethod or generate_vmap_rule=True) in each "
+                        "FILE, and fuzzes each rule against loops: vmap with every kind of in_dims, "
+                        "out_dims, layouts and batch sizes, nested vmap, and vmap of jacrev, "
+                        "jacfwd, vjp and jvp. The first failure is shrunk and printed as code.")
+    fr.add_argument("files", nargs="*", metavar="FILE", help="a .py file or dotted module name")
+    fr.add_argument("--op", action="append", default=[], metavar="NS::NAME",
+                    help="an operator already registered (repeatable), e.g. aten::sin")
+    fr.add_argument("--examples", type=int, default=100, metavar="N",
+                    help="examples per rule (default: 100)")
+    fr.add_argument("--seed", type=int, default=None, help="campaign seed (default: random, printed)")
+    fr.add_argument("--max-batch-size", type=int, default=4, metavar="B",
+                    help="largest batch drawn (default: 4)")
+    fr.add_argument("--shrink-seconds", type=float, default=30.0, metavar="S",
+                    help="how long to shrink a failure (default: 30)")
+    fr.add_argument("--json", metavar="PATH", help="write every rule's counts and failure as JSON")
+    ops = sub.add_parser("ops", help="sweep torch's own operators (OpInfo database): vmap, "
+                         "forward AD, reverse AD and second derivatives against loops and FD",
+                         description="Runs torch's OpInfo sample inputs (needs expecttest) "
+                         "through vmap (distinct values per sample, several in_dims), forward and "
+                         "reverse AD against float64 finite differences, and the four "
+                         "forward/reverse compositions of second derivatives against finite "
+                         "differences of the verified first derivative.")
+    ops.add_argument("--op", action="append", default=[], metavar="NAME",
+                     help="an OpInfo name, e.g. sin or nn.functional.relu (repeatable)")
+    ops.add_argument("--all", action="store_true", help="every operator of the database")
+    ops.add_argument("--samples", type=int, default=2, metavar="K",
+                     help="database samples per operator (default: 2), plus one drawn sample")
+    ops.add_argument("--timeout", type=float, default=20.0, metavar="S",
+                     help="seconds per operator before it is abandoned (default: 20)")
+    ops.add_argument("--seed", type=int, default=0, help="seed of the drawn values (default: 0)")
+    ops.add_argument("--json", metavar="PATH", help="write per-operator results as JSON")
     bn = sub.add_parser("bench", help="time every method side by side (a FILE's targets or a suite)",
                         description="Checks, then times every method side by side in this process: "
                         "median and IQR over repeated runs after a warm-up, peak memory, the ratio "
@@ -106,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
             return _demo()
         if args.command == "fuzz":
             return _fuzz(args)
+        if args.command == "fuzz-rules":
+            from jacverify.cli_rules import run_fuzz_rules
+
+            return run_fuzz_rules(args, _Usage)
+        if args.command == "ops":
+            from jacverify.cli_rules import run_ops
+
+            return run_ops(args, _Usage)
         if args.command == "bench":
             from jacverify.cli_bench import run_bench
 

@@ -1,0 +1,139 @@
+"""``jacverify fuzz-rules`` and ``jacverify ops``: the batching-rule fuzzer from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+EXIT_OK, EXIT_MISMATCH = 0, 1
+
+
+def run_fuzz_rules(args: argparse.Namespace, usage: type[Exception]) -> int:
+    if not args.files and not args.op:
+        raise usage("give a FILE with custom ops or autograd.Functions, or --op NS::NAME")
+    if args.examples < 1 or args.max_batch_size < 1 or not args.shrink_seconds > 0:
+        raise usage("--examples and --max-batch-size must be at least 1, --shrink-seconds positive")
+    from rich.console import Console
+    from rich.table import Table
+
+    import jacverify
+    from jacverify.discover import LoadError, load
+    from jacverify.rules import CHECKS, as_target, discover_rules, fuzz_batching_rule
+
+    out = Console(highlight=False, soft_wrap=True, width=max(Console().width, 160))
+    targets = []
+    try:
+        for spec in args.files:
+            found = discover_rules(load(spec))
+            if not found:
+                raise usage(f"{spec}: no torch.library custom op and no autograd.Function with a "
+                            "vmap rule (a vmap staticmethod or generate_vmap_rule=True) in it")
+            targets += found
+        targets += [as_target(op) for op in args.op]
+    except (LoadError, jacverify.InvalidArgument) as e:
+        raise usage(str(e)) from None
+    reports = []
+    for target in targets:
+        report = fuzz_batching_rule(target, max_examples=args.examples, seed=args.seed,
+                                    max_batch_size=args.max_batch_size,
+                                    shrink_seconds=args.shrink_seconds)
+        reports.append(report)
+        out.print(report.describe(), markup=False)
+    table = Table(title="jacverify fuzz-rules: checks per rule (agree / mismatch / unsupported)")
+    table.add_column("rule")
+    table.add_column("verdict")
+    for check in CHECKS:
+        table.add_column(check, justify="right")
+    for r in reports:
+        cells = ["/".join(str(r.counts.get(c, {}).get(s, 0))
+                          for s in ("agree", "mismatch", "unsupported")) for c in CHECKS]
+        table.add_row(r.target, "[green]passed[/]" if r.passed else "[bold red]FAILED[/]", *cells)
+    out.print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([_rule_json(r) for r in reports], f, indent=2)
+    failed = [r for r in reports if not r.passed]
+    out.print(f"{len(reports) - len(failed)} passed, {len(failed)} failed rule(s)", markup=False)
+    return EXIT_MISMATCH if failed else EXIT_OK
+
+
+def _rule_json(r) -> dict:
+    return {"rule": r.target, "passed": r.passed, "examples": r.examples, "rejected": r.rejected,
+            "seconds": r.seconds, "seed": r.seed, "counts": r.counts,
+            "failure": None if r.failure is None else {
+                "example": repr(r.failure.example), "snippet": r.failure.snippet,
+                "mismatches": [{"check": o.check, "detail": o.detail}
+                               for o in r.failure.mismatches]}}
+
+
+def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
+    if args.op and args.all:
+        raise usage("give --op NAME or --all, not both")
+    if args.samples < 1 or not args.timeout > 0:
+        raise usage("--samples must be at least 1 and --timeout positive")
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    import jacverify
+    from jacverify.cli import _time_limit, _Timeout
+    from jacverify.engine import _warnings_isolated
+    from jacverify.rules.ops import DEFAULT_OPS, OP_CHECKS, OpCheck, OpResult, check_op, select_ops
+
+    out = Console(highlight=False, soft_wrap=True, width=max(Console().width, 160))
+    err = Console(stderr=True)
+    try:
+        ops = select_ops(None if args.all else (args.op or DEFAULT_OPS))
+    except jacverify.InvalidArgument as e:
+        raise usage(str(e)) from None
+    start = time.perf_counter()
+    results = []
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("ops", total=len(ops))
+        for op in ops:
+            progress.update(task, description=op.name)
+            began = time.perf_counter()
+            try:
+                with _time_limit(args.timeout), _warnings_isolated():
+                    result = check_op(op, samples=args.samples, seed=args.seed)
+            except _Timeout:
+                result = OpResult(op.name, (OpCheck("vmap", "", "skipped", "timed out"),),
+                                  time.perf_counter() - began, f"abandoned after {args.timeout:g} s")
+            results.append(result)
+            progress.advance(task)
+    seconds = time.perf_counter() - start
+    statuses = ("agree", "mismatch", "known", "unsupported", "skipped")
+    per_check = Table(title=f"jacverify ops: {len(results)} operators, {seconds:.0f} s "
+                      "(checks per status, over samples and in_dims)")
+    per_check.add_column("check")
+    for s in statuses:
+        per_check.add_column(s, justify="right")
+    for check in OP_CHECKS:
+        row = [sum(c.check == check and c.status == s for r in results for c in r.checks)
+               for s in statuses]
+        per_check.add_row(check, *map(str, row))
+    out.print(per_check)
+    wrong = [r for r in results if r.status == "mismatch"]
+    if wrong:
+        table = Table(title="wrong values (mismatch), by operator")
+        for col in ("operator", "check", "sample", "what differs"):
+            table.add_column(col)
+        for r in wrong:
+            for c in r.mismatches:
+                table.add_row(r.name, c.check, c.sample, c.detail)
+        out.print(table)
+    counts = {s: sum(r.status == s for r in results) for s in statuses}
+    out.print(f"operators: {counts['agree']} agree, {counts['mismatch']} with wrong values, "
+              f"{counts['known']} with wrong values torch declares, {counts['unsupported']} "
+              f"unsupported only, {counts['skipped']} skipped; {seconds:.0f} s", markup=False)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"seconds": seconds, "counts": counts, "operators": [
+                {"name": r.name, "status": r.status, "seconds": r.seconds, "reason": r.reason,
+                 "checks": [{"check": c.check, "sample": c.sample, "status": c.status,
+                             "detail": c.detail} for c in r.checks]} for r in results]},
+                      f, indent=2)
+    return EXIT_MISMATCH if wrong else EXIT_OK

@@ -1,0 +1,195 @@
+"""One example of a batching rule, and the checks run on it: vmap against the loop, nested vmap
+against the double loop, and vmap of jacrev / jacfwd / vjp / jvp against loops of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.func import jacfwd, jacrev, jvp, vjp, vmap
+
+from jacverify.compare import Reference, compare
+from jacverify.rules.targets import RuleTarget
+
+__all__ = ["RuleExample", "CheckOutcome", "run_checks", "CHECKS", "build_args"]
+
+LAYOUTS = ("contiguous", "non_contiguous", "expanded")
+CHECKS = ("vmap", "vmap_nested", "vmap_jacrev", "vmap_jacfwd", "vmap_vjp", "vmap_jvp")
+
+
+@dataclass(frozen=True)
+class RuleExample:
+    """Everything drawn for one example; ``repr`` is part of the printed reproducer.
+
+    Attributes:
+        batch_size: samples along the vmapped axis.
+        shapes: the per-sample shape of each tensor argument (None for scalars).
+        scalars: the value of each scalar argument (None for tensors).
+        in_dims: where each tensor argument's batch axis is (None: unbatched, shared).
+        out_dims: where the output's batch axis is asked for.
+        layout: how batched inputs sit in memory: contiguous, non_contiguous (a permuted view)
+            or expanded (stride 0 along the last per-sample axis).
+        seed: the values (distinct per sample).
+    """
+
+    batch_size: int
+    shapes: tuple[tuple[int, ...] | None, ...]
+    scalars: tuple[float | int | bool | None, ...]
+    in_dims: tuple[int | None, ...]
+    out_dims: int
+    layout: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """One check on one example: "agree", "mismatch" (with what differs) or "unsupported"."""
+
+    check: str
+    status: str
+    detail: str = ""
+
+
+def build_args(target: RuleTarget, ex: RuleExample, outer: int | None = None) -> list:
+    """The arguments: batched tensors with distinct values per sample, at their in_dims, laid out
+    per ``ex.layout``; with ``outer``, an extra leading batch axis of that size."""
+    gen = torch.Generator().manual_seed(ex.seed)
+    args: list = []
+    for i, arg in enumerate(target.args):
+        if arg.kind != "tensor":
+            args.append(ex.scalars[i])
+            continue
+        shape, d = ex.shapes[i], ex.in_dims[i]
+        lead = ([outer] if outer else []) + ([ex.batch_size] if d is not None else [])
+
+        expanded = ex.layout == "expanded" and bool(shape)
+        drawn = (*shape[:-1], 1) if expanded else shape  # expanded: stride 0 on the last axis
+        count = 1
+        for n in lead:
+            count *= n
+        samples = [torch.randn(drawn, generator=gen, dtype=torch.float64) for _ in range(count)]
+        t = torch.stack(samples).reshape(*lead, *drawn) if lead else samples[0]
+        t = t.expand(*lead, *shape) if expanded else t
+        if d is not None:
+            t = t.movedim(1 if outer else 0, (1 if outer else 0) + (d % (len(shape) + 1)))
+        if ex.layout == "non_contiguous" and t.ndim >= 2:
+            t = t.transpose(0, -1).contiguous().transpose(0, -1)  # same values, permuted strides
+        args.append(t)
+    return args
+
+
+def _slice(args: list, in_dims: tuple, i: int) -> list:
+    return [a.select(d, i) if isinstance(a, torch.Tensor) and d is not None else a
+            for a, d in zip(args, in_dims)]
+
+
+def _stack(outs: list, dim: int):
+    first = outs[0]
+    if isinstance(first, (tuple, list)):
+        return type(first)(_stack([o[k] for o in outs], dim) for k in range(len(first)))
+    return torch.stack(outs, dim=dim)
+
+
+def _loop(fn: Callable, args: list, in_dims: tuple, size: int, out_dims: int):
+    return _stack([fn(*_slice(args, in_dims, i)) for i in range(size)], out_dims)
+
+
+def _flatten(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in out for t in _flatten(o)]
+
+
+def _differ(got, want, dtype: torch.dtype) -> str | None:
+    """What differs between the vmapped and the looped result: shape, dtype or values."""
+    got, want = _flatten(got), _flatten(want)
+    if len(got) != len(want):
+        return f"returned {len(got)} outputs, the loop {len(want)}"
+    for k, (g, w) in enumerate(zip(got, want)):
+        where = f"output {k}: " if len(got) > 1 else ""
+        if g.shape != w.shape:
+            return f"{where}shape {tuple(g.shape)}, the loop gives {tuple(w.shape)}"
+        if g.dtype != w.dtype:
+            return f"{where}dtype {g.dtype}, the loop gives {w.dtype}"
+        if not w.numel():
+            continue
+        both_nan = torch.isnan(g) & torch.isnan(w)
+        g64 = torch.where(both_nan, 0.0, g.detach().double())
+        w64 = torch.where(both_nan, 0.0, w.detach().double())
+        c = compare(g64, Reference("loop", w64), dtype)
+        if not c.passed:
+            return (f"{where}values differ: at {c.worst_index} vmap gives {c.value_at_worst:.6g}, "
+                    f"the loop {c.reference_at_worst:.6g} (allowed {c.allowed_at_worst:.2g})")
+    return None
+
+
+def _first_tensor_output(fn: Callable) -> Callable:
+    def g(*a):
+        out = fn(*a)
+        return out if isinstance(out, torch.Tensor) else _flatten(out)[0]
+    return g
+
+
+def run_checks(target: RuleTarget, ex: RuleExample, checks=CHECKS) -> list[CheckOutcome]:
+    """Run ``checks`` on one example. The unbatched call must work (the caller discards it
+    otherwise); a transform that raises is "unsupported", a wrong shape/dtype/value "mismatch"."""
+    fn, in_dims, b = target.fn, ex.in_dims, ex.batch_size
+    args = build_args(target, ex)
+    dims = tuple(d if a.kind == "tensor" else None for a, d in zip(target.args, in_dims))
+    results = []
+    grad_arg = next((i for i in target.tensors if dims[i] is not None), None)
+    for check in checks:
+        try:
+            if check == "vmap":
+                want = _loop(fn, args, dims, b, ex.out_dims)
+                got = vmap(fn, in_dims=dims, out_dims=ex.out_dims)(*args)
+            elif check == "vmap_nested":
+                outer = build_args(target, ex, outer=2)
+                odims = tuple(0 if a.kind == "tensor" else None for a in target.args)
+                inner = vmap(fn, in_dims=dims, out_dims=ex.out_dims)
+                got = vmap(inner, in_dims=odims)(*outer)
+                want = _loop(lambda *a: _loop(fn, list(a), dims, b, ex.out_dims),
+                             outer, odims, 2, 0)
+            else:
+                if grad_arg is None:
+                    continue
+                g = _first_tensor_output(fn)
+                per = _derivative(check, g, grad_arg, ex, target)
+                want = _loop(per, args, dims, b, 0)
+                got = vmap(per, in_dims=dims, out_dims=0)(*args)
+        except Exception as e:  # noqa: BLE001 - no rule for this transform, or the op refuses it
+            results.append(CheckOutcome(check, "unsupported", f"{type(e).__name__}: {_line(e)}"))
+            continue
+        bad = _differ(got, want, torch.float64)
+        results.append(CheckOutcome(check, "mismatch" if bad else "agree", bad or ""))
+    return results
+
+
+def _derivative(check: str, g: Callable, i: int, ex: RuleExample, target: RuleTarget) -> Callable:
+    """Per-sample derivative of g in argument i, as a function of the sample's arguments."""
+    gen = torch.Generator().manual_seed(ex.seed + 1)
+    shape = ex.shapes[i]
+    tangent = torch.randn(shape, generator=gen, dtype=torch.float64)
+
+    def at(*a):
+        return lambda xi: g(*a[:i], xi, *a[i + 1:])
+
+    if check == "vmap_jacrev":
+        return lambda *a: jacrev(at(*a))(a[i])
+    if check == "vmap_jacfwd":
+        return lambda *a: jacfwd(at(*a))(a[i])
+    if check == "vmap_jvp":
+        return lambda *a: jvp(at(*a), (a[i],), (tangent,))[1]
+    if check == "vmap_vjp":
+        def pulled(*a):
+            out, pullback = vjp(at(*a), a[i])
+            cot = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+            return pullback(cot)[0]
+        return pulled
+    raise ValueError(check)
+
+
+def _line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else repr(e)
