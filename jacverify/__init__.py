@@ -24,6 +24,9 @@ __version__ = "0.1.0"
 # public name -> the module that holds it
 _EXPORTS = {
     "batch_jacobian": "jacverify.auto",
+    "fuzz_batching_rule": "jacverify.rules",
+    "RuleReport": "jacverify.rules",
+    "RuleFailure": "jacverify.rules",
     "plan": "jacverify.auto",
     "Plan": "jacverify.auto",
     "Case": "jacverify.case",
@@ -78,6 +81,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from jacverify.auto import Plan, batch_jacobian, plan
+    from jacverify.rules import RuleFailure, RuleReport, fuzz_batching_rule
     from jacverify.case import Case, make_case
     from jacverify.compare import Comparison, Reference, tolerances
     from jacverify.discover import target

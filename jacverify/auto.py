@@ -13,7 +13,7 @@ import torch
 from jacverify.case import Flat, flatten, make_case
 from jacverify.errors import InvalidArgument, MismatchError
 from jacverify.measure import peak_memory, saved_activation_bytes, time_call
-from jacverify.methods import func, get_methods, tricks
+from jacverify.methods import func, functional, get_methods, loops, tricks
 from jacverify.oracles import check_coupling, check_determinism
 from jacverify.oracles.projections import DEFAULT_PROBES
 
@@ -50,7 +50,9 @@ class Plan:
 # - samples interact (the coupling probe moved another sample's output): the per-sample truth is
 #   the diagonal block of the full Jacobian -> batched_grad_per_sample, B*M cotangent rows;
 # - M <= N: reverse mode, M cotangent rows: batched_grad (one autograd.grad with
-#   is_grads_batched), vmap_vjp (vmap over torch.func.vjp) or repeat_trick (M copies, no vmap);
+#   is_grads_batched), vmap_vjp (vmap over torch.func.vjp), repeat_trick (M copies, no vmap),
+#   functional_vectorized (autograd.functional.jacobian, vectorized) or loop_rows (M plain
+#   backward passes: with M = 4 they beat every vectorized way here);
 # - M > N: forward mode, N tangent rows: batched_double_backward (J v out of two reverse passes,
 #   tangents batched; needs no forward-AD formula) or forward_broadcast (vmap over jvp).
 # Within the family the first call times each candidate for PLAN_TIMING_S and keeps the fastest:
@@ -68,7 +70,9 @@ class Plan:
 # over. Plans are cached per function, input shape, dtype, device and train/eval state: the probes
 # and measurements run on the first call only.
 MEMORY_FLOOR = 2**24  # 16 MiB
-PLAN_TIMING_S = 0.02  # per candidate, on the first call
+REVERSE_FAMILY = ("batched_grad", "vmap_vjp", "repeat_trick", "functional_vectorized", "loop_rows")
+FORWARD_FAMILY = ("batched_double_backward", "forward_broadcast")
+PLAN_TIMING_S = 0.05  # per candidate, on the first call
 
 
 def plan(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
@@ -77,8 +81,8 @@ def plan(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
     >>> p = plan(net, torch.randn(32, 8))
-    >>> p.method, p.rows
-    ('batched_grad', 2)
+    >>> p.rows, "outputs M=2 <= inputs N=8: reverse mode" in p.reason  # the method: timed
+    (2, True)
     """
     return _planned(fn, x, max_memory)[0]
 
@@ -191,10 +195,10 @@ def _make_plan(flat: Flat, max_memory: int | None) -> Plan:
         family, rows = ("batched_grad_per_sample",), b * m
         why = f"samples interact ({coupling.reason}): rows of the full Jacobian, B*M = {rows}"
     elif m <= n:
-        family, rows = ("batched_grad", "vmap_vjp", "repeat_trick"), m
+        family, rows = REVERSE_FAMILY, m
         why = f"independent samples, outputs M={m} <= inputs N={n}: reverse mode, M rows"
     else:
-        family, rows = ("batched_double_backward", "forward_broadcast"), n
+        family, rows = FORWARD_FAMILY, n
         why = f"independent samples, outputs M={m} > inputs N={n}: forward mode, N rows"
     saved = saved_activation_bytes(flat.fn, flat.x)
     jac_bytes = b * m * n * flat.x.element_size()
@@ -202,6 +206,9 @@ def _make_plan(flat: Flat, max_memory: int | None) -> Plan:
     chunk = rows if rows * saved + jac_bytes <= budget else None
     timed, failed = {}, []
     for name in family:
+        if name in _ONE_PASS and chunk is None:
+            failed.append(f"{name} does not fit in one pass")
+            continue
         try:
             k = chunk or _chunk_within(flat, name, rows, budget)
             timed[name] = (time_call(lambda: _COMPUTE[name](flat, k), flat.x.device,
@@ -249,7 +256,11 @@ _COMPUTE: dict[str, Callable[[Flat, int], torch.Tensor]] = {
     "forward_broadcast": func.forward_broadcast,
     "vmap_vjp": func.vmap_vjp,
     "repeat_trick": tricks.repeat_trick,
+    # one pass whatever the chunk: only chosen when that pass fits (loop_rows holds one row)
+    "functional_vectorized": lambda flat, chunk: functional.summed(flat, vectorize=True),
+    "loop_rows": lambda flat, chunk: loops.loop_rows(flat),
 }
+_ONE_PASS = {"functional_vectorized"}
 
 
 def _verify(fn, x: torch.Tensor, value: torch.Tensor, name: str, probes: int, seed: int) -> None:

@@ -81,7 +81,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 class JacverifyFixture:
     """What the ``jacverify`` fixture gives a test: ``check`` and ``check_method`` that fail the
-    test with the report when a method disagrees.
+    test with the report when a method disagrees, and ``fuzz_rule`` for a batching rule.
 
     Options merge in this order, later winning: command line / ini, the test's marker, the call.
     A method that is ``not_applicable`` or ``unsupported`` fails the test only when the test asked
@@ -115,6 +115,17 @@ class JacverifyFixture:
         report = jacverify.check_method(method, fn, inputs, **merged)
         name = getattr(method, "__name__", None) or type(method).__name__
         return self._verdict(report, asked | {name})
+
+    def fuzz_rule(self, rule: Any, **kwargs: Any):
+        """``jacverify.fuzz_batching_rule`` seeded from ``--jacverify-seed``; fails the test with
+        the shrunk example and its replay snippet when the rule disagrees with the loop."""
+        from jacverify.rules import fuzz_batching_rule
+
+        kwargs.setdefault("seed", self._defaults.get("seed", 0))
+        report = fuzz_batching_rule(rule, **kwargs)
+        if not report.passed:
+            pytest.fail(report.describe(), pytrace=False)
+        return report
 
     def _verdict(self, report: Any, asked: set[str]):
         self.reports.append(report)

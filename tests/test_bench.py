@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import jacverify
-from jacverify.auto import _COMPUTE, MEMORY_FLOOR
+from jacverify.auto import _COMPUTE, FORWARD_FAMILY, MEMORY_FLOOR, REVERSE_FAMILY
 from jacverify.bench import MethodBench, _with_ratios, bench
 from jacverify.case import flatten, make_case
 from jacverify.examples.networks import BatchCoupled
@@ -34,9 +34,7 @@ def test_auto_matches_the_loop_and_picks_the_mode_by_shape(n, m):
     net, x = _mlp(n, 16, m), torch.randn(5, n, dtype=torch.float64)
     jac = jacverify.batch_jacobian(net, x, verify=True)
     torch.testing.assert_close(jac, _truth(net, x), rtol=0, atol=1e-12)  # same float64 formulas
-    family = {"batched_grad", "vmap_vjp", "repeat_trick"} if m <= n else {
-        "batched_double_backward", "forward_broadcast"}
-    assert jacverify.plan(net, x).method in family
+    assert jacverify.plan(net, x).method in (REVERSE_FAMILY if m <= n else FORWARD_FAMILY)
 
 
 def test_auto_keeps_user_shapes():

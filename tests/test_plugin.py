@@ -192,3 +192,20 @@ def test_wrong_jvp(jacverify):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:benchmark", "-W", "error")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*jacverify: {N_FORWARD} method(s) disagree*"])
+
+
+def test_fixture_fuzzes_a_repo_s_own_batching_rules(pytester):
+    pytester.makepyfile(test_rules="""
+from jacverify.examples.rules import MixesSamples, RowScaled
+
+def test_good_rule(jacverify):
+    assert jacverify.fuzz_rule(RowScaled, max_examples=10).passed
+
+def test_bad_rule(jacverify):
+    jacverify.fuzz_rule(MixesSamples, max_examples=30, shrink_seconds=5)
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--jacverify-seed", "1")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*MixesSamples: FAILED*", "*vmap: values differ*",
+                                 "*shrunk to RuleExample(batch_size=2*replay with:",
+                                 "*as_target(MixesSamples)*"])

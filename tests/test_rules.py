@@ -43,7 +43,7 @@ def test_correct_rule_passes(rule):
 
 # Each twin, on the example that exposes it: what the fuzzer must see there, in which check.
 EXPOSING = [
-    (R.IgnoresInDim, RuleExample(2, ((3, 3),), (None,), (-1,), 0, "contiguous", 0), "vmap"),
+    (R.IgnoresInDim, RuleExample(3, ((3, 3),), (None,), (-1,), 0, "contiguous", 0), "vmap"),
     (R.WrongOutDim, RuleExample(3, ((3,),), (None,), (1,), 0, "contiguous", 0), "vmap"),
     (R.MixesSamples, RuleExample(2, ((2,),), (None,), (0,), 0, "contiguous", 0), "vmap"),
     (R.ContiguousOnly, RuleExample(2, ((2, 3),), (None,), (0,), 0, "non_contiguous", 0), "vmap"),
