@@ -24,6 +24,8 @@ __version__ = "0.1.0"
 # public name -> the module that holds it
 _EXPORTS = {
     "batch_jacobian": "jacverify.auto",
+    "jvp_set": "jacverify.auto_sets",
+    "batch_hessian": "jacverify.auto_sets",
     "fuzz_batching_rule": "jacverify.rules",
     "RuleReport": "jacverify.rules",
     "RuleFailure": "jacverify.rules",
@@ -81,6 +83,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from jacverify.auto import Plan, batch_jacobian, plan
+    from jacverify.auto_sets import batch_hessian, jvp_set
     from jacverify.rules import RuleFailure, RuleReport, fuzz_batching_rule
     from jacverify.case import Case, make_case
     from jacverify.compare import Comparison, Reference, tolerances

@@ -12,7 +12,7 @@ import torch
 from jacverify.auto import batch_jacobian, plan
 from jacverify.compare import Reference, compare, tolerances
 from jacverify.engine import check
-from jacverify.measure import Timing, peak_memory, time_call
+from jacverify.measure import Timing, peak_memory, time_call, time_calls
 from jacverify.methods import get_methods
 
 __all__ = ["MethodBench", "CaseBench", "SuiteCase", "BenchRun", "bench", "bench_suite", "SUITES",
@@ -145,25 +145,27 @@ def bench(fn: Callable, x: torch.Tensor, *, name: str | None = None,
     fwd_fn, fwd_x = report.case.fn, report.case.inputs[0]
     forward = time_call(lambda: fwd_fn(fwd_x), dev, **timing)
     chosen = {m.name: m for m in get_methods([r.method for r in report.results])}
-    rows: list[MethodBench] = []
-    for r in report.results:
-        if r.status not in ("agree", "mismatch"):
-            rows.append(MethodBench(r.method, r.status, r.reason))
-            continue
-        compute = chosen[r.method].compute
-        rows.append(MethodBench(r.method, r.status, r.reason,
-                                time_call(lambda: compute(flat), dev, **timing),
-                                peak_memory(lambda: compute(flat), dev) if memory else None))
-    auto_plan = None
+    calls = {r.method: (lambda c=chosen[r.method].compute: c(flat))
+             for r in report.results if r.status in ("agree", "mismatch")}
+    auto_plan, auto_status = None, None
     if len(report.case.inputs) == 1 and report.case.batch_axis == 0 and len(flat.out_shapes) == 1:
         value = batch_jacobian(fwd_fn, fwd_x).reshape(flat.batch_size, flat.n_out, flat.n_in)
         ref = Reference(report.trusted[0], report.reference)
-        agree = compare(value, ref, report.case.dtype, tolerances()).passed
+        auto_status = "agree" if compare(value, ref, report.case.dtype, tolerances()).passed \
+            else "mismatch"
         auto_plan = plan(fwd_fn, fwd_x).reason
-        rows.append(MethodBench(
-            "auto", "agree" if agree else "mismatch", auto_plan,
-            time_call(lambda: batch_jacobian(fwd_fn, fwd_x), dev, **timing),
-            peak_memory(lambda: batch_jacobian(fwd_fn, fwd_x), dev) if memory else None))
+        calls["auto"] = lambda: batch_jacobian(fwd_fn, fwd_x)
+    timings = time_calls(calls, dev, **timing)  # side by side, NOTE [benchmark rounds]
+    rows: list[MethodBench] = []
+    for r in report.results:
+        if r.method not in calls:
+            rows.append(MethodBench(r.method, r.status, r.reason))
+            continue
+        rows.append(MethodBench(r.method, r.status, r.reason, timings[r.method],
+                                peak_memory(calls[r.method], dev) if memory else None))
+    if auto_status:
+        rows.append(MethodBench("auto", auto_status, auto_plan, timings["auto"],
+                                peak_memory(calls["auto"], dev) if memory else None))
     return CaseBench(name or repr(report.case), dict(params or {}), forward,
                      flat.batch_size * flat.n_out * flat.n_in * flat.x.element_size(),
                      _with_ratios(rows, forward), auto_plan)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import sys
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Timing", "time_call", "peak_memory", "saved_activation_bytes"]
+__all__ = ["Timing", "time_call", "time_calls", "peak_memory", "saved_activation_bytes"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ def _sync(device: torch.device) -> Callable[[], None]:
 # MAX_ROUNDS; a call slower than SLOW_CALL_S stops at SLOW_ROUNDS (the naive loop on a batch of 64
 # takes a second, and its median over three calls is as telling as over thirty). The median and
 # quartiles are reported, not the mean: a scheduler hiccup on a 2-core machine moves the mean.
+# Several functions compared side by side are timed round-robin (one call of each per round), so a
+# slow drift of the machine (another process, a frequency change) moves all of them alike instead
+# of whichever happened to run then: back to back, the same computation timed twice differed by
+# 25% here.
 MIN_ROUNDS, MAX_ROUNDS, MIN_SECONDS = 5, 200, 0.2
 SLOW_CALL_S, SLOW_ROUNDS = 0.5, 3
 
@@ -60,20 +65,38 @@ def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", *,
     >>> t.rounds >= MIN_ROUNDS and t.min <= t.median <= t.max
     True
     """
+    return time_calls({"fn": fn}, device, warmup=warmup, min_seconds=min_seconds)["fn"]
+
+
+def time_calls(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", *,
+               warmup: int = 1, min_seconds: float = MIN_SECONDS) -> dict[str, Timing]:
+    """Time each of ``fns`` round-robin per NOTE [benchmark rounds]: {name: Timing}."""
     sync = _sync(torch.device(device))
-    for _ in range(warmup):
-        fn()
-    sync()
-    times: list[float] = []
-    while len(times) < MAX_ROUNDS:
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-        if times[0] > SLOW_CALL_S and len(times) >= SLOW_ROUNDS:
-            break
-        if len(times) >= MIN_ROUNDS and sum(times) >= min_seconds:
-            break
+    first: dict[str, float] = {}
+    for name, fn in fns.items():
+        for _ in range(max(1, warmup)):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            first[name] = time.perf_counter() - start
+    wanted = {name: SLOW_ROUNDS if t > SLOW_CALL_S else
+              max(MIN_ROUNDS, min(MAX_ROUNDS, math.ceil(min_seconds / max(t, 1e-9))))
+              for name, t in first.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(max(wanted.values(), default=0)):
+        for name, fn in fns.items():
+            if r >= wanted[name]:
+                continue
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: _stats(t) for name, t in times.items()}
+
+
+def _stats(times: list[float]) -> Timing:
     q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
     return Timing(len(times), statistics.median(times), q[0], q[2], min(times), max(times),
                   statistics.fmean(times), statistics.pstdev(times))

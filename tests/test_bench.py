@@ -192,3 +192,35 @@ def test_cli_bench_rejects_an_unknown_method():
     proc = subprocess.run([sys.executable, "-m", "jacverify", "bench", "--suite", "quick",
                            "--methods", "lop"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "did you mean 'loop'" in proc.stderr
+
+
+def test_jvp_set_auto_matches_the_jacobian_and_verify_catches_a_wrong_jvp():
+    from jacverify.auto_sets import JVP_FAMILY
+
+    f = lambda x: torch.stack([x.sin().sum(), (x * x).prod(), x[0] * x[1]])  # noqa: E731
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    vectors = torch.randn(4, 3, dtype=torch.float64)
+    got = jacverify.jvp_set(f, x, vectors, verify=True)
+    torch.testing.assert_close(got, vectors @ torch.func.jacrev(f)(x).T, rtol=0, atol=1e-12)
+    net = cube_net(CubeWrongJvp).double()
+    one = lambda z: net(z[None])[0]  # noqa: E731
+    x5, v5 = torch.randn(5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    with pytest.raises(jacverify.MismatchError, match="jvp_set via vmap_jvp failed"):
+        jacverify.jvp_set(one, x5, v5, method="vmap_jvp", verify=True)
+    assert "double_backward" in JVP_FAMILY  # a reverse-built candidate is right here
+    jacverify.jvp_set(one, x5, v5, method="double_backward", verify=True)
+
+
+def test_batch_hessian_auto_and_its_verification():
+    from jacverify.examples.twins import HiddenSecondOrderDetach, second_order_net
+
+    net = second_order_net(torch.nn.Identity()).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    got = jacverify.batch_hessian(net, x, verify=True)
+    want = torch.stack([torch.func.hessian(lambda z: net(z[None])[0])(x[b]) for b in range(4)])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    hidden = second_order_net(HiddenSecondOrderDetach()).double()
+    with pytest.raises(jacverify.MismatchError, match="hessian via .* failed its verification"):
+        jacverify.batch_hessian(hidden, x, verify=True)
+    with pytest.raises(jacverify.InvalidArgument, match="samples interact"):
+        jacverify.batch_hessian(BatchCoupled().double().train(), torch.randn(6, 5, dtype=torch.float64))

@@ -1,0 +1,156 @@
+"""``batch_jacobian``'s siblings with ``method="auto"``: JVP sets and per-sample Hessians."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import torch
+
+from jacverify.case import Flat, flatten, make_case
+from jacverify.compare import Reference, compare, tolerances
+from jacverify.errors import InvalidArgument, MismatchError
+from jacverify.measure import time_call
+from jacverify.methods import get_methods
+from jacverify.oracles import check_coupling, check_determinism, directional_differences
+
+__all__ = ["jvp_set", "batch_hessian", "JVP_FAMILY", "HESSIAN_FAMILY"]
+
+# NOTE [auto for JVP sets and Hessians]
+# The candidates are registered methods; the first call times them (PLAN_TIMING_S each) and the
+# fastest is kept per function, shapes, dtype and device. The Hessian family leaves out every
+# forward-over-forward composition: on torch 2.13 it is wrong through nn.LayerNorm and through an
+# autograd.Function's jvp (jacverify's own findings, tests/test_fuzz.py KNOWN_TORCH), and
+# `jacverify ops` finds it wrong for linalg.solve and friends too; reverse inner derivatives are
+# right wherever the first derivative is.
+JVP_FAMILY = ("vmap_jvp", "double_backward", "functional_jvp", "jvp_loop")
+HESSIAN_FAMILY = ("vmap_jacfwd_jacrev", "vmap_hessian", "vmap_jacrev_jacrev", "sum_trick_twice")
+PLAN_TIMING_S = 0.05
+
+# fn -> {call key -> method}; weak, so a cached choice never keeps a model alive (nor outlives it)
+_CHOSEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cache(fn) -> dict:
+    try:
+        return _CHOSEN.setdefault(fn, {})
+    except TypeError:  # not weakly referenceable: choose afresh each call
+        return {}
+
+
+def _fastest(quantity: str, family: tuple[str, ...], flat: Flat, key: tuple, fn) -> str:
+    cache = _cache(fn)
+    if key in cache:
+        return cache[key]
+    times = {}
+    for m in get_methods(family, quantity):
+        try:
+            times[m.name] = time_call(lambda: m.compute(flat), flat.x.device,
+                                      min_seconds=PLAN_TIMING_S).median
+        except Exception:  # noqa: BLE001 - no formula / rule for this candidate here
+            continue
+    if not times:
+        raise InvalidArgument(f"no {quantity} method could run on this function: "
+                              f"{', '.join(family)} all raised; run jacverify.check_* to see why")
+    cache[key] = min(times, key=times.get)
+    return cache[key]
+
+
+def _key(quantity: str, fn, *tensors: torch.Tensor) -> tuple:
+    modes = tuple(m.training for m in fn.modules()) if isinstance(fn, torch.nn.Module) else ()
+    return (quantity, modes, *((tuple(t.shape), t.dtype, t.device) for t in tensors))
+
+
+def _run(quantity: str, method: str, family, flat: Flat, key: tuple,
+         fn) -> tuple[str, torch.Tensor]:
+    name = _fastest(quantity, family, flat, key, fn) if method == "auto" else method
+    (m,) = get_methods([name], quantity)
+    return name, m.compute(flat)
+
+
+def jvp_set(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, vectors: torch.Tensor,
+            *, method: str = "auto", verify: bool = False) -> torch.Tensor:
+    """``J v_i`` at one point ``x`` for every row of ``vectors`` (K, *x.shape): (K, *out).
+
+    ``method="auto"`` times the candidates of NOTE [auto for JVP sets and Hessians] on the first
+    call; ``verify=True`` compares the answer with directional finite differences (6 evaluations
+    per vector) and raises ``MismatchError`` when it is wrong.
+
+    >>> f = lambda x: torch.stack([x.sin().sum(), (x * x).prod()])
+    >>> x = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    >>> jvp_set(f, x, torch.eye(2, dtype=torch.float64), verify=True).shape
+    torch.Size([2, 2])
+    """
+    from jacverify.quantities import _AtPoint, _vectors
+
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgument(f"x={type(x).__name__} must be a tensor: the point")
+    vec = _vectors("vectors", vectors, tuple(x.shape), "tangent")
+    point = _AtPoint(fn)
+    flat = flatten(make_case(point, x.unsqueeze(0)))
+    flat = Flat(flat.fn, flat.x, flat.in_shapes, flat.out_shapes, vec.to(flat.x))
+    name, value = _run("jvp_set", method, JVP_FAMILY, flat, _key("jvp_set", fn, x, vec), fn)
+    if verify:
+        ref = directional_differences(flat, vec.to(flat.x), per_sample=False, independent=True)
+        _judge(name, "jvp_set", value, ref, flat.x.dtype)
+    return value.reshape(len(vec), *flat.out_shapes[0])
+
+
+def batch_hessian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
+                  method: str = "auto", verify: bool = False) -> torch.Tensor:
+    """Per-sample Hessians of each output, (B, *out, *in, *in), batch first.
+
+    ``method="auto"`` times NOTE [auto for JVP sets and Hessians]'s candidates on the first call;
+    ``verify=True`` compares every sample's uᵀ H[b] (v, w) for random u, v, w with finite
+    differences of the first derivative along w (6 backward passes) and raises ``MismatchError``
+    when it is wrong.
+
+    Raises:
+        InvalidArgument: the samples interact (no per-sample Hessian method applies), or bad input.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    >>> batch_hessian(net.double(), torch.randn(5, 3, dtype=torch.float64), verify=True).shape
+    torch.Size([5, 2, 3, 3])
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim < 1:
+        raise InvalidArgument(f"x={type(x).__name__} must be a tensor with the batch first")
+    flat = flatten(make_case(fn, x))
+    key = _key("hessian", fn, x)
+    if key not in _cache(fn):
+        coupling = check_coupling(flat, 0, check_determinism(flat))
+        if coupling.coupled:
+            raise InvalidArgument(f"samples interact ({coupling.reason}): every per-sample Hessian "
+                                  "method assumes they do not; call model.eval() or fix the batch")
+    name, value = _run("hessian", method, HESSIAN_FAMILY, flat, key, fn)
+    if verify:
+        _verify_hessian(flat, value, name)
+    return value.reshape(x.shape[0], *flat.out_shapes[0], *x.shape[1:], *x.shape[1:])
+
+
+def _verify_hessian(flat: Flat, value: torch.Tensor, name: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    b, m, n = flat.batch_size, flat.n_out, flat.n_in
+    u, v, w = (torch.randn(b, k, generator=gen, dtype=torch.float64).to(flat.x)
+               for k in (m, n, n))
+
+    def projected(z: torch.Tensor) -> torch.Tensor:  # per sample: u_bᵀ J_b(z) v_b, reverse mode
+        with torch.enable_grad():
+            z = z.detach().requires_grad_()
+            (g,) = torch.autograd.grad(flat.fn(z), z, u)
+        return (g * v).sum(1, keepdim=True)
+
+    line = Flat(projected, flat.x, flat.in_shapes, ((1,),))
+    ref = directional_differences(line, w, per_sample=True, independent=True)
+    got = torch.einsum("bm,bmij,bi,bj->b", u, value.to(u), v, w)
+    _judge(name, "hessian", got[:, None], ref, flat.x.dtype)
+
+
+def _judge(name: str, quantity: str, value: torch.Tensor, ref: Reference, dtype) -> None:
+    c = compare(value, Reference("finite_differences", ref.value, ref.error), dtype, tolerances())
+    if not c.passed:
+        raise MismatchError(
+            f"{quantity} via {name} failed its verification at {c.worst_index}: "
+            f"{c.value_at_worst:.6g} against finite differences {c.reference_at_worst:.6g} "
+            f"(allowed {c.allowed_at_worst:.3g}); run jacverify.check_"
+            f"{'jvps' if quantity == 'jvp_set' else 'hessians'} to see which methods are wrong",
+            None)  # type: ignore[arg-type]
