@@ -12,7 +12,7 @@ import torch
 
 from jacverify.case import Flat, flatten, make_case
 from jacverify.errors import InvalidArgument, MismatchError
-from jacverify.measure import peak_memory, saved_activation_bytes, time_call
+from jacverify.measure import peak_memory, saved_activation_bytes, time_calls
 from jacverify.methods import func, functional, get_methods, loops, tricks
 from jacverify.oracles import check_coupling, check_determinism
 from jacverify.oracles.projections import DEFAULT_PROBES
@@ -72,7 +72,7 @@ class Plan:
 MEMORY_FLOOR = 2**24  # 16 MiB
 REVERSE_FAMILY = ("batched_grad", "vmap_vjp", "repeat_trick", "functional_vectorized", "loop_rows")
 FORWARD_FAMILY = ("batched_double_backward", "forward_broadcast")
-PLAN_TIMING_S = 0.05  # per candidate, on the first call
+PLAN_TIMING_S = 0.1  # per candidate, on the first call (after two warm-up calls)
 
 
 def plan(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
@@ -123,7 +123,7 @@ def batch_jacobian(
     if method == "auto":
         chosen, flat, out_shape = _planned(fn, x, max_memory)
         compute = _COMPUTE[chosen.method]
-        value = compute(flat, chosen.chunk_size)
+        value = compute(flat, _passes(chosen.chunk_size, chosen.rows))
         name = chosen.method
     else:
         (m,) = get_methods([method])
@@ -204,21 +204,26 @@ def _make_plan(flat: Flat, max_memory: int | None) -> Plan:
     jac_bytes = b * m * n * flat.x.element_size()
     budget = max_memory or max(2 * jac_bytes + saved, MEMORY_FLOOR)
     chunk = rows if rows * saved + jac_bytes <= budget else None
-    timed, failed = {}, []
+    chunks, failed = {}, []
     for name in family:
         if name in _ONE_PASS and chunk is None:
             failed.append(f"{name} does not fit in one pass")
             continue
         try:
             k = chunk or _chunk_within(flat, name, rows, budget)
-            timed[name] = (time_call(lambda: _COMPUTE[name](flat, k), flat.x.device,
-                                     min_seconds=PLAN_TIMING_S).median, k)
+            _COMPUTE[name](flat, _passes(k, rows))  # raises here when it cannot run at all
+            chunks[name] = k
         except Exception as e:  # noqa: BLE001 - no double backward, forward AD or batching rule
             failed.append(f"{name} raised {type(e).__name__}")
-    if not timed:  # the whole family failed: reverse mode over the outputs, which every op has
+    if chunks:  # round-robin, so drift on a busy machine does not pick the winner
+        calls = {n: (lambda n=n, k=k: _COMPUTE[n](flat, _passes(k, rows)))
+                 for n, k in chunks.items()}
+        timed = {n: (t.median, chunks[n]) for n, t in
+                 time_calls(calls, flat.x.device, warmup=2, min_seconds=PLAN_TIMING_S).items()}
+    else:  # the whole family failed: reverse mode over the outputs, which every op has
         name, rows = "batched_grad", m
-        timed[name] = (0.0, rows if rows * saved + jac_bytes <= budget
-                       else _chunk_within(flat, name, rows, budget))
+        timed = {name: (0.0, rows if rows * saved + jac_bytes <= budget
+                        else _chunk_within(flat, name, rows, budget))}
     name = min(timed, key=lambda k: timed[k][0])
     chunk = timed[name][1]
     why += f"; {name} timed fastest of {', '.join(family)}" if len(timed) > 1 else f"; {name}"
@@ -226,6 +231,11 @@ def _make_plan(flat: Flat, max_memory: int | None) -> Plan:
     if chunk < rows:
         why += f"; {math.ceil(rows / chunk)} passes of {chunk} rows to stay within {budget} bytes"
     return Plan(name, chunk, rows, why, budget)
+
+
+def _passes(chunk: int, rows: int) -> int | None:
+    """The chunk size argument: None (one unchunked pass) when every row fits in one."""
+    return None if chunk >= rows else chunk
 
 
 def _chunk_within(flat: Flat, name: str, rows: int, budget: int) -> int:

@@ -10,7 +10,7 @@ import torch
 from jacverify.case import Flat, flatten, make_case
 from jacverify.compare import Reference, compare, tolerances
 from jacverify.errors import InvalidArgument, MismatchError
-from jacverify.measure import time_call
+from jacverify.measure import time_calls
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism, directional_differences
 
@@ -42,13 +42,15 @@ def _fastest(quantity: str, family: tuple[str, ...], flat: Flat, key: tuple, fn)
     cache = _cache(fn)
     if key in cache:
         return cache[key]
-    times = {}
+    runnable = {}
     for m in get_methods(family, quantity):
         try:
-            times[m.name] = time_call(lambda: m.compute(flat), flat.x.device,
-                                      min_seconds=PLAN_TIMING_S).median
+            m.compute(flat)
+            runnable[m.name] = (lambda c=m.compute: c(flat))
         except Exception:  # noqa: BLE001 - no formula / rule for this candidate here
             continue
+    times = {n: t.median for n, t in
+             time_calls(runnable, flat.x.device, min_seconds=PLAN_TIMING_S).items()}
     if not times:
         raise InvalidArgument(f"no {quantity} method could run on this function: "
                               f"{', '.join(family)} all raised; run jacverify.check_* to see why")
