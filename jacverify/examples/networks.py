@@ -34,6 +34,10 @@ class Conv2dNet(nn.Sequential):
     def __init__(self) -> None:
         super().__init__(nn.Conv2d(1, 2, 3), nn.Softplus(), nn.Flatten(), nn.Linear(8, 3))
 
+    @staticmethod
+    def example_input() -> torch.Tensor:
+        return torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+
 
 class LayerNormResidual(nn.Module):
     """x + Linear(tanh(LayerNorm(x))): per-sample statistics, so samples stay independent."""
@@ -55,6 +59,10 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(embed, 3 * embed)
         self.out = nn.Linear(embed, embed)
         self.heads = heads
+
+    @staticmethod
+    def example_input() -> torch.Tensor:
+        return torch.randn(4, 3, 4, generator=torch.Generator().manual_seed(0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, e = x.shape
