@@ -134,18 +134,20 @@ def _sweep_plot(name: str, cases, axis: str) -> str:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     methods = dict.fromkeys(r.method for c in cases for r in c.results)
-    for method in methods:
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours, then a second line style
+    for i, method in enumerate(methods):
         points = [(c.params[axis], r.time_s) for c in cases for r in c.results
                   if r.method == method and r.time_s and r.status == "agree"]
         if points:
-            style = {"linewidth": 3, "color": "black"} if method == "auto" else {}
-            ax.plot(*zip(*points), marker="o", label=method, **style)
+            style = {"linewidth": 3, "color": "black"} if method == "auto" else {
+                "color": colors[i % 20], "linestyle": "-" if i % 2 == 0 else "--"}
+            ax.plot(*zip(*points), marker="o", markersize=4, label=method, **style)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(f"{axis} (log scale)")
     ax.set_ylabel("median time (s, log scale)")
     ax.set_title(f"time against {axis} per method ({name} sweep)")
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _png(fig)
 
 

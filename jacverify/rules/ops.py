@@ -26,8 +26,9 @@ DEFAULT_OPS = ("sin", "tanh", "exp", "mul", "div", "matmul", "sum", "mean", "cum
 OP_CHECKS = ("vmap", "forward_ad", "reverse_ad", "vmap_jvp", "vmap_vjp", "fwd_over_fwd",
              "fwd_over_rev", "rev_over_fwd", "rev_over_rev")
 BATCH = 3  # samples per vmap, each with its own values
-# A finite-difference reference whose own error bound exceeds this fraction of its size (a kink
-# within the step: the norm's subgradient at zero) cannot tell a right derivative from a wrong one.
+# A finite-difference reference whose own error bound exceeds this fraction of its size plus the
+# derivative scale of the case (a kink within the step: the norm's subgradient at zero) cannot tell
+# a right derivative from a wrong one.
 UNCERTAIN = 0.1
 # Operators whose batched meaning a loop over per-sample views does not give: the reason.
 INCOMPARABLE = {
@@ -250,7 +251,7 @@ def _judge(check: str, sample: str, run: Callable[[], torch.Tensor], ref: Refere
     if not (torch.isfinite(ref.value).all() and torch.isfinite(ref.error).all()):
         return OpCheck(check, sample, "skipped", "finite differences are not finite here (a step "
                        "leaves the domain, or the point is singular)")
-    if float(ref.error.max()) > UNCERTAIN * float(ref.value.abs().max()):
+    if float(ref.error.max()) > UNCERTAIN * (float(ref.value.abs().max()) + scale):
         return OpCheck(check, sample, "skipped", "finite differences too uncertain here (error "
                        f"bound {float(ref.error.max()):.2g}: a kink within the step)")
     try:
