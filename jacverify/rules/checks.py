@@ -3,6 +3,7 @@ against the double loop, and vmap of jacrev / jacfwd / vjp / jvp against loops o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,7 +70,10 @@ def build_args(target: RuleTarget, ex: RuleExample, outer: int | None = None) ->
         for n in lead:
             count *= n
         samples = [torch.randn(drawn, generator=gen, dtype=torch.float64) for _ in range(count)]
-        t = torch.stack(samples).reshape(*lead, *drawn) if lead else samples[0]
+        if not count:  # a batch of 0
+            t = torch.empty(*lead, *drawn, dtype=torch.float64)
+        else:
+            t = torch.stack(samples).reshape(*lead, *drawn) if lead else samples[0]
         t = t.expand(*lead, *shape) if expanded else t
         if d is not None:
             t = t.movedim(1 if outer else 0, (1 if outer else 0) + (d % (len(shape) + 1)))
@@ -140,8 +144,15 @@ def run_checks(target: RuleTarget, ex: RuleExample, checks=CHECKS) -> list[Check
     results = []
     grad_arg = next((i for i in target.tensors if dims[i] is not None), None)
     for check in checks:
+        if b == 0 and check != "vmap":
+            continue  # a batch of 0: only the shape of vmap's result is checked
         try:
-            if check == "vmap":
+            if check == "vmap" and b == 0:
+                one = build_args(target, dataclasses.replace(ex, batch_size=1))
+                want = _loop(fn, one, dims, 1, ex.out_dims)
+                want = _empty_batch(want, ex.out_dims)
+                got = vmap(fn, in_dims=dims, out_dims=ex.out_dims)(*args)
+            elif check == "vmap":
                 want = _loop(fn, args, dims, b, ex.out_dims)
                 got = vmap(fn, in_dims=dims, out_dims=ex.out_dims)(*args)
             elif check == "vmap_nested":
@@ -164,6 +175,13 @@ def run_checks(target: RuleTarget, ex: RuleExample, checks=CHECKS) -> list[Check
         bad = _differ(got, want, torch.float64)
         results.append(CheckOutcome(check, "mismatch" if bad else "agree", bad or ""))
     return results
+
+
+def _empty_batch(out, dim: int):
+    """The loop's result for a batch of 0: a batch of 1 cut down to none (shape and dtype kept)."""
+    if isinstance(out, (tuple, list)):
+        return type(out)(_empty_batch(o, dim) for o in out)
+    return out.narrow(dim, 0, 0)
 
 
 def _derivative(check: str, g: Callable, i: int, ex: RuleExample, target: RuleTarget) -> Callable:

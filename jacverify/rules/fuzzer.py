@@ -60,9 +60,10 @@ class RuleReport:
 
 def rule_examples(target: RuleTarget, *, max_batch_size: int = 4, max_ndim: int = 3,
                   max_side: int = 4):
-    """Examples for ``target``: batch size, per-sample shapes (one shared base shape, square with
-    a fair chance, or each its own), scalars, in_dims (any axis, negative ones, None for some but
-    never all tensors), out_dims, memory layout and a seed. Shrinks towards batch 1, small
+    """Examples for ``target``: batch size (0 included: only the shape of vmap's result is checked
+    there, and a rule that refuses it is "unsupported"), per-sample shapes (one shared base shape,
+    square with a fair chance, or each its own), scalars, in_dims (any axis, negative ones, None for
+    some but never all tensors), out_dims, memory layout and a seed. Shrinks towards batch 1, small
     shapes, in_dims 0, out_dims 0 and contiguous inputs."""
     from hypothesis import strategies as st
 
@@ -76,6 +77,8 @@ def rule_examples(target: RuleTarget, *, max_batch_size: int = 4, max_ndim: int 
         st.tuples(st.integers(1, max_ndim), side).map(lambda nk: (nk[1],) * nk[0]))  # square
     scalar = {"float": st.integers(-8, 8).map(lambda k: k / 4), "int": st.integers(1, 3),
               "bool": st.booleans()}
+    # 1..max_batch_size, shrinking towards 1; a batch of 0 one time in ten
+    batch_sizes = st.integers(0, 9).map(lambda k: 0 if k == 9 else 1 + k % max_batch_size)
 
     @st.composite
     def build(draw) -> RuleExample:
@@ -96,7 +99,7 @@ def rule_examples(target: RuleTarget, *, max_batch_size: int = 4, max_ndim: int 
             in_dims.append(d)
         if all(in_dims[i] is None for i in tensors):
             in_dims[tensors[0]] = 0
-        return RuleExample(draw(st.integers(1, max_batch_size)), tuple(per_shape), tuple(scalars),
+        return RuleExample(draw(batch_sizes), tuple(per_shape), tuple(scalars),
                            tuple(in_dims), draw(st.integers(-2, 2)), draw(st.sampled_from(LAYOUTS)),
                            draw(st.integers(0, 2**16)))
 
@@ -105,7 +108,7 @@ def rule_examples(target: RuleTarget, *, max_batch_size: int = 4, max_ndim: int 
 
 def _unbatched(target: RuleTarget, ex: RuleExample):
     """Call f on sample 0 alone; None when it rejects these inputs (the example is discarded)."""
-    args = build_args(target, ex)
+    args = build_args(target, dataclasses.replace(ex, batch_size=max(1, ex.batch_size)))
     sample = [a.select(d, 0) if d is not None and hasattr(a, "select") else a
               for a, d in zip(args, ex.in_dims)]
     try:
