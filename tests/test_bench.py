@@ -186,6 +186,13 @@ def test_cli_bench_quick_suite_writes_table_json_and_plot(tmp_path):
     assert any(b["group"].startswith("sweep:batch") for b in doc["benchmarks"])
     page = out_html.read_text()
     assert page.count("<img alt='time against batch'") == 1 and "data:image/png;base64," in page
+    # pytest-benchmark itself reads the saved run
+    pytest.importorskip("pytest_benchmark")
+    compared = subprocess.run(
+        [sys.executable, "-c", "from pytest_benchmark.cli import main; main()", "compare",
+         str(out_json), "--columns=median,rounds"], capture_output=True, text=True, timeout=120)
+    assert compared.returncode == 0, compared.stderr
+    assert "auto[mlp4-16-2/B8/float64]" in compared.stdout
 
 
 def test_cli_bench_rejects_an_unknown_method():
