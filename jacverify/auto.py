@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import weakref
 from collections import OrderedDict
@@ -66,7 +67,7 @@ class Plan:
 # keeps that trade for cases where the memory matters; pass max_memory= for a strict budget.
 # A pass over k rows is estimated at k x saved activations + |J|; when that may not fit, the plan
 # measures the peak (NOTE [peak memory]) at 1 and 2 rows per pass, extrapolates linearly (peak
-# grows sublinearly in k, so this errs small), and confirms the chunk it picks, halving it while
+# grows sublinearly in k, so this errs on the safe side), and confirms the chunk it picks, halving it while
 # over. Plans are cached per function, input shape, dtype, device and train/eval state: the probes
 # and measurements run on the first call only.
 MEMORY_FLOOR = 2**24  # 16 MiB
@@ -152,27 +153,42 @@ def _flat(fn, x: torch.Tensor, out_shape: tuple[int, ...]) -> Flat:
     return Flat(g, x.detach().reshape(x.shape[0], -1), (in_shape,), (out_shape,))
 
 
-# Plans keyed by the function (weakly, so a cached plan never keeps a model alive) and then by the
-# shapes and modes of the call; functions that cannot be weakly referenced share a small LRU.
+# Plans keyed by the function (weakly, so a cached plan never keeps a model alive; a bound
+# method by its object, since `model.forward` is a new object at every access), then by the shapes
+# and modes of the call. Functions that cannot be weakly referenced (builtins such as torch.tanh)
+# are held in a small LRU: holding them costs nothing, and a held object's id cannot be reused.
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _STRONG: OrderedDict = OrderedDict()
 _STRONG_SIZE = 8
 
 
-def _key(fn, x: torch.Tensor, max_memory: int | None) -> tuple:
-    modes = tuple(m.training for m in fn.modules()) if isinstance(fn, torch.nn.Module) else ()
-    return (tuple(x.shape), x.dtype, x.device, modes, max_memory)
+def plan_table(fn) -> dict:
+    """The cache of choices made for ``fn`` (shared by every ``method="auto"`` entry point)."""
+    owner = fn.__self__ if inspect.ismethod(fn) else fn
+    try:
+        tables = _PLANS.setdefault(owner, {})
+    except TypeError:  # not weakly referenceable
+        try:
+            tables = _STRONG.setdefault(owner, {})
+        except TypeError:  # not hashable either: no cache, a plan per call
+            return {}
+        _STRONG.move_to_end(owner)
+        while len(_STRONG) > _STRONG_SIZE:
+            _STRONG.popitem(last=False)
+    return tables.setdefault(getattr(fn, "__func__", None), {})
+
+
+def call_key(fn, *tensors: torch.Tensor, extra: object = None) -> tuple:
+    """What a cached choice depends on: shapes, dtypes, devices, train/eval modes, ``extra``."""
+    owner = fn.__self__ if inspect.ismethod(fn) else fn
+    modes = tuple(m.training for m in owner.modules()) if isinstance(owner, torch.nn.Module) else ()
+    return (*((tuple(t.shape), t.dtype, t.device) for t in tensors), modes, extra)
 
 
 def _planned(fn, x: torch.Tensor, max_memory: int | None) -> tuple[Plan, Flat, tuple[int, ...]]:
-    key = _key(fn, x, max_memory) if isinstance(x, torch.Tensor) else None
-    try:
-        table = _PLANS.setdefault(fn, {})
-    except TypeError:  # not weakly referenceable (a builtin): a strong, bounded cache
-        table = _STRONG.setdefault(id(fn), {})
-        _STRONG.move_to_end(id(fn))
-        while len(_STRONG) > _STRONG_SIZE:
-            _STRONG.popitem(last=False)
+    table = plan_table(fn)
+    key = call_key(fn, x, extra=("batch_jacobian", max_memory)) if isinstance(x, torch.Tensor) \
+        else None
     if key in table:
         chosen, out_shape = table[key]
         return chosen, _flat(fn, x, out_shape), out_shape

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 
 import torch
 
+from jacverify.auto import call_key, plan_table
 from jacverify.case import Flat, flatten, make_case
 from jacverify.compare import Reference, compare, tolerances
 from jacverify.errors import InvalidArgument, MismatchError
@@ -27,19 +27,8 @@ JVP_FAMILY = ("vmap_jvp", "double_backward", "functional_jvp", "jvp_loop")
 HESSIAN_FAMILY = ("vmap_jacfwd_jacrev", "vmap_hessian", "vmap_jacrev_jacrev", "sum_trick_twice")
 PLAN_TIMING_S = 0.05
 
-# fn -> {call key -> method}; weak, so a cached choice never keeps a model alive (nor outlives it)
-_CHOSEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _cache(fn) -> dict:
-    try:
-        return _CHOSEN.setdefault(fn, {})
-    except TypeError:  # not weakly referenceable: choose afresh each call
-        return {}
-
-
 def _fastest(quantity: str, family: tuple[str, ...], flat: Flat, key: tuple, fn) -> str:
-    cache = _cache(fn)
+    cache = plan_table(fn)
     if key in cache:
         return cache[key]
     runnable = {}
@@ -56,11 +45,6 @@ def _fastest(quantity: str, family: tuple[str, ...], flat: Flat, key: tuple, fn)
                               f"{', '.join(family)} all raised; run jacverify.check_* to see why")
     cache[key] = min(times, key=times.get)
     return cache[key]
-
-
-def _key(quantity: str, fn, *tensors: torch.Tensor) -> tuple:
-    modes = tuple(m.training for m in fn.modules()) if isinstance(fn, torch.nn.Module) else ()
-    return (quantity, modes, *((tuple(t.shape), t.dtype, t.device) for t in tensors))
 
 
 def _run(quantity: str, method: str, family, flat: Flat, key: tuple,
@@ -91,7 +75,8 @@ def jvp_set(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, vectors
     point = _AtPoint(fn)
     flat = flatten(make_case(point, x.unsqueeze(0)))
     flat = Flat(flat.fn, flat.x, flat.in_shapes, flat.out_shapes, vec.to(flat.x))
-    name, value = _run("jvp_set", method, JVP_FAMILY, flat, _key("jvp_set", fn, x, vec), fn)
+    key = call_key(fn, x, vec, extra="jvp_set")
+    name, value = _run("jvp_set", method, JVP_FAMILY, flat, key, fn)
     if verify:
         ref = directional_differences(flat, vec.to(flat.x), per_sample=False, independent=True)
         _judge(name, "jvp_set", value, ref, flat.x.dtype)
@@ -117,8 +102,8 @@ def batch_hessian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *
     if not isinstance(x, torch.Tensor) or x.ndim < 1:
         raise InvalidArgument(f"x={type(x).__name__} must be a tensor with the batch first")
     flat = flatten(make_case(fn, x))
-    key = _key("hessian", fn, x)
-    if key not in _cache(fn):
+    key = call_key(fn, x, extra="hessian")
+    if key not in plan_table(fn):
         coupling = check_coupling(flat, 0, check_determinism(flat))
         if coupling.coupled:
             raise InvalidArgument(f"samples interact ({coupling.reason}): every per-sample Hessian "

@@ -54,6 +54,8 @@ def test_auto_on_interacting_samples_gives_the_per_sample_blocks():
 def test_plan_is_cached_and_follows_train_eval():
     net, x = BatchCoupled().double().train(), torch.randn(6, 5, dtype=torch.float64)
     assert jacverify.plan(net, x) is jacverify.plan(net, x)
+    assert jacverify.plan(net.forward, x) is jacverify.plan(net.forward, x)  # a new bound method
+    assert jacverify.plan(torch.tanh, x) is jacverify.plan(torch.tanh, x)  # not weakly referenceable
     assert jacverify.plan(net.eval(), x).method != "batched_grad_per_sample"
 
 
