@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 
@@ -27,7 +26,7 @@ def run_bench(args: argparse.Namespace, usage: type[Exception]) -> int:
     from rich.progress import Progress
 
     import jacverify
-    from jacverify.bench import SUITES, SWEEPS, BenchRun, _machine, bench, bench_suite
+    from jacverify.bench import SUITES, SWEEPS, bench_suite
     from jacverify.bench_render import case_table, pathology_lines, summary_table
 
     out = Console(highlight=False, soft_wrap=True, width=max(Console().width, 160))
@@ -59,7 +58,7 @@ def run_bench(args: argparse.Namespace, usage: type[Exception]) -> int:
             run = bench_suite(suite, sweeps=not args.no_sweeps, device=device, on_case=done,
                               **common)
         else:
-            run = _bench_files(args, kwargs, device, common, usage, progress, bench)
+            run = _bench_files(args, kwargs, device, common, usage, progress)
     for case in run.cases:
         out.print(case_table(case))
     if run.suite != "files":
@@ -73,17 +72,16 @@ def run_bench(args: argparse.Namespace, usage: type[Exception]) -> int:
         from jacverify.html_report import write_bench_html
 
         write_bench_html(args.html, run)
-    wrong = [f"{c.name}: {r.method}" for c in run.cases for cs in [c] for r in cs.results
-             if r.status == "mismatch"]
+    wrong = [f"{c.name}: {r.method}" for c in run.cases for r in c.results if r.status == "mismatch"]
     for line in wrong:
         out.print(f"mismatch: {line} disagrees with the references (run jacverify check)",
                   markup=False)
     return EXIT_MISMATCH if wrong else EXIT_OK
 
 
-def _bench_files(args, kwargs, device, common, usage, progress, bench):
+def _bench_files(args, kwargs, device, common, usage, progress):
     import jacverify
-    from jacverify.bench import BenchRun, _machine
+    from jacverify.bench import bench, bench_run
     from jacverify.discover import LoadError, NoInput, discover, example_input, load
 
     targets = []
@@ -115,5 +113,4 @@ def _bench_files(args, kwargs, device, common, usage, progress, bench):
         except (NoInput, jacverify.JacverifyError) as e:
             print(f"{tgt.name}: skipped ({e})", file=sys.stderr)
         progress.advance(task)
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    return BenchRun("files", tuple(cases), (), device, started, _machine(device))
+    return bench_run("files", cases, device)

@@ -233,3 +233,14 @@ def test_batch_hessian_auto_and_its_verification():
         jacverify.batch_hessian(hidden, x, verify=True)
     with pytest.raises(jacverify.InvalidArgument, match="samples interact"):
         jacverify.batch_hessian(BatchCoupled().double().train(), torch.randn(6, 5, dtype=torch.float64))
+
+
+def test_cli_bench_file_times_its_targets_and_marks_a_wrong_method():
+    examples = __import__("pathlib").Path(jacverify.__file__).parent / "examples"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jacverify", "bench", str(examples / "broken_function.py"),
+         "--methods", "loop,forward_broadcast", "--batch-size", "4", "--min-seconds", "0.01",
+         "--no-memory"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "fastest correct: forward_broadcast" in proc.stdout
+    assert "mismatch: " in proc.stdout and ": loop disagrees with the references" in proc.stdout
