@@ -4,6 +4,7 @@ against the double loop, and vmap of jacrev / jacfwd / vjp / jvp against loops o
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,9 +12,11 @@ import torch
 from torch.func import jacfwd, jacrev, jvp, vjp, vmap
 
 from jacverify.compare import Reference, compare
+from jacverify.engine import _first_line
 from jacverify.rules.targets import RuleTarget
 
-__all__ = ["RuleExample", "CheckOutcome", "run_checks", "CHECKS", "build_args"]
+__all__ = ["RuleExample", "CheckOutcome", "run_checks", "CHECKS", "build_args", "differ",
+           "stack_outputs"]
 
 LAYOUTS = ("contiguous", "non_contiguous", "expanded")
 CHECKS = ("vmap", "vmap_nested", "vmap_jacrev", "vmap_jacfwd", "vmap_vjp", "vmap_jvp")
@@ -66,9 +69,7 @@ def build_args(target: RuleTarget, ex: RuleExample, outer: int | None = None) ->
 
         expanded = ex.layout == "expanded" and bool(shape)
         drawn = (*shape[:-1], 1) if expanded else shape  # expanded: stride 0 on the last axis
-        count = 1
-        for n in lead:
-            count *= n
+        count = math.prod(lead)
         samples = [torch.randn(drawn, generator=gen, dtype=torch.float64) for _ in range(count)]
         if not count:  # a batch of 0
             t = torch.empty(*lead, *drawn, dtype=torch.float64)
@@ -88,25 +89,29 @@ def _slice(args: list, in_dims: tuple, i: int) -> list:
             for a, d in zip(args, in_dims)]
 
 
-def _stack(outs: list, dim: int):
+def stack_outputs(outs: list, dim: int = 0):
+    """The loop's results stacked along ``dim``, output by output (non-tensors: the first)."""
     first = outs[0]
     if isinstance(first, (tuple, list)):
-        return type(first)(_stack([o[k] for o in outs], dim) for k in range(len(first)))
-    return torch.stack(outs, dim=dim)
+        return type(first)(stack_outputs([o[k] for o in outs], dim) for k in range(len(first)))
+    return torch.stack(outs, dim=dim) if isinstance(first, torch.Tensor) else first
 
 
 def _loop(fn: Callable, args: list, in_dims: tuple, size: int, out_dims: int):
-    return _stack([fn(*_slice(args, in_dims, i)) for i in range(size)], out_dims)
+    return stack_outputs([fn(*_slice(args, in_dims, i)) for i in range(size)], out_dims)
 
 
 def _flatten(out) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
-    return [t for o in out for t in _flatten(o)]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flatten(o)]
+    return []  # a non-tensor output (an int, None) has nothing to batch
 
 
-def _differ(got, want, dtype: torch.dtype) -> str | None:
-    """What differs between the vmapped and the looped result: shape, dtype or values."""
+def differ(got, want) -> str | None:
+    """What differs between a vmapped and a looped result: shape, dtype or values (floating ones
+    under NOTE [tolerances] for their dtype, NaN where both are NaN; others exactly); None if nothing."""
     got, want = _flatten(got), _flatten(want)
     if len(got) != len(want):
         return f"returned {len(got)} outputs, the loop {len(want)}"
@@ -118,10 +123,14 @@ def _differ(got, want, dtype: torch.dtype) -> str | None:
             return f"{where}dtype {g.dtype}, the loop gives {w.dtype}"
         if not w.numel():
             continue
+        if not w.is_floating_point():
+            if not torch.equal(g, w):
+                return f"{where}values differ from the loop's ({w.dtype}, compared exactly)"
+            continue
         both_nan = torch.isnan(g) & torch.isnan(w)
         g64 = torch.where(both_nan, 0.0, g.detach().double())
         w64 = torch.where(both_nan, 0.0, w.detach().double())
-        c = compare(g64, Reference("loop", w64), dtype)
+        c = compare(g64, Reference("loop", w64), w.dtype)
         if not c.passed:
             return (f"{where}values differ: at {c.worst_index} vmap gives {c.value_at_worst:.6g}, "
                     f"the loop {c.reference_at_worst:.6g} (allowed {c.allowed_at_worst:.2g})")
@@ -170,9 +179,9 @@ def run_checks(target: RuleTarget, ex: RuleExample, checks=CHECKS) -> list[Check
                 want = _loop(per, args, dims, b, 0)
                 got = vmap(per, in_dims=dims, out_dims=0)(*args)
         except Exception as e:  # noqa: BLE001 - no rule for this transform, or the op refuses it
-            results.append(CheckOutcome(check, "unsupported", f"{type(e).__name__}: {_line(e)}"))
+            results.append(CheckOutcome(check, "unsupported", raised(e)))
             continue
-        bad = _differ(got, want, torch.float64)
+        bad = differ(got, want)
         results.append(CheckOutcome(check, "mismatch" if bad else "agree", bad or ""))
     return results
 
@@ -208,6 +217,6 @@ def _derivative(check: str, g: Callable, i: int, ex: RuleExample, target: RuleTa
     raise ValueError(check)
 
 
-def _line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else repr(e)
+def raised(e: BaseException) -> str:
+    """``Type: first line of the message``, as a status's detail."""
+    return f"{type(e).__name__}: {_first_line(e)[:200]}"

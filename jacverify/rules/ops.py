@@ -16,6 +16,7 @@ from jacverify.case import Flat
 from jacverify.compare import Reference, compare
 from jacverify.errors import InvalidArgument
 from jacverify.oracles.finite_differences import directional_differences
+from jacverify.rules.checks import differ, raised, stack_outputs
 
 __all__ = ["OpCheck", "OpResult", "check_op", "op_database", "select_ops", "DEFAULT_OPS",
            "OP_CHECKS"]
@@ -187,29 +188,6 @@ def _batched(tensors: list[torch.Tensor], gen: torch.Generator) -> list[torch.Te
     return out
 
 
-def _same(got, want) -> str | None:
-    got = got if isinstance(got, (tuple, list)) else (got,)
-    want = want if isinstance(want, (tuple, list)) else (want,)
-    for k, (g, w) in enumerate(zip(got, want)):
-        if not isinstance(w, torch.Tensor):
-            continue
-        if g.shape != w.shape or g.dtype != w.dtype:
-            return f"output {k}: {tuple(g.shape)} {g.dtype}, the loop {tuple(w.shape)} {w.dtype}"
-        if not w.numel():
-            continue
-        if not w.is_floating_point():
-            if not torch.equal(g, w):
-                return f"output {k}: integer values differ from the loop"
-            continue
-        nan = torch.isnan(g) & torch.isnan(w)
-        c = compare(torch.where(nan, 0.0, g), Reference("loop", torch.where(nan, 0.0, w)),
-                    w.dtype)
-        if not c.passed:
-            return (f"output {k} at {c.worst_index}: vmap {c.value_at_worst:.6g}, loop "
-                    f"{c.reference_at_worst:.6g} (allowed {c.allowed_at_worst:.2g})")
-    return None
-
-
 def _vmap_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
     batched = _batched(s.tensors, gen)
     variants = [("in_dims=0", [0] * len(batched))]
@@ -227,21 +205,15 @@ def _vmap_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
         except Exception:  # noqa: BLE001 - the op rejects the scaled values: not a rule's fault
             out.append(OpCheck("vmap", f"{name} {label}", "skipped", "the loop raised"))
             continue
-        want = _stack(want)
+        want = stack_outputs(want)
         try:
             got = vmap(s.call, in_dims=tuple(dims), randomness="error")(*args)
         except Exception as e:  # noqa: BLE001
-            out.append(OpCheck("vmap", f"{name} {label}", "unsupported", _line(e)))
+            out.append(OpCheck("vmap", f"{name} {label}", "unsupported", raised(e)))
             continue
-        bad = _same(got, want)
+        bad = differ(got, want)
         out.append(OpCheck("vmap", f"{name} {label}", "mismatch" if bad else "agree", bad or ""))
     return out
-
-
-def _stack(outs: list):
-    if isinstance(outs[0], (tuple, list)):
-        return tuple(_stack([o[k] for o in outs]) for k in range(len(outs[0])))
-    return torch.stack(outs) if isinstance(outs[0], torch.Tensor) else outs[0]
 
 
 def _judge(check: str, sample: str, run: Callable[[], torch.Tensor], ref: Reference,
@@ -259,7 +231,7 @@ def _judge(check: str, sample: str, run: Callable[[], torch.Tensor], ref: Refere
     except _Skip as e:
         return OpCheck(check, sample, "skipped", str(e))
     except Exception as e:  # noqa: BLE001 - missing formula / support
-        return OpCheck(check, sample, "unsupported", _line(e))
+        return OpCheck(check, sample, "unsupported", raised(e))
     c = compare(value.detach().reshape(ref.value.shape), ref, torch.float64,
                 derivative_scale=scale)
     if c.passed:
@@ -304,7 +276,7 @@ def _derivative_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
         second = directional_differences(s.flat(verified), w[None], per_sample=True,
                                          independent=True)
     except Exception as e:  # noqa: BLE001 - the first derivative itself fails off the sample
-        return checks + [OpCheck(c, name, "skipped", _line(e)) for c in OP_CHECKS[5:]]
+        return checks + [OpCheck(c, name, "skipped", raised(e)) for c in OP_CHECKS[5:]]
     ref = Reference("finite_differences", second.value[0], second.error[0])
 
     def fwd(x):  # u · J(x) v by forward mode
@@ -336,14 +308,14 @@ def _vmapped_derivatives(s: _Sample, name: str, gen) -> list[OpCheck]:
         try:
             want = torch.stack([per(zs[i], second[i]) for i in range(BATCH)])
         except Exception as e:  # noqa: BLE001
-            out.append(OpCheck(label, name, "skipped", f"the loop raised: {_line(e)}"))
+            out.append(OpCheck(label, name, "skipped", f"the loop raised: {raised(e)}"))
             continue
         try:
             got = vmap(per, randomness="error")(zs, second)
         except Exception as e:  # noqa: BLE001
-            out.append(OpCheck(label, name, "unsupported", _line(e)))
+            out.append(OpCheck(label, name, "unsupported", raised(e)))
             continue
-        bad = _same(got, want)
+        bad = differ(got, want)
         out.append(OpCheck(label, name, "mismatch" if bad else "agree", bad or ""))
     return out
 
@@ -428,7 +400,7 @@ def check_op(op, *, samples: int = 2, seed: int = 0) -> OpResult:
             if isinstance(sample.input, torch.Tensor):
                 taken.append(sample)
     except Exception as e:  # noqa: BLE001 - the database's own sample generator failed
-        return OpResult(_full_name(op), (), time.perf_counter() - start, f"samples: {_line(e)}")
+        return OpResult(_full_name(op), (), time.perf_counter() - start, f"samples: {raised(e)}")
     if taken:
         taken.append(_drawn(taken[0], gen))
     for k, sample in enumerate(taken):
@@ -436,7 +408,7 @@ def check_op(op, *, samples: int = 2, seed: int = 0) -> OpResult:
         try:
             checks += _sample_checks(op, sample, name, gen)
         except Exception as e:  # noqa: BLE001 - an input this harness cannot batch (say so)
-            checks.append(OpCheck("vmap", name, "skipped", f"jacverify could not run it: {_line(e)}"))
+            checks.append(OpCheck("vmap", name, "skipped", f"jacverify could not run it: {raised(e)}"))
     reason = "" if checks else "no sample with a floating tensor input"
     return OpResult(_full_name(op), tuple(checks), time.perf_counter() - start, reason)
 
@@ -460,7 +432,7 @@ def _sample_checks(op, sample, name: str, gen) -> list[OpCheck]:
         again = s.call(*s.tensors)
     except Exception:  # noqa: BLE001 - the drawn values left the op's domain
         return [OpCheck("vmap", name, "skipped", "the op rejects these values")]
-    if _same(first, again):
+    if differ(first, again):
         return [OpCheck("vmap", name, "skipped", "random: two seeds give different outputs")]
     checks = _vmap_checks(s, name, gen)
     try:
@@ -468,8 +440,3 @@ def _sample_checks(op, sample, name: str, gen) -> list[OpCheck]:
     except _Skip as e:
         checks += [OpCheck(c, name, "skipped", str(e)) for c in OP_CHECKS[1:]]
     return _declared_support(op, checks)
-
-
-def _line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160] if text else ''}"
