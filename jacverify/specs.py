@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass
-from typing import Union
+from typing import ClassVar, Union
 
 import torch
 from torch import nn
@@ -109,45 +109,40 @@ class Elementwise:
 
 
 @dataclass(frozen=True)
-class Conv1d:
-    """On per-sample (C, L): (out_channels, L - kernel_size + 1)."""
+class _Conv:
+    """A convolution over ``dims`` spatial axes: per-sample (C, *spatial) -> (out_channels,
+    *(s - kernel_size + 1)); the subclasses below name the dimension."""
 
     in_channels: int
     out_channels: int
     kernel_size: int
     weight: tuple[float, ...]
     bias: tuple[float, ...]
+    dims: ClassVar[int]
 
     def build(self) -> nn.Module:
-        m = nn.Conv1d(self.in_channels, self.out_channels, self.kernel_size)
-        m.weight = _param(self.weight, (self.out_channels, self.in_channels, self.kernel_size))
+        k = self.kernel_size
+        m = getattr(nn, f"Conv{self.dims}d")(self.in_channels, self.out_channels, k)
+        m.weight = _param(self.weight, (self.out_channels, self.in_channels) + (k,) * self.dims)
         m.bias = _param(self.bias, (self.out_channels,))
         return m
 
     def out_shape(self, shape):
-        return (self.out_channels, shape[1] - self.kernel_size + 1)
+        return (self.out_channels, *(s - self.kernel_size + 1 for s in shape[1:]))
 
 
 @dataclass(frozen=True)
-class Conv2d:
+class Conv1d(_Conv):
+    """On per-sample (C, L): (out_channels, L - kernel_size + 1)."""
+
+    dims: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class Conv2d(_Conv):
     """On per-sample (C, H, W): (out_channels, H - k + 1, W - k + 1)."""
 
-    in_channels: int
-    out_channels: int
-    kernel_size: int
-    weight: tuple[float, ...]
-    bias: tuple[float, ...]
-
-    def build(self) -> nn.Module:
-        k = self.kernel_size
-        m = nn.Conv2d(self.in_channels, self.out_channels, k)
-        m.weight = _param(self.weight, (self.out_channels, self.in_channels, k, k))
-        m.bias = _param(self.bias, (self.out_channels,))
-        return m
-
-    def out_shape(self, shape):
-        k = self.kernel_size
-        return (self.out_channels, shape[1] - k + 1, shape[2] - k + 1)
+    dims: ClassVar[int] = 2
 
 
 @dataclass(frozen=True)
