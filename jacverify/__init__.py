@@ -46,7 +46,7 @@ _EXPORTS = {
     "fuzz": "jacverify.fuzzing",
     "FuzzResult": "jacverify.fuzzing",
     "FuzzFailure": "jacverify.fuzzing",
-    "DEFAULT_MAX_MEMORY": "jacverify.engine",
+    "DEFAULT_MAX_MEMORY": "jacverify.references",
     "assert_jacobians_agree": "jacverify.engine",
     "check": "jacverify.engine",
     "check_method": "jacverify.engine",
@@ -55,6 +55,9 @@ _EXPORTS = {
     "JacobianTooLarge": "jacverify.errors",
     "JacverifyError": "jacverify.errors",
     "MismatchError": "jacverify.errors",
+    "NotVerified": "jacverify.errors",
+    "Status": "jacverify.judge",
+    "Verdict": "jacverify.judge",
     "NondeterministicFunction": "jacverify.errors",
     "NonFiniteOutput": "jacverify.errors",
     "Method": "jacverify.methods",
@@ -62,7 +65,7 @@ _EXPORTS = {
     "register_method": "jacverify.methods",
     "registered_methods": "jacverify.methods",
     "unregister_method": "jacverify.methods",
-    "MethodResult": "jacverify.report",
+    "MethodResult": "jacverify.judge",
     "Report": "jacverify.report",
 }
 

@@ -291,16 +291,15 @@ _ONE_PASS = {"functional_vectorized"}
 
 def _verify(fn, x: torch.Tensor, value: torch.Tensor, name: str, probes: int, seed: int) -> None:
     from jacverify.compare import compare, tolerances
-    from jacverify.engine import _reference_version
+    from jacverify.references import prechecked
     from jacverify.oracles.projections import draw_probes, project, projection_reference
 
     if not isinstance(probes, int) or probes < 1:
         raise InvalidArgument(f"probes={probes!r} must be a positive int")
     case = make_case(fn, x, seed=seed)
-    flat = flatten(case)
-    ref_flat = _reference_version(case, []) or flat
-    coupled = check_coupling(ref_flat, seed).coupled
-    drawn = draw_probes(ref_flat, probes, seed, coupled)
+    pre = prechecked(case)
+    ref_flat = pre.ref_flat
+    drawn = draw_probes(ref_flat, probes, seed, pre.coupling.coupled)
     ref, scale = projection_reference(ref_flat, drawn)
     c = compare(project(value, drawn), ref, case.dtype, tolerances(), derivative_scale=scale)
     if not c.passed:

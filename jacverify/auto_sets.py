@@ -67,12 +67,12 @@ def jvp_set(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, vectors
     >>> jvp_set(f, x, torch.eye(2, dtype=torch.float64), verify=True).shape
     torch.Size([2, 2])
     """
-    from jacverify.quantities import _AtPoint, _vectors
+    from jacverify.quantities import AtPoint, vector_rows
 
     if not isinstance(x, torch.Tensor):
         raise InvalidArgument(f"x={type(x).__name__} must be a tensor: the point")
-    vec = _vectors("vectors", vectors, tuple(x.shape), "tangent")
-    point = _AtPoint(fn)
+    vec = vector_rows("vectors", vectors, tuple(x.shape), "tangent")
+    point = AtPoint(fn)
     flat = flatten(make_case(point, x.unsqueeze(0)))
     flat = Flat(flat.fn, flat.x, flat.in_shapes, flat.out_shapes, vec.to(flat.x))
     key = call_key(fn, x, vec, extra="jvp_set")

@@ -10,12 +10,13 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from jacverify.errors import FunctionRaised, InvalidArgument
 
-__all__ = ["Case", "make_case", "Flat"]
+__all__ = ["Case", "make_case", "Flat", "flatten", "call", "evaluate", "resolve_device"]
 
 # NOTE [canonical form]
 # A case f(x_1, ..., x_k) with batch axis `a` on every input and `a_out` on every output is
@@ -128,6 +129,18 @@ def make_case(
             raise InvalidArgument(
                 f"inputs[{i}] is complex ({t.dtype}); jacverify checks real Jacobians only"
             )
+        if t.is_meta:
+            raise InvalidArgument(
+                f"inputs[{i}] is a meta tensor (shape {tuple(t.shape)}, no values); derivatives "
+                "are checked on values: pass a tensor on 'cpu' or 'cuda'"
+            )
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise InvalidArgument(
+                f"inputs[{i}] (shape {tuple(t.shape)}) holds {bad} NaN or Inf entr"
+                f"{'y' if bad == 1 else 'ies'}; derivatives are checked at finite points: "
+                "pass finite inputs"
+            )
     if not isinstance(batch_axis, int) or isinstance(batch_axis, bool):
         raise InvalidArgument(f"batch_axis={_describe(batch_axis)} must be an int")
     for i, t in enumerate(tensors):
@@ -161,22 +174,32 @@ def make_case(
         dtype = tensors[0].dtype
     elif not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise InvalidArgument(f"dtype={_describe(dtype)} must be a floating torch.dtype")
-    device = _device(device, tensors[0].device)
+    device = resolve_device(device, tensors[0].device)
     fn = _to(fn, dtype, device)
-    inputs = tuple(t.detach().to(device=device, dtype=dtype) for t in tensors)
+    # copied: the caller's tensors are never touched, whatever the function does to its inputs
+    inputs = tuple(t.detach().to(device=device, dtype=dtype, copy=True) for t in tensors)
     out_axis = axis if out_batch_axis is None else out_batch_axis
     if not isinstance(seed, int):
         raise InvalidArgument(f"seed={_describe(seed)} must be an int")
     return Case(fn, inputs, axis, out_axis, dtype, device, seed)
 
 
-def _device(device: str | torch.device | None, default: torch.device) -> torch.device:
+def resolve_device(device: str | torch.device | None,
+                   default: torch.device | None = None) -> torch.device:
+    """``device`` as a ``torch.device`` where methods can run (``default`` when None).
+
+    Raises:
+        InvalidArgument: not a device, the meta device, or CUDA where there is none.
+    """
     if device is None:
-        return default
+        return default if default is not None else torch.device("cpu")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise InvalidArgument(f"device={_describe(device)} is not a device: {e}") from None
+    if device.type == "meta":
+        raise InvalidArgument("device='meta' holds no values, so no derivative can be checked "
+                              "there; use 'cpu' or 'cuda'")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidArgument(
             f"device={str(device)!r} was asked for but CUDA is not available here; use 'cpu'"
@@ -206,6 +229,15 @@ class Flat:
     in_shapes: tuple[tuple[int, ...], ...]
     out_shapes: tuple[tuple[int, ...], ...]
     vectors: torch.Tensor | None = None  # (K, N) or (K, M) for the JVP/VJP quantities
+    differentiates: bool = False  # the forward itself takes derivatives (NOTE [values only])
+
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        """``fn(x)`` as values, for the references: no graph is kept (NOTE [values only])."""
+        if self.differentiates:
+            with torch.enable_grad():
+                return self.fn(x.detach().requires_grad_()).detach()
+        with torch.no_grad():
+            return self.fn(x)
 
     @property
     def batch_size(self) -> int:
@@ -273,7 +305,7 @@ def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = 
     x = torch.cat(
         [t.to(dtype).movedim(axis, 0).reshape(case.batch_size, -1) for t in case.inputs], dim=1
     )
-    out = _call(fn, tuple(t.to(dtype) for t in case.inputs))
+    out, differentiates = evaluate(fn, tuple(t.to(dtype, copy=True) for t in case.inputs))
     outs = out if isinstance(out, (tuple, list)) else (out,)
     out_shapes = []
     for i, o in enumerate(outs):
@@ -293,20 +325,50 @@ def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = 
                 f"{where} has dtype {o.dtype}, which has no derivative; return floating values"
             )
         out_shapes.append(_drop(o.shape, out_axis))
-    return Flat(g, x.detach(), in_shapes, tuple(out_shapes))
+    return Flat(g, x.detach(), in_shapes, tuple(out_shapes), differentiates=differentiates)
 
 
 def _moved(t: torch.Tensor, source: int, destination: int) -> torch.Tensor:
     return t if source == destination else t.movedim(source, destination)
 
 
-def _call(fn: Callable, inputs: tuple[torch.Tensor, ...]):
+# NOTE [values only]
+# The references evaluate f many times (pre-checks, finite differences) and need values, not
+# graphs, so they run it under no_grad. A forward that itself differentiates -- a PINN residual
+# taking autograd.grad(u, x, create_graph=True), an energy model returning -dE/dx, a module with a
+# hook that calls backward -- raises there. `call` then tries once more with grad enabled and
+# inputs that require grad; if that works, the Flat is marked `differentiates` and every value-only
+# evaluation (`Flat.values`) runs that way, its output detached.
+def call(fn: Callable, inputs: tuple[torch.Tensor, ...]):
+    """``fn(*inputs)`` as values (NOTE [values only]).
+
+    Raises:
+        FunctionRaised: the function raised; the message gives the shapes and dtype.
+    """
+    return evaluate(fn, inputs)[0]
+
+
+def evaluate(fn: Callable, inputs: tuple[torch.Tensor, ...]) -> tuple[Any, bool]:
+    """``fn(*inputs)`` as values, and whether it needed grad mode to run (NOTE [values only]).
+
+    Raises:
+        FunctionRaised: the function raised either way; the message gives the shapes and dtype.
+    """
     try:
         with torch.no_grad():
-            return fn(*inputs)
-    except Exception as e:  # noqa: BLE001 - the user's function may raise anything
+            return fn(*inputs), False
+    except Exception as first:  # noqa: BLE001 - the user's function may raise anything
+        try:
+            with torch.enable_grad():
+                out = fn(*(t.detach().requires_grad_() for t in inputs))
+            detached = tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in out) \
+                if isinstance(out, (tuple, list)) else out.detach() \
+                if isinstance(out, torch.Tensor) else out
+            return detached, True
+        except Exception:  # noqa: BLE001 - report the first error: it is the plain call's
+            pass
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
         raise FunctionRaised(
-            f"the function raised {type(e).__name__}: {e} -- on inputs of shape {shapes} "
+            f"the function raised {type(first).__name__}: {first} -- on inputs of shape {shapes} "
             f"({inputs[0].dtype}); check that it accepts a batch in this layout and dtype"
-        ) from e
+        ) from first

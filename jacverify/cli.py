@@ -1,8 +1,12 @@
 """``jacverify``: check Jacobians of the modules and functions in a file, from the command line.
 
-Exit status: 0 when every applicable method agrees on every target; 1 when a method disagrees or a
-target fails a pre-check (nondeterminism, NaN output, its forward raising); 2 on usage errors
-(a file not found, not Python, raising on import, or nothing to check).
+Exit status: 0 when every target that ran passed (at least one method verified against a trusted
+reference, none wrong) and at least one did; 1 when a method disagrees, the references find a wrong
+derivative formula, or a target fails a pre-check (nondeterminism, NaN output, its forward raising
+or exiting); 2 on usage errors (a file not found, not Python, raising on import, nothing to check, a
+bad option); 3 when nothing wrong was found but something was not verified (every method of a target
+raised or did not apply, a target ran past --timeout or over the memory budget, or every target was
+skipped).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Iterator
 
 from jacverify import options
 
-EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_UNVERIFIED = 0, 1, 2, 3
 # kept here (not imported from jacverify.quantities) so `jacverify --help` needs no torch import
 QUANTITIES = ("batch_jacobian", "jvp_set", "vjp_set", "per_sample_jvp", "hessian",
               "hessian_diagonal")
@@ -120,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("files", nargs="*", metavar="FILE", help="a .py file or dotted module name")
     bn.add_argument("--suite", default=None, choices=["default", "quick"],
                     help="the tanh-MLP suite and its batch/size sweeps (default when no FILE)")
-    options.add_to_argparse(bn)
+    options.add_to_argparse(bn, ("methods", "device", "dtype", "seed"))
     bn.add_argument("--batch-size", type=int, default=64, metavar="B",
                     help="batch size of a FILE's inferred inputs (default: 64)")
     bn.add_argument("--no-sweeps", action="store_true", help="skip the suite's sweeps")
@@ -164,7 +168,38 @@ def _demo() -> int:
 
     report = jacverify.check(ReadmeNet(), ReadmeNet.example_input())
     print(report.render(color=sys.stdout.isatty()))
-    return EXIT_OK if report.passed else EXIT_MISMATCH
+    return exit_status([str(report.verdict)])
+
+
+def exit_status(statuses: list[str]) -> int:
+    """The exit status of a run whose targets ended with ``statuses`` (see the module docstring).
+
+    >>> exit_status(["passed", "skipped"]), exit_status(["passed", "unverified"])
+    (0, 3)
+    >>> exit_status(["failed", "unverified"]), exit_status(["skipped"]), exit_status([])
+    (1, 3, 3)
+    """
+    if "failed" in statuses:
+        return EXIT_MISMATCH
+    if "unverified" in statuses or "passed" not in statuses:
+        return EXIT_UNVERIFIED
+    return EXIT_OK
+
+
+def writable_path(option: str, path: str | None) -> None:
+    """Refuse an output path that cannot be written, before any work is done (a usage error)."""
+    if path is None:
+        return
+    import os
+
+    target = os.path.abspath(path)
+    parent = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise _Usage(f"{option} {path!r} is a directory; give a file path")
+    if not os.path.isdir(parent):
+        raise _Usage(f"{option} {path!r}: the directory {parent!r} does not exist; create it first")
+    if not os.access(parent, os.W_OK) or (os.path.exists(target) and not os.access(target, os.W_OK)):
+        raise _Usage(f"{option} {path!r} is not writable")
 
 
 def _fuzz(args: argparse.Namespace) -> int:
@@ -263,6 +298,11 @@ def _check(args: argparse.Namespace) -> int:
         raise _Usage(str(e)) from None
     if args.batch_size < 1:
         raise _Usage(f"--batch-size={args.batch_size} must be at least 1")
+    if not args.timeout > 0:
+        raise _Usage(f"--timeout={args.timeout:g} must be a positive number of seconds")
+    writable_path("--json", args.json)
+    writable_path("--html", args.html)
+    _check_run_options(args.quantity, kwargs)
     from rich.console import Console
 
     from jacverify.discover import LoadError, discover, load
@@ -297,13 +337,29 @@ def _check(args: argparse.Namespace) -> int:
 
         write_html(args.html, outcomes, f"jacverify check {' '.join(args.files)} (seed "
                    f"{kwargs.get('seed', 0)}, device {kwargs.get('device', 'cpu')})")
-    failed = [o for o in outcomes if o.status == "failed"]
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("passed", "failed", "skipped")}
-    out.print(f"{counts['passed']} passed, {counts['failed']} failed, "
-              f"{counts['skipped']} skipped target(s)", markup=False)
+    statuses = [o.status for o in outcomes]
+    counts = {s: statuses.count(s) for s in ("passed", "failed", "unverified", "skipped")}
+    out.print(", ".join(f"{n} {s}" for s, n in counts.items()) + " target(s)", markup=False)
     if usage_errors:
         return EXIT_USAGE
-    return EXIT_MISMATCH if failed else EXIT_OK
+    return exit_status(statuses)
+
+
+def _check_run_options(quantity: str, kwargs: dict) -> None:
+    """Options that are wrong for every target are usage errors, found before any target runs."""
+    import jacverify
+    from jacverify.case import resolve_device
+
+    try:
+        if kwargs.get("methods"):
+            jacverify.get_methods(kwargs["methods"], quantity)
+        resolve_device(kwargs.get("device"))
+        if quantity != "batch_jacobian" and {"verification", "probes"} & set(kwargs):
+            raise jacverify.InvalidArgument(
+                f"--verification and --probes apply to --quantity batch_jacobian only, not "
+                f"{quantity!r}")
+    except jacverify.InvalidArgument as e:
+        raise _Usage(str(e)) from None
 
 
 def _run_all(candidates, args, kwargs, out, err):
@@ -331,6 +387,9 @@ def _run_one(tgt, args, kwargs):
     base = dict(name=tgt.name, kind=tgt.kind)
     try:
         with _time_limit(args.timeout):
+            import torch
+
+            torch.manual_seed(kwargs.get("seed", 0))  # weights built in the target are seeded too
             fn = tgt.build()
             if args.eval and hasattr(fn, "eval"):
                 fn.eval()
@@ -340,22 +399,23 @@ def _run_one(tgt, args, kwargs):
             base["input_shapes"] = shapes
             report = check_quantity(args.quantity, fn, inputs, batch_axis=axis, **kwargs)
     except _Timeout:
-        return Outcome(**base, error=f"{tgt.name}: abandoned after --timeout={args.timeout:g} s",
-                       failed_precheck=False)
+        return Outcome(**base, error=f"{tgt.name}: abandoned after --timeout={args.timeout:g} s "
+                       "before anything was verified; raise --timeout or check a smaller input "
+                       "(--batch-size)", error_status="unverified")
     except NoInput as e:
         return Outcome(**base, error=str(e))
+    except jacverify.JacobianTooLarge as e:
+        return Outcome(**base, error=f"{tgt.name}: {e}", error_status="unverified")
     except (jacverify.NondeterministicFunction, jacverify.NonFiniteOutput,
-            jacverify.FunctionRaised) as e:
-        return Outcome(**base, error=f"{tgt.name}: {e}", failed_precheck=True)
-    except jacverify.InvalidArgument as e:
-        if "methods contains" in str(e) or "device=" in str(e):
-            raise _Usage(str(e)) from None
-        return Outcome(**base, error=f"{tgt.name}: {e}", failed_precheck=True)
+            jacverify.FunctionRaised, jacverify.InvalidArgument) as e:
+        return Outcome(**base, error=f"{tgt.name}: {e}", error_status="failed")
     except jacverify.JacverifyError as e:
         return Outcome(**base, error=f"{tgt.name}: {e}")
-    except Exception as e:  # noqa: BLE001 - building the target ran the user's code
-        return Outcome(**base, error=f"{tgt.name}: building it raised {type(e).__name__}: {e}",
-                       failed_precheck=True)
+    except (Exception, SystemExit, GeneratorExit) as e:  # noqa: BLE001 - the user's code ran
+        what = f"called sys.exit({e.code!r})" if isinstance(e, SystemExit) else \
+            f"raised {type(e).__name__}: {e}"
+        return Outcome(**base, error=f"{tgt.name}: building or running it {what}",
+                       error_status="failed")
     return Outcome(**base, report=report)
 
 
@@ -366,7 +426,7 @@ def _print_outcome(o, quiet: bool, out) -> None:
         return
     r = o.report
     if quiet:
-        agree = sum(x.status == "agree" for x in r.results)
+        agree = len(r.verified)
         line = f"{o.name}: {o.status.upper()} ({agree}/{len(r.results)} agree"
         if r.mismatches:
             worst = r.mismatches[0].worst

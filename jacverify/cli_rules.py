@@ -78,7 +78,7 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
 
     import jacverify
     from jacverify.cli import _time_limit, _Timeout
-    from jacverify.engine import _warnings_isolated
+    from jacverify.references import warnings_recorded
     from jacverify.rules.ops import DEFAULT_OPS, OP_CHECKS, OpCheck, OpResult, check_op, select_ops
 
     out = Console(highlight=False, soft_wrap=True, width=max(Console().width, 160))
@@ -97,7 +97,7 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
             progress.update(task, description=op.name)
             began = time.perf_counter()
             try:
-                with _time_limit(args.timeout), _warnings_isolated():
+                with _time_limit(args.timeout), warnings_recorded():
                     result = check_op(op, samples=args.samples, seed=args.seed)
             except _Timeout:
                 result = OpResult(op.name, (OpCheck("vmap", "", "skipped", "timed out"),),

@@ -9,29 +9,41 @@ import torch
 
 from jacverify.errors import InvalidArgument
 
-__all__ = ["Reference", "Comparison", "compare", "tolerances", "DEFAULT_RTOL", "FD_SAFETY",
-           "ROUNDING_SAFETY"]
+__all__ = ["Reference", "Comparison", "Scales", "compare", "tolerances", "DEFAULT_RTOL",
+           "FD_SAFETY", "ROUNDING_SAFETY", "row_size"]
 
 # NOTE [tolerances]
-# An entry passes when |value - ref| <= FD_SAFETY * err_ref + rtol * (|ref| + max|ref| + d):
-# - err_ref is the reference's own error bound (finite differences, NOTE [finite-difference
-#   error estimate]; zero for the loop reference), doubled so that an estimate that is right only
-#   to within a factor of two still never produces a false mismatch;
+# An entry (s, m, ...) of sample (or vector) s and output m passes when
+#   |value - ref| <= FD_SAFETY * err_ref + rtol * (|ref| + row_s_m + d_s_m) + ROUNDING_SAFETY * r_s
+# - err_ref is the reference's own error bound at that entry (finite differences, NOTE
+#   [finite-difference error estimate]; zero for the loop reference), doubled so that an estimate
+#   that is right only to within a factor of two still never produces a false mismatch. It is what
+#   finite differences can resolve there: an entry of 4e-18 computed from values of 4e-18 has an
+#   error bound of ~1e-30, so a method that returns 0 there is wrong, and is flagged.
 # - rtol is sqrt(eps) of the less precise of the two dtypes: rounding in a Jacobian grows like
 #   (depth x sqrt(width)) eps, far below sqrt(eps) for any network we run (float32: 3.4e-4 against
 #   about 1e-6 seen), while a wrong derivative formula (a dropped term, a wrong factor, another
 #   sample's value) is off by O(1) relative to the entry it touches;
-# - the max|ref| term makes the rule norm-wise: entries that cancel to ~0 are held to the rounding
-#   of the large entries they were computed from, not to their own tiny size;
-# - d = max|f(x)| / max(1, max|x|) is the derivative scale the function's own size implies: a
+# - row_s_m is the size of what that entry was computed from: for a Jacobian or Hessian the
+#   largest |ref| in the same sample's same output row (one backward pass computes the row; the
+#   same products, summed, give the column in forward mode); for a quantity mapped linearly from a
+#   Jacobian (J v, vᵀJ) the sum of |J||v| over the terms it adds up (`Reference.magnitude`). So
+#   entries that cancel to ~0 are held to the rounding of what they were summed from -- but only of
+#   their own sample and output: the first round took max|ref| over the whole batch and every
+#   output, and a wrong entry beside a large one passed (logsigmoid's second derivative at 40, which
+#   torch 2.13 returns as 0 against -4.25e-18, beside the sample at -40; an O(1) output block with a
+#   3x wrong backward beside a block at 1e9);
+# - d_s_m = |f_m(x_s)| / max(1, max|x_s|) is the derivative scale output m of sample s implies: a
 #   Jacobian that cancels to ~0 as a whole (LayerNorm of a near-constant vector: true J = 0, methods
-#   return 1e-21) is held to the rounding of the values it was computed from, not to zero.
+#   return 1e-21) is held to the rounding of the values it was computed from, not to zero (per
+#   output, so a block of outputs at 1e9 does not excuse a wrong entry of an O(1) output);
 # - when the methods run in a less precise dtype than the references (float32 vs float64), the
-#   case's own rounding is measured: `rounding` = max |loop in float32 - loop in float64| (the same
-#   formulas, so the difference is rounding alone), and ROUNDING_SAFETY x that is allowed on top.
-#   sqrt(eps) assumes a well-conditioned Jacobian; this covers one computed by cancellation (a
-#   BatchNorm over two samples: float32 loses 1e-3 relative there). The cost: the float32 loop
-#   itself cannot be flagged for a bug that appears only in float32 (float64 runs are unaffected).
+#   case's own rounding is measured per sample: r_s = max |loop in float32 - loop in float64| over
+#   sample s (the same formulas, so the difference is rounding alone), and ROUNDING_SAFETY x that
+#   is allowed on top. sqrt(eps) assumes a well-conditioned Jacobian; this covers one computed by
+#   cancellation (a BatchNorm over two samples: float32 loses 1e-3 relative there). A wrong formula
+#   found by the float64 loop itself is a finding that fails the check in every dtype (NOTE
+#   [reference stage]).
 # Users override rtol per dtype; the overrides are merged into these defaults, never replace them.
 DEFAULT_RTOL: Mapping[torch.dtype, float] = {
     dt: torch.finfo(dt).eps ** 0.5
@@ -41,17 +53,27 @@ FD_SAFETY = 2.0
 ROUNDING_SAFETY = 8.0
 
 
-def tolerances(overrides: Mapping[torch.dtype, float] | None = None) -> dict[torch.dtype, float]:
-    """The rtol per dtype: the defaults with ``overrides`` merged in.
+def tolerances(overrides: Mapping[torch.dtype, float] | float | None = None
+               ) -> dict[torch.dtype, float]:
+    """The rtol per dtype: the defaults with ``overrides`` merged in (a plain number, as
+    ``gradcheck``'s ``rtol``, applies to every dtype).
 
     >>> tolerances({torch.float32: 1e-3})[torch.float32]
     0.001
+    >>> tolerances(1e-3)[torch.float64]
+    0.001
     """
     merged = dict(DEFAULT_RTOL)
+    if isinstance(overrides, (int, float)) and not isinstance(overrides, bool):
+        overrides = dict.fromkeys(DEFAULT_RTOL, overrides)
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise InvalidArgument(
+            f"rtol={overrides!r} (type={type(overrides).__name__}) must be a positive number or a "
+            "mapping {torch.dtype: number}, e.g. rtol=1e-3 or rtol={torch.float32: 1e-3}")
     for dt, rtol in (overrides or {}).items():
         if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
             raise InvalidArgument(f"tolerances key {dt!r} must be a floating torch.dtype")
-        if not isinstance(rtol, (int, float)) or not rtol > 0:
+        if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol > 0:
             raise InvalidArgument(f"tolerances[{dt}]={rtol!r} must be a positive number")
         merged[dt] = float(rtol)
     return merged
@@ -59,11 +81,53 @@ def tolerances(overrides: Mapping[torch.dtype, float] | None = None) -> dict[tor
 
 @dataclass(frozen=True)
 class Reference:
-    """A reference value (e.g. (B, M, N)) in float64 where possible, with its elementwise error bound."""
+    """A reference value (e.g. (B, M, N)) in float64 where possible, with its elementwise error
+    bound and, for a quantity summed from others, the size of what each entry sums
+    (NOTE [tolerances]; None: the largest |value| in the entry's row)."""
 
     name: str
     value: torch.Tensor
     error: torch.Tensor | None = None
+    magnitude: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Scales:
+    """Absolute scales of one check (NOTE [tolerances]): floats, or per-sample tensors of shape
+    (B,) that broadcast along the reference's first axis."""
+
+    rounding: float | torch.Tensor = 0.0  # max |loop in the case's dtype - loop in float64|, (B,)
+    derivative: float | torch.Tensor = 0.0  # |f_m(x_s)| / max(1, max|x_s|), (B, M)
+
+
+def row_size(r: torch.Tensor) -> torch.Tensor:
+    """The largest |r| in each (sample, output) row, broadcast to ``r``'s shape (an entry of a 1-
+    or 2-axis reference is its own row).
+
+    >>> row_size(torch.tensor([[[1.0, -3.0], [0.5, 0.0]]])).tolist()
+    [[[3.0, 3.0], [0.5, 0.5]]]
+    """
+    a = r.abs()
+    if r.ndim <= 2:
+        return a
+    return a.amax(dim=tuple(range(2, r.ndim)), keepdim=True).expand_as(r)
+
+
+def _per_sample(scale: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+    """A scale per sample (B,) or per sample and output (B, M), shaped to broadcast over ``like``
+    (reduced over outputs where ``like``'s second axis is not the outputs)."""
+    if not isinstance(scale, torch.Tensor):
+        return float(scale)
+    scale = scale.to(like)
+    if scale.ndim == 0 or like.ndim == 0 or not scale.numel():
+        return float(scale.max()) if scale.numel() else 0.0
+    if scale.ndim == 2 and (like.ndim < 2 or like.shape[1] != scale.shape[1]):
+        scale = scale.amax(1)
+    return scale.reshape(*scale.shape, *([1] * (like.ndim - scale.ndim)))
+
+
+def _largest(scale: float | torch.Tensor) -> float:
+    return float(scale.max()) if isinstance(scale, torch.Tensor) and scale.numel() else float(scale)
 
 
 @dataclass(frozen=True)
@@ -95,8 +159,8 @@ def compare(
     reference: Reference,
     dtype: torch.dtype,
     rtols: Mapping[torch.dtype, float] = DEFAULT_RTOL,
-    rounding: float = 0.0,
-    derivative_scale: float = 0.0,
+    rounding: float | torch.Tensor = 0.0,
+    derivative_scale: float | torch.Tensor = 0.0,
 ) -> Comparison:
     """Compare ``value`` (computed in ``dtype``) with ``reference`` under NOTE [tolerances].
 
@@ -112,20 +176,27 @@ def compare(
     dt = _lower(dtype, r.dtype)
     rtol = rtols.get(dt, DEFAULT_RTOL.get(dt, torch.finfo(dt).eps ** 0.5))
     scale = float(r.abs().max()) if r.numel() else 0.0
-    allowed = rtol * (r.abs() + scale + derivative_scale)
+    row = reference.magnitude.to(r) if reference.magnitude is not None else row_size(r)
+    allowed = rtol * (r.abs() + row + _per_sample(derivative_scale, r))
     if reference.error is not None:
         allowed = allowed + FD_SAFETY * reference.error.to(r)
-    if rounding:
-        allowed = allowed + ROUNDING_SAFETY * rounding
+    if _largest(rounding):
+        allowed = allowed + ROUNDING_SAFETY * _per_sample(rounding, r)
     diff = (v - r).abs()
     diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
     ratio = diff / allowed.clamp(min=torch.finfo(r.dtype).tiny)
     worst = tuple(int(i) for i in torch.unravel_index(ratio.argmax(), r.shape))
     max_abs = float(diff.max())
-    rule = "|value - ref| <= rtol * (|ref| + max|ref|"
-    rule += f" + {derivative_scale:.2g})" if derivative_scale else ")"
+    row_name = "sum |J||v| of the entry" if reference.magnitude is not None else "max|ref| of its row"
+    rule = f"|value - ref| <= rtol * (|ref| + {row_name}"
+    d = derivative_scale
+    rule += (" + d of its sample)" if isinstance(d, torch.Tensor) and d.numel() > 1
+             else f" + {_largest(d):.2g})" if _largest(d) else ")")
+    rule = rule.replace("d of its sample", "d of its sample and output") if isinstance(
+        d, torch.Tensor) and d.ndim == 2 else rule
     rule += f" + {FD_SAFETY:g} * fd_error" if reference.error is not None else ""
-    rule += f" + {ROUNDING_SAFETY:g} * {rounding:.2g} (measured rounding)" if rounding else ""
+    rule += (f" + {ROUNDING_SAFETY:g} * measured rounding (up to {_largest(rounding):.2g})"
+             if _largest(rounding) else "")
     source = "sqrt(eps)" if rtol == DEFAULT_RTOL.get(dt) else "override"
     rule += f", rtol={rtol:.2g} ({source} of {str(dt).removeprefix('torch.')})"
     return Comparison(

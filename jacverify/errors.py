@@ -15,6 +15,7 @@ __all__ = [
     "NonFiniteOutput",
     "JacobianTooLarge",
     "MismatchError",
+    "NotVerified",
     "NotApplicable",
 ]
 
@@ -49,6 +50,15 @@ class NotApplicable(JacverifyError):
 
 class MismatchError(JacverifyError, AssertionError):
     """A method disagreed with the trusted reference; ``.report`` holds the whole report."""
+
+    def __init__(self, message: str, report: Report) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class NotVerified(JacverifyError, AssertionError):
+    """Nothing was verified against a trusted reference (every method raised or did not apply, or
+    a method the caller required could not run); ``.report`` holds the whole report."""
 
     def __init__(self, message: str, report: Report) -> None:
         super().__init__(message)

@@ -14,12 +14,16 @@ DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
 def parse_dtype(text: str | None):
-    """``"float64"`` -> ``torch.float64``; None stays None (use the inputs' dtype)."""
+    """``"float64"`` -> ``torch.float64``; None stays None (use the inputs' dtype). torch's own
+    spellings ``float``, ``double``, ``half`` are accepted."""
     if text is None or text == "":
         return None
     import torch
 
+    if isinstance(text, torch.dtype):
+        return text
     name = str(text).removeprefix("torch.")
+    name = {"float": "float32", "double": "float64", "half": "float16"}.get(name, name)
     if name not in DTYPES:
         raise argparse.ArgumentTypeError(f"dtype {text!r} is not one of {', '.join(DTYPES)}")
     return getattr(torch, name)
@@ -49,19 +53,73 @@ class Option:
         return self.name.replace("-", "_")
 
 
+def _seed(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed {text!r} is not an integer") from None
+
+
+def _bytes(text: str) -> int:
+    """``"2**30"``, ``"1e9"``, ``"512MiB"``, ``"1GiB"`` -> a positive number of bytes."""
+    raw = str(text).strip()
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+    low, factor = raw.lower(), 1
+    for unit, size in units.items():
+        if low.endswith(unit):
+            low, factor = low[: -len(unit)], size
+            break
+    try:
+        base, _, power = low.partition("**")
+        value = float(base) ** float(power) if power else float(base)
+    except ValueError:
+        value = float("nan")
+    if not value * factor >= 1:
+        raise argparse.ArgumentTypeError(
+            f"max-memory {text!r} must be a positive number of bytes, e.g. 2**30, 1e9 or 512MiB")
+    return int(value * factor)
+
+
+def _verification(text: str) -> str:
+    if text not in ("full", "projection"):
+        raise argparse.ArgumentTypeError(f"verification {text!r} must be 'full' or 'projection'")
+    return text
+
+
+def _probes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"probes {text!r} must be a positive integer")
+    return value
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("methods", "comma-separated method names to run (default: every registered method)",
-           metavar="NAMES"),
-    Option("device", "device the methods run on, e.g. cpu or cuda (default: cpu)", metavar="DEVICE"),
+           metavar="NAMES", parse=parse_methods),
+    Option("device", "device the methods run on, e.g. cpu or cuda (default: cpu)", metavar="DEVICE",
+           parse=str),
     Option("dtype", f"dtype the methods run in: {', '.join(DTYPES)} (default: the inputs')",
-           metavar="DTYPE"),
-    Option("seed", "seed for inputs and probes (printed in every report)", default="0",
-           metavar="INT"),
+           metavar="DTYPE", parse=parse_dtype),
+    Option("seed", "seed for inputs, weights and probes (printed in every report)", default="0",
+           metavar="INT", parse=_seed),
+    Option("max-memory", "bytes one method or reference may materialise, e.g. 2**30 or 512MiB "
+           "(default: 2**30)", metavar="BYTES", parse=_bytes),
+    Option("verification", "full (every entry against finite differences and the loop) or "
+           "projection (random uᵀJv probes against directional finite differences; for wide "
+           "inputs) (default: full)", metavar="MODE", parse=_verification),
+    Option("probes", "random projections per check with --verification projection (default: 4)",
+           metavar="K", parse=_probes),
 )
 
 
-def add_to_argparse(parser: argparse.ArgumentParser) -> None:
+def add_to_argparse(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """Add ``--NAME`` for every option (or those in ``names``) to ``parser``."""
     for opt in OPTIONS:
+        if names is not None and opt.name not in names:
+            continue
         parser.add_argument(f"--{opt.name}", dest=opt.dest, default=opt.default,
                             metavar=opt.metavar, help=opt.help)
 
@@ -81,16 +139,11 @@ def resolve(values: dict[str, Any]) -> dict[str, Any]:
         argparse.ArgumentTypeError: a value is malformed; the message names the option.
     """
     out: dict[str, Any] = {}
-    if values.get("methods"):
-        out["methods"] = parse_methods(values["methods"])
-    if values.get("device"):
-        out["device"] = values["device"]
-    if values.get("dtype"):
-        out["dtype"] = parse_dtype(values["dtype"])
-    seed = values.get("seed")
-    if seed not in (None, ""):
-        try:
-            out["seed"] = int(seed)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"seed {seed!r} is not an integer") from None
+    for opt in OPTIONS:
+        raw = values.get(opt.dest)
+        if raw in (None, ""):
+            continue
+        value = opt.parse(raw) if opt.parse else raw
+        if value is not None:
+            out[opt.dest] = value
     return out

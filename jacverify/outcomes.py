@@ -17,22 +17,25 @@ __all__ = ["Outcome", "session_document", "write_json"]
 class Outcome:
     """One target's result. ``error`` set means the target itself could not be checked.
 
-    ``failed_precheck`` marks errors that count as findings (nondeterminism, NaN output, the
-    function raising on its input) rather than the target being skipped.
+    ``error_status`` says what such an error means: ``failed`` for findings (nondeterminism, NaN
+    output, the function raising on its input or exiting), ``unverified`` when the check could not
+    finish (a time limit, a Jacobian over the memory budget), ``skipped`` when the target could not
+    be set up (no input could be inferred).
     """
 
     name: str
     kind: str
     report: Report | None = None
     error: str | None = None
-    failed_precheck: bool = False
+    error_status: str = "skipped"
     input_shapes: tuple[tuple[int, ...], ...] = ()
 
     @property
     def status(self) -> str:
+        """passed, failed, unverified (NOTE [earned verdict]) or skipped."""
         if self.report is not None:
-            return "passed" if self.report.passed else "failed"
-        return "failed" if self.failed_precheck else "skipped"
+            return str(self.report.verdict)
+        return self.error_status
 
     def to_dict(self) -> dict[str, Any]:
         body = self.report.to_dict() if self.report else {}
@@ -40,6 +43,8 @@ class Outcome:
             "name": self.name,
             "kind": self.kind,
             "status": self.status,
+            "findings": body.get("findings", []),
+            "verification": body.get("verification"),
             "error": self.error,
             "input_shapes": [list(s) for s in self.input_shapes],
             "coupled": body.get("coupled"),

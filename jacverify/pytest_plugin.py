@@ -16,9 +16,6 @@ import pytest
 
 from jacverify import options
 
-# Keywords the marker and the fixture's calls accept: check()'s options.
-MARKER_KEYWORDS = ("methods", "dtype", "device", "seed", "batch_axis", "out_batch_axis", "rtol",
-                   "max_memory")
 _RECORDS = pytest.StashKey[list]()
 
 
@@ -52,18 +49,32 @@ def _option(config: pytest.Config, name: str) -> Any:
     return value if value not in (None, "") else (config.getini(f"jacverify_{name}") or None)
 
 
+def marker_keywords() -> tuple[str, ...]:
+    """The keywords the marker and the fixture's calls accept: ``jacverify.check``'s own options,
+    read from its signature (so a keyword added to ``check`` is a marker keyword at once).
+    Imports torch: called only when a test uses the marker."""
+    import inspect
+
+    from jacverify.engine import check
+
+    params = inspect.signature(check).parameters.values()
+    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
 def _check_marker(item: pytest.Item) -> None:
-    for mark in item.iter_markers("jacverify"):
+    marks = list(item.iter_markers("jacverify"))
+    known = marker_keywords() if marks else ()
+    for mark in marks:
         if mark.args:
             raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.jacverify takes keywords only, "
                                     f"got positional {mark.args!r}")
         for key in mark.kwargs:
-            if key not in MARKER_KEYWORDS:
-                close = difflib.get_close_matches(key, MARKER_KEYWORDS, n=1)
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise pytest.UsageError(
                     f"{item.nodeid}: @pytest.mark.jacverify got unknown keyword {key!r}{hint} "
-                    f"(known: {', '.join(MARKER_KEYWORDS)})")
+                    f"(known: {', '.join(known)})")
         if mark.kwargs.get("methods") is not None:
             from jacverify.errors import InvalidArgument
             from jacverify.methods import get_methods
@@ -80,12 +91,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 class JacverifyFixture:
-    """What the ``jacverify`` fixture gives a test: ``check`` and ``check_method`` that fail the
-    test with the report when a method disagrees, and ``fuzz_rule`` for a batching rule.
+    """What the ``jacverify`` fixture gives a test: ``check``, every quantity's check
+    (``check_jvps``, ``check_vjps``, ``check_per_sample_jvps``, ``check_hessians``,
+    ``check_hessian_diagonals``) and ``check_method``, each failing the test with the report unless
+    the check passed (NOTE [earned verdict]: a method verified, none wrong), and ``fuzz_rule`` for
+    a batching rule.
 
     Options merge in this order, later winning: command line / ini, the test's marker, the call.
     A method that is ``not_applicable`` or ``unsupported`` fails the test only when the test asked
-    for it by name (in the marker or the call).
+    for it by name (in the marker or the call); a check in which no method could be verified
+    always fails it.
     """
 
     def __init__(self, defaults: dict[str, Any], marker: dict[str, Any], nodeid: str,
@@ -105,6 +120,34 @@ class JacverifyFixture:
 
         merged, asked = self._options(kwargs)
         return self._verdict(jacverify.check(fn, inputs, **merged), asked)
+
+    def _quantity(self, name: str, fn: Any, *args: Any, **kwargs: Any):
+        import jacverify
+
+        merged, asked = self._options(kwargs)
+        known = _keywords_of(getattr(jacverify, name))
+        merged = {k: v for k, v in merged.items() if k in known or k in kwargs}
+        return self._verdict(getattr(jacverify, name)(fn, *args, **merged), asked)
+
+    def check_jvps(self, fn: Any, x: Any, vectors: Any, **kwargs: Any):
+        """``jacverify.check_jvps`` with this test's options: ``J v_i`` at one point."""
+        return self._quantity("check_jvps", fn, x, vectors, **kwargs)
+
+    def check_vjps(self, fn: Any, x: Any, vectors: Any, **kwargs: Any):
+        """``jacverify.check_vjps`` with this test's options: ``vᵀ_i J`` at one point."""
+        return self._quantity("check_vjps", fn, x, vectors, **kwargs)
+
+    def check_per_sample_jvps(self, fn: Any, x: Any, vectors: Any, **kwargs: Any):
+        """``jacverify.check_per_sample_jvps`` with this test's options: ``J_b v_b``."""
+        return self._quantity("check_per_sample_jvps", fn, x, vectors, **kwargs)
+
+    def check_hessians(self, fn: Any, x: Any, **kwargs: Any):
+        """``jacverify.check_hessians`` with this test's options: per-sample Hessians."""
+        return self._quantity("check_hessians", fn, x, **kwargs)
+
+    def check_hessian_diagonals(self, fn: Any, x: Any, **kwargs: Any):
+        """``jacverify.check_hessian_diagonals`` with this test's options: ``d²y/dx_k²``."""
+        return self._quantity("check_hessian_diagonals", fn, x, **kwargs)
 
     def check_method(self, method: Any, fn: Any, inputs: Any, **kwargs: Any):
         """``jacverify.check_method``: the user's own implementation against the references."""
@@ -138,6 +181,13 @@ class JacverifyFixture:
         for r in problems:
             message += f"\nasked-for method {report.describe(r)}"
         pytest.fail(message.strip(), pytrace=False)
+
+
+def _keywords_of(fn: Any) -> set[str]:
+    import inspect
+
+    return {p.name for p in inspect.signature(fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def _record(nodeid: str, report: Any) -> dict[str, Any]:
@@ -185,7 +235,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     tr = terminalreporter
     tr.write_sep("=", "jacverify summary")
-    statuses = ("agree", "mismatch", "not_applicable", "unsupported")
+    statuses = ("agree", "mismatch", "known", "not_applicable", "unsupported", "skipped")
     counts: dict[str, dict[str, int]] = {}
     times: dict[str, list[float]] = {}
     for rec in records:
@@ -193,9 +243,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             counts.setdefault(r["method"], dict.fromkeys(statuses, 0))[r["status"]] += 1
             if r["time_s"] is not None:
                 times.setdefault(r["method"], []).append(r["time_s"])
-    failed = sum(not rec["passed"] for rec in records)
-    tr.write_line(f"{len(records)} check(s) in {len({r['nodeid'] for r in records})} test(s), "
-                  f"{failed} with a mismatch")
+    verdicts = [rec.get("verdict", "passed" if rec["passed"] else "failed") for rec in records]
+    tr.write_line(f"{len(records)} check(s) in {len({r['nodeid'] for r in records})} test(s): "
+                  f"{verdicts.count('passed')} passed, {verdicts.count('failed')} failed, "
+                  f"{verdicts.count('unverified')} unverified")
     width = max(len(m) for m in counts)
     tr.write_line(f"{'method':<{width}}  " + "  ".join(f"{s:>14}" for s in statuses))
     for method, c in counts.items():

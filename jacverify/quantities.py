@@ -8,19 +8,21 @@ where a direction can be perturbed directly.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from jacverify.case import Flat, make_case
-from jacverify.compare import Reference, tolerances
-from jacverify.engine import DEFAULT_MAX_MEMORY, _buffers_restored, _run, _Scales, _verify, \
-    _warnings_isolated
-from jacverify.errors import InvalidArgument
+from jacverify.case import Flat, call, make_case
+from jacverify.compare import Reference, Scales, tolerances
+from jacverify.errors import InvalidArgument, JacobianTooLarge
+from jacverify.judge import MethodResult, Status, judge, timed
 from jacverify.methods import get_methods
 from jacverify.oracles import directional_differences, finite_differences
+from jacverify.references import DEFAULT_MAX_MEMORY, isolated, verify
 from jacverify.report import Report
+from jacverify import validation
 
 __all__ = ["check_jvps", "check_vjps", "check_per_sample_jvps", "check_hessians",
            "check_hessian_diagonals"]
@@ -29,7 +31,7 @@ __all__ = ["check_jvps", "check_vjps", "check_per_sample_jvps", "check_hessians"
 SCALING = (1, 4, 16)  # numbers of vectors each agreeing JVP/VJP-set method is timed on
 
 
-class _AtPoint(nn.Module):
+class AtPoint(nn.Module):
     """f of one point, as a batch of one: a module so ``.double()`` reaches ``fn``'s parameters."""
 
     def __init__(self, fn: Callable) -> None:
@@ -63,7 +65,7 @@ class _Unbatched(nn.Module):
         return getattr(self.fn, "__name__", type(self.fn).__name__)
 
 
-def _vectors(name: str, vectors: object, shape: tuple[int, ...], per: str) -> torch.Tensor:
+def vector_rows(name: str, vectors: object, shape: tuple[int, ...], per: str) -> torch.Tensor:
     if not isinstance(vectors, torch.Tensor) or not vectors.is_floating_point():
         raise InvalidArgument(f"{name}={type(vectors).__name__} must be a floating tensor of shape "
                               f"(K, {', '.join(map(str, shape))}), one {per} per row")
@@ -75,8 +77,6 @@ def _vectors(name: str, vectors: object, shape: tuple[int, ...], per: str) -> to
 
 def _scaling(chosen, results, flat: Flat, sizes: Sequence[int], seed: int):
     """Time each agreeing method on K random vectors for each K in ``sizes`` (best of two runs)."""
-    from jacverify.engine import _timed
-
     gen = torch.Generator().manual_seed(seed)
     width = flat.vectors.shape[1]
     table = []
@@ -87,7 +87,7 @@ def _scaling(chosen, results, flat: Flat, sizes: Sequence[int], seed: int):
         for k in sizes:
             vecs = torch.randn(k, width, generator=gen, dtype=torch.float64).to(flat.x)
             try:
-                points.append((k, _timed(method.compute, dataclasses.replace(flat, vectors=vecs), 2)[1]))
+                points.append((k, timed(method.compute, dataclasses.replace(flat, vectors=vecs), 2)[1]))
             except Exception:  # noqa: BLE001 - e.g. dual_copies where f takes one copy only: stop there
                 break
         table.append((method.name, tuple(points)))
@@ -98,32 +98,48 @@ def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
                   expected: Callable[[Flat], tuple[int, ...]], labels: tuple[str, ...], direction: str | None,
                   methods, rtol, max_memory: int, warm_timing: bool,
                   scaling: Sequence[int] = ()) -> Report:
-    chosen = get_methods(methods, quantity)
+    chosen = _chosen(methods, quantity)
     rtols = tolerances(rtol)
-    with _buffers_restored(case.fn), _warnings_isolated():
-        v = _verify(case, rtols, max_memory)
+    max_memory = _memory(max_memory)
+    with isolated(case.fn):
+        v = verify(case, rtols, max_memory)
         vec64 = vectors.to(device=v.ref_flat.x.device, dtype=v.ref_flat.x.dtype)
         refs = [Reference(r.name, *derive(r.value, r.error, vec64)) for r in v.refs]
         if direction is not None:
-            refs.append(directional_differences(v.ref_flat, vec64, direction == "per_sample",
-                                     not v.coupling.coupled))
+            fd = directional_differences(v.ref_flat, vec64, direction == "per_sample",
+                                         not v.coupling.coupled)
+            refs.append(dataclasses.replace(fd, magnitude=refs[0].magnitude))
         loop = next((r for r in refs if r.name == "loop"), None)
         if loop is None and v.loop is not None:  # shown, not trusted
             loop = Reference("loop", *derive(v.loop.value, None, vec64))
         norm = float(vec64.abs().sum(-1).max())  # |J v| <= sum_j |J_.j| |v_j|
-        scales = _Scales(v.scales.rounding * norm, v.scales.derivative * norm)
+        scales = Scales(v.scales.rounding * norm, v.scales.derivative * norm)
         flat = dataclasses.replace(v.flat, vectors=vectors.to(v.flat.x))
-        results = [_run(m, flat, v.coupling.reason, max_memory, tuple(refs), loop, case.dtype,
+        results = [judge(m, flat, v.coupling.reason, max_memory, tuple(refs), loop, case.dtype,
                         rtols, scales, 2 if warm_timing else 1, expected(v.flat)) for m in chosen]
         growth = _scaling(chosen, results, flat, scaling, case.seed) if scaling else ()
     return Report(case, tuple(results), tuple(r.name for r in refs), v.coupling, refs[0].value,
-                  v.ref_flat.x.dtype, v.notes, v.flat, quantity, labels, growth)
+                  v.ref_flat.x.dtype, v.notes, v.flat, quantity, labels, growth,
+                  findings=v.findings)
+
+
+def _chosen(methods, quantity: str):
+    chosen = get_methods(methods, quantity)
+    validation.check_methods_selected(methods, chosen)
+    return chosen
+
+
+def _memory(max_memory: object) -> int:
+    return int(validation.check_number("max_memory", max_memory,
+                                       fix="a number of bytes, e.g. 2**30"))
 
 
 def _linear(spec: str) -> Callable:
+    """J mapped by ``spec``: the value, its error bound, and the size of what each entry sums."""
     def derive(jac: torch.Tensor, error: torch.Tensor | None, vec: torch.Tensor):
         value = torch.einsum(spec, jac, vec)
-        return value, None if error is None else torch.einsum(spec, error, vec.abs())
+        bound = None if error is None else torch.einsum(spec, error, vec.abs())
+        return value, bound, torch.einsum(spec, jac.abs(), vec.abs())
 
     return derive
 
@@ -147,8 +163,8 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     """
     if not isinstance(x, torch.Tensor):
         raise InvalidArgument(f"x={type(x).__name__} must be a tensor: the point")
-    vec = _vectors("vectors", vectors, tuple(x.shape), "tangent")
-    case = make_case(_AtPoint(fn), x.unsqueeze(0), dtype=dtype, device=device, seed=seed)
+    vec = vector_rows("vectors", vectors, tuple(x.shape), "tangent")
+    case = make_case(AtPoint(fn), x.unsqueeze(0), dtype=dtype, device=device, seed=seed)
     return _run_quantity(case, "jvp_set", vec, _linear("bmn,kn->km"),
                          lambda flat: (len(vec), flat.n_out),
                          ("vector", "output"), "set", methods, rtol, max_memory, warm_timing,
@@ -173,10 +189,10 @@ def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     """
     if not isinstance(x, torch.Tensor):
         raise InvalidArgument(f"x={type(x).__name__} must be a tensor: the point")
-    case = make_case(_AtPoint(fn), x.unsqueeze(0), dtype=dtype, device=device, seed=seed)
+    case = make_case(AtPoint(fn), x.unsqueeze(0), dtype=dtype, device=device, seed=seed)
     with torch.no_grad():
         out_shape = tuple(case.fn(case.inputs[0]).shape[1:])
-    vec = _vectors("vectors", vectors, out_shape, "cotangent")
+    vec = vector_rows("vectors", vectors, out_shape, "cotangent")
     return _run_quantity(case, "vjp_set", vec, _linear("bmn,km->kn"),
                          lambda flat: (len(vec), flat.n_in), ("vector", "input"), None, methods,
                          rtol, max_memory, warm_timing, scaling)
@@ -257,14 +273,14 @@ def _asymmetry(tolerance: float) -> Callable[[torch.Tensor], str | None]:
 
 def _second_order(fn, x, quantity: str, diagonal: bool, batch_axis: int, methods, dtype, device,
                   seed: int, rtol, max_memory: int, warm_timing: bool) -> Report:
-    from jacverify.report import MethodResult
-
-    chosen = get_methods(methods, quantity)
+    chosen = _chosen(methods, quantity)
     rtols = tolerances(rtol)
+    max_memory = _memory(max_memory)
     case = make_case(fn, x, batch_axis=batch_axis, dtype=dtype, device=device, seed=seed)
     labels = ("sample", "output", "input") + (() if diagonal else ("input",))
-    with _buffers_restored(case.fn), _warnings_isolated():
-        v = _verify(case, rtols, max_memory)
+    with isolated(case.fn):
+        _second_order_fits(case, max_memory)
+        v = verify(case, rtols, max_memory)
         b, m, n = v.flat.batch_size, v.flat.n_out, v.flat.n_in
         expected = (b, m, n) if diagonal else (b, m, n, n)
         kinks = _kinks(case.fn)
@@ -272,14 +288,14 @@ def _second_order(fn, x, quantity: str, diagonal: bool, batch_axis: int, methods
         if kinks:
             blocked = (f"{', '.join(kinks)} is not twice differentiable: second derivatives are "
                        "zero almost everywhere and undefined at its kinks")
-        elif v.loop is None or v.loop not in v.refs:
+        elif not v.loop_trusted:
             blocked = ("the first derivative disagrees with finite differences (see the "
                        "batch_jacobian check): second derivatives built on it are not checked")
         if blocked:
             results = tuple(MethodResult(mm.name, quantity, mm.mode, mm.vectorized,
-                                         "not_applicable", reason=blocked) for mm in chosen)
+                                         Status.NOT_APPLICABLE, reason=blocked) for mm in chosen)
             return Report(case, results, (), v.coupling, torch.zeros(expected), v.ref_flat.x.dtype,
-                          v.notes + (blocked,), v.flat, quantity, labels)
+                          v.notes + (blocked,), v.flat, quantity, labels, findings=v.findings)
         full = _hessian_reference(v)
         notes = list(v.notes)
         gap = float((full.value - full.value.transpose(-1, -2)).abs().max())
@@ -289,15 +305,35 @@ def _second_order(fn, x, quantity: str, diagonal: bool, batch_axis: int, methods
                          f"(max |H - Hᵀ| = {gap:.3g}): the function is not twice differentiable here")
         ref = full if not diagonal else Reference(
             full.name, full.value.diagonal(dim1=-2, dim2=-1), full.error.diagonal(dim1=-2, dim2=-1))
-        scale = float(v.refs[0].value.abs().max()) / max(1.0, float(v.ref_flat.x.abs().max()))
-        scales = _Scales(0.0, max(v.scales.derivative, scale))
+        # d_s of NOTE [tolerances] for a second derivative: the first derivative's own size
+        first = v.refs[0].value.abs().amax(2) / v.ref_flat.x.abs().amax(1, keepdim=True).clamp(min=1.0)
+        scales = Scales(0.0, torch.maximum(v.scales.derivative, first))
         eps = torch.finfo(case.dtype).eps ** 0.5
-        finding = None if diagonal else _asymmetry(eps * (float(full.value.abs().max()) + scales.derivative))
-        results = tuple(_run(mm, v.flat, v.coupling.reason, max_memory, (ref,), None, case.dtype,
+        finding = None if diagonal else _asymmetry(
+            eps * (float(full.value.abs().max()) + float(scales.derivative.max())))
+        results = tuple(judge(mm, v.flat, v.coupling.reason, max_memory, (ref,), None, case.dtype,
                              rtols, scales, 2 if warm_timing else 1, expected, finding)
                         for mm in chosen)
     return Report(case, results, (ref.name,), v.coupling, ref.value, v.ref_flat.x.dtype,
-                  tuple(notes), v.flat, quantity, labels)
+                  tuple(notes), v.flat, quantity, labels, findings=v.findings)
+
+
+def _second_order_fits(case, max_memory: int) -> None:
+    """Refuse a second-order check whose float64 reference cannot fit, before computing anything:
+    the finite-difference Hessian, its error bound and a method's result are (B, M, N, N) each."""
+    b = case.batch_size
+    n = sum(math.prod(s) for s in case.sample_shapes)
+    with torch.no_grad():
+        out = call(case.fn, case.inputs)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    m = sum(o.numel() for o in outs) // max(b, 1)
+    need = 3 * b * m * n * n * 8
+    if need > max_memory:
+        raise JacobianTooLarge(
+            f"the per-sample Hessians (B={b}, out={m}, in={n}) need {need / 2**20:.1f} MiB for the "
+            f"float64 reference, its error bound and one result, over max_memory={max_memory} "
+            "bytes; check fewer samples or inputs, use check_hessian_diagonals on a smaller case, "
+            "or raise max_memory")
 
 
 def check_hessians(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
@@ -381,8 +417,6 @@ def check_quantity(quantity: str, fn: Callable, inputs: torch.Tensor | Sequence[
             torch.randn((RANDOM_VECTORS, *point.shape), generator=gen).to(x)
         return check_jvps(fn, point, v, seed=seed, **options)
     if vectors is None:
-        from jacverify.case import _call
-
-        out = _call(fn, (point.to(options.get("dtype") or point.dtype),))  # FunctionRaised if it fails
+        out = call(fn, (point.to(options.get("dtype") or point.dtype),))  # FunctionRaised if it fails
         vectors = torch.randn((RANDOM_VECTORS, *out.shape), generator=gen).to(x)
     return check_vjps(fn, point, vectors, seed=seed, **options)

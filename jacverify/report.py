@@ -2,62 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
 from jacverify.case import Case, Flat
-from jacverify.compare import Comparison
+from jacverify.compare import Comparison, Reference, compare
 from jacverify.oracles import Coupling
 
-__all__ = ["MethodResult", "Report", "Status"]
+from jacverify.judge import WRONG, MethodResult, Status, Verdict, describe_worst, verdict
 
-Status = Literal["agree", "mismatch", "not_applicable", "unsupported"]
-_STYLE = {"agree": "green", "mismatch": "bold red", "not_applicable": "yellow", "unsupported": "magenta"}
+__all__ = ["MethodResult", "Report", "Status", "Verdict"]
 
-
-@dataclass(frozen=True)
-class MethodResult:
-    """One method on one case: its status, its comparisons with the references, its time.
-
-    ``comparisons`` are against the trusted references and decide the status; ``untrusted`` are
-    against a reference shown for information only (the loop, when it disagreed with finite
-    differences). ``reason`` says why a method is ``not_applicable`` or ``unsupported`` (the error
-    it raised), or what was wrong with a result of the wrong shape.
-    """
-
-    method: str
-    quantity: str
-    mode: str
-    vectorized: bool
-    status: Status
-    comparisons: tuple[Comparison, ...] = ()
-    reason: str | None = None
-    time_s: float | None = None
-    untrusted: tuple[Comparison, ...] = ()
-
-    @property
-    def worst(self) -> Comparison | None:
-        """The comparison that decided the status: the first failing one, else the closest call."""
-        failing = [c for c in self.comparisons if not c.passed]
-        if failing:
-            return failing[0]
-        return max(self.comparisons, key=lambda c: c.max_abs_error / max(c.allowed_at_worst, 1e-300),
-                   default=None)
-
-    @property
-    def max_abs_error(self) -> float | None:
-        return self.worst.max_abs_error if self.worst else None
-
-    @property
-    def max_rel_error(self) -> float | None:
-        return self.worst.max_rel_error if self.worst else None
-
-    @property
-    def worst_index(self) -> tuple[int, ...] | None:
-        return self.worst.worst_index if self.worst else None
+_STYLE = {Status.AGREE: "green", Status.MISMATCH: "bold red", Status.KNOWN: "red",
+          Status.NOT_APPLICABLE: "yellow", Status.UNSUPPORTED: "magenta", Status.SKIPPED: "dim"}
 
 
 @dataclass(frozen=True)
@@ -85,15 +45,38 @@ class Report:
     index_labels: tuple[str, ...] = ("sample", "output", "input")
     scaling: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()  # method -> (K, seconds)
     verification: str = "full"  # or "projection (K probes)": see check(verification=)
+    findings: tuple[str, ...] = ()  # wrong derivatives the references found on their own
+    required: tuple[str, ...] = ()  # methods that must themselves agree (check_method's own)
+
+    @property
+    def verdict(self) -> Verdict:
+        """passed, failed or unverified: NOTE [earned verdict] in :mod:`jacverify.judge`."""
+        return verdict(self.results, required=self.required, findings=self.findings)
 
     @property
     def passed(self) -> bool:
-        """True when no method disagrees with the trusted references."""
-        return not self.mismatches
+        """True only when at least one method was verified and nothing disagreed."""
+        return self.verdict == Verdict.PASSED
+
+    @property
+    def verified(self) -> tuple[MethodResult, ...]:
+        """The methods that agreed with the trusted references."""
+        return tuple(r for r in self.results if r.verified)
 
     @property
     def mismatches(self) -> tuple[MethodResult, ...]:
-        return tuple(r for r in self.results if r.status == "mismatch")
+        return tuple(r for r in self.results if r.status in WRONG)
+
+    def raise_unless_passed(self) -> None:
+        """Raise :class:`~jacverify.MismatchError` when failed, :class:`~jacverify.NotVerified`
+        when unverified; return None when passed."""
+        from jacverify.errors import MismatchError, NotVerified
+
+        v = self.verdict
+        if v == Verdict.FAILED:
+            raise MismatchError(self.failure_message(), self)
+        if v == Verdict.UNVERIFIED:
+            raise NotVerified(self.failure_message(), self)
 
     @property
     def fastest(self) -> str | None:
@@ -107,23 +90,57 @@ class Report:
                 return r
         raise KeyError(f"no result for method {method!r}; ran {[r.method for r in self.results]}")
 
-    @property
+    @functools.cached_property
     def hint(self) -> str | None:
-        """A likely cause, from which families of methods disagree and which agree."""
+        """A likely culprit, named only where the evidence separates it (NOTE [hints])."""
         bad = self.mismatches
-        good = [r for r in self.results if r.status == "agree"]
-        if not bad or not good:
+        good = self.verified
+        loop_trusted = "loop" in self.trusted
+        if not bad and not self.findings:
             return None
+        user = [r.method for r in bad if r.mode == "user"]
+        if user and len(user) == len(bad) and (good or loop_trusted):
+            return (f"{', '.join(user)} (your own code) disagrees with the references, which agree "
+                    f"with each other{' and with the float64 loop' if loop_trusted else ''}: the "
+                    f"error is in {', '.join(user)}, not in torch or the function")
         if all(r.mode == "reverse" for r in bad) and any(r.mode == "forward" for r in good):
+            if loop_trusted:
+                return ("only reverse-mode methods disagree, while the float64 loop (the same "
+                        "backward formulas) agrees with finite differences: the disagreeing methods "
+                        "are wrong in what they add (a batching rule, the independent-samples "
+                        "assumption, their dtype), not in the function's backward formulas")
             return ("only reverse-mode methods disagree: a backward formula is wrong (a custom "
-                    "autograd.Function's backward, or an op's derivative formula)")
+                    "autograd.Function's backward, or an op's derivative formula)"
+                    + ("; the float64 loop, which uses nothing but backward formulas, disagrees "
+                       "with finite differences, which use none" if self.findings else ""))
+        if self.findings:
+            return ("a backward formula is wrong: the float64 loop, which uses nothing but backward "
+                    "formulas, disagrees with finite differences, which use none")
         if all(r.mode == "forward" for r in bad) and any(r.mode == "reverse" for r in good):
             return ("only forward-mode methods disagree: a jvp formula is wrong (a custom "
                     "autograd.Function's jvp, or an op's forward-AD formula)")
         if all(r.vectorized for r in bad) and any(not r.vectorized for r in good):
-            return ("only vmap-based methods disagree: a batching rule is wrong (an "
-                    "autograd.Function's vmap staticmethod, or a register_vmap rule)")
+            return self._vmap_hint()
         return None
+
+    def _vmap_hint(self) -> str:
+        """vmap-based methods disagree: run the same torch.func transform on each sample without
+        vmap; if that agrees the batching rule is to blame, if not the transform itself."""
+        unvmapped = _per_sample_transform(self.flat, self.quantity)
+        if unvmapped is not None:
+            agree = compare(unvmapped, Reference(self.trusted[0], self.reference),
+                            self.case.dtype).passed
+            if agree:
+                return ("only vmap-based methods disagree, and the same torch.func transform run "
+                        "on each sample without vmap agrees: a batching rule is wrong (an "
+                        "autograd.Function's vmap staticmethod, or a register_vmap rule)")
+            return ("only vmap-based methods disagree, and the same torch.func transform run on "
+                    "each sample without vmap disagrees too: the transform's own derivative is "
+                    "wrong here (a torch.func formula for an op, or an autograd.Function's "
+                    "setup_context/jvp under torch.func), not a batching rule")
+        return ("only vmap-based methods disagree: a batching rule (an autograd.Function's vmap "
+                "staticmethod, a register_vmap rule) or a torch.func transform's own derivative "
+                "formula is wrong; run the transform on one sample without vmap to tell which")
 
     def describe(self, result: MethodResult) -> str:
         """A paragraph on one method's result, with the worst entry in the user's shapes."""
@@ -137,22 +154,46 @@ class Report:
                  else str(c.worst_index))
         return (
             f"{head}\n  against {c.reference}: max abs error {c.max_abs_error:.3g}, max rel error "
-            f"{c.max_rel_error:.3g}; worst entry {c.worst_index} ({where}): "
-            f"value {c.value_at_worst:.10g}, reference {c.reference_at_worst:.10g}, "
-            f"allowed error {c.allowed_at_worst:.3g}\n  tolerance: {c.rule}"
+            f"{c.max_rel_error:.3g}; {describe_worst(c, where)}\n  tolerance: {c.rule}"
         )
 
     def failure_message(self) -> str:
         """What a failing test shows: each mismatch in full, the case, the seed, the hint."""
-        lines = [f"jacverify: {len(self.mismatches)} method(s) disagree with the "
-                 f"{' and '.join(self.trusted)} reference on {self.quantity}"]
+        lines = [f"jacverify: {self.quantity}: {self.headline()}"]
+        lines += [f"finding: {f}" for f in self.findings]
         lines += [self.describe(r) for r in self.mismatches]
+        if self.verdict == Verdict.UNVERIFIED:
+            lines += [self.describe(r) for r in self.results if r.status not in WRONG]
         if self.hint:
             lines.append(f"hint: {self.hint}")
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"case: {self.case!r}")
         lines.append(f"seed: {self.case.seed}")
         return "\n".join(lines)
+
+    def headline(self) -> str:
+        """One sentence: the verdict and why."""
+        v = self.verdict
+        if v == Verdict.PASSED:
+            return (f"PASSED: {len(self.verified)}/{len(self.results)} method(s) verified against "
+                    f"{' and '.join(self.trusted)}")
+        if v == Verdict.FAILED:
+            parts = []
+            if self.mismatches:
+                parts.append(f"{len(self.mismatches)} method(s) disagree with the "
+                             f"{' and '.join(self.trusted) or 'trusted'} reference")
+            if self.findings:
+                parts.append("the references found a wrong derivative formula")
+            return "FAILED: " + "; ".join(parts)
+        missing = [n for n in self.required if n not in {r.method for r in self.verified}]
+        if missing:
+            return (f"UNVERIFIED: {', '.join(missing)} could not be verified (it did not run to a "
+                    "result that could be compared)")
+        counts: dict[str, int] = {}
+        for r in self.results:
+            counts[str(r.status)] = counts.get(str(r.status), 0) + 1
+        detail = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no method ran"
+        return f"UNVERIFIED: no method was verified against a trusted reference ({detail})"
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (the schema is in the README)."""
@@ -167,7 +208,9 @@ class Report:
             "coupling": self.coupling.reason,
             "trusted": list(self.trusted),
             "verification": self.verification,
+            "verdict": str(self.verdict),
             "passed": self.passed,
+            "findings": list(self.findings),
             "fastest": self.fastest,
             "notes": list(self.notes),
             "scaling": {m: [[k, t] for k, t in points] for m, points in self.scaling},
@@ -177,7 +220,7 @@ class Report:
                     "quantity": r.quantity,
                     "mode": r.mode,
                     "vectorized": r.vectorized,
-                    "status": r.status,
+                    "status": str(r.status),
                     "max_abs_error": r.max_abs_error,
                     "max_rel_error": r.max_rel_error,
                     "worst_index": list(r.worst_index) if r.worst_index else None,
@@ -232,6 +275,7 @@ class Report:
                  f"(computed in {str(self.reference_dtype).removeprefix('torch.')})"]
         if self.coupling.coupled:
             lines.append(f"batch coupling: {self.coupling.reason}")
+        lines += [f"finding: {f}" for f in self.findings]
         lines += [f"note: {n}" for n in self.notes]
         lines += [self.describe(r) for r in self.results if r.status != "agree"]
         if self.scaling:
@@ -240,9 +284,36 @@ class Report:
                       for m, points in self.scaling]
         if self.hint:
             lines.append(f"hint: {self.hint}")
-        verdict = "PASSED" if self.passed else f"FAILED ({len(self.mismatches)} mismatch)"
-        lines.append(f"{verdict}; fastest agreeing method: {self.fastest}; seed={self.case.seed}")
+        lines.append(f"{self.headline()}; fastest agreeing method: {self.fastest}; "
+                     f"seed={self.case.seed}")
         return lines
 
     def __str__(self) -> str:
         return self.render()
+
+
+# NOTE [hints]
+# A hint names a culprit only when the evidence separates it: the float64 loop (backward formulas
+# only) against finite differences (no formula) separates a wrong backward; reverse-mode methods
+# wrong while forward-mode ones agree separates a wrong backward from a wrong jvp, unless the
+# trusted loop itself agrees; a user's method that alone disagrees while the references agree
+# with each other is the user's bug; a vmap-only disagreement is split by re-running the same
+# torch.func transform per sample without vmap (det's Hessian at a repeated singular value is NaN
+# with no vmap at all: not a batching rule).
+def _per_sample_transform(flat: Flat | None, quantity: str) -> torch.Tensor | None:
+    """jacrev (Jacobians) or hessian (Hessians) of each sample alone, without vmap; None when that
+    cannot be run here."""
+    if flat is None or quantity not in ("batch_jacobian", "hessian", "hessian_diagonal"):
+        return None
+    transform = torch.func.jacrev if quantity == "batch_jacobian" else torch.func.hessian
+    try:
+        rows = []
+        for b in range(flat.batch_size):
+            one = flat.x[b:b + 1]
+            value = transform(lambda xi: flat.fn(xi[None])[0])(one[0])
+            if quantity == "hessian_diagonal":
+                value = value.diagonal(dim1=-2, dim2=-1)
+            rows.append(value)
+        return torch.stack(rows)
+    except Exception:  # noqa: BLE001 - no evidence then; the hint says both candidates
+        return None

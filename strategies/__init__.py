@@ -237,7 +237,7 @@ def networks(draw, *, min_depth: int = 1, max_depth: int = 3, min_width: int = 1
 
 def _kink_margin_ok(network: Network, x: torch.Tensor) -> bool:
     """Every kinked activation's input sits farther from 0 than the FD steps can move it (x4)."""
-    from jacverify.oracles.finite_differences import _step
+    from jacverify.oracles.finite_differences import fd_step
 
     module = network.build()
     kinks_of = {"ReLU": (0.0,), "LeakyReLU": (0.0,), "_Abs": (0.0,), "Hardtanh": (-1.0, 1.0)}
@@ -251,7 +251,7 @@ def _kink_margin_ok(network: Network, x: torch.Tensor) -> bool:
     finally:
         for h in hooks:
             h.remove()
-    step = _step(x.detach()).flatten(1)
+    step = fd_step(x.detach()).flatten(1)
     for z, kinks in captured:
         flat = z.flatten(1)
         for u in range(flat.shape[1]):

@@ -33,7 +33,7 @@ def write(tmp_path: Path, name: str, body: str) -> str:
 
 @pytest.mark.parametrize(("example", "code", "expect"), [
     ("mlp.py", 0, "mlp.py::MLP (module class)"),
-    ("broken_function.py", 1, f"FAILED ({N_REVERSE} mismatch)"),
+    ("broken_function.py", 1, f"FAILED: {N_REVERSE} method(s) disagree"),
     ("coupled.py", 0, "batch coupling: changing sample 0 changed the outputs"),
 ])
 def test_bundled_examples_exit_status_and_report(example, code, expect):
@@ -48,7 +48,7 @@ def test_module_name_and_quiet_one_line_per_target():
     lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
     assert lines[0].startswith(f"jacverify.examples.mlp::MLP: PASSED ({N_ALL}/{N_ALL} agree, fastest ")
     assert lines[1].startswith("jacverify.examples.mlp::ConvHead: PASSED")
-    assert lines[2] == "2 passed, 0 failed, 0 skipped target(s)"
+    assert lines[2] == "2 passed, 0 failed, 0 unverified, 0 skipped target(s)"
 
 
 def test_discovery_instances_marked_functions_and_skips(tmp_path):
@@ -88,7 +88,7 @@ def test_discovery_instances_marked_functions_and_skips(tmp_path):
     assert "model.py::net: PASSED" in out
     assert "model.py::pair: PASSED" in out
     assert "unmarked" not in out
-    assert "3 passed, 0 failed, 1 skipped target(s)" in out
+    assert "3 passed, 0 failed, 0 unverified, 1 skipped target(s)" in out
     assert result.returncode == 0
 
 

@@ -53,7 +53,8 @@ def test_every_method_has_a_twin_that_flags_it():
 def test_wrong_backward_makes_the_loop_untrusted_and_says_so():
     report = jacverify.check(twins.cube_net(twins.CubeWrongBackward), _randn(6, 5))
     assert report.trusted == ("finite_differences",)
-    assert any("loop reference disagrees with finite differences" in n for n in report.notes)
+    assert any("loop reference disagrees with finite differences" in n for n in report.findings)
+    assert report.verdict == "failed"
     assert "backward formula is wrong" in report.hint
     assert "dual_loop" not in {r.method for r in report.mismatches}
 

@@ -83,7 +83,7 @@ BAD = [
     pytest.param(lambda: ((42, torch.ones(4, 5)), {}), "fn=42 \\(type=int\\) is not callable",
                  id="not_callable"),
     pytest.param(lambda: ((nets.ReadmeNet(), torch.ones(4, 5)), {"max_memory": -1}),
-                 "max_memory=-1 must be a positive number", id="max_memory"),
+                 r"max_memory=-1 \(type=int\) must be a positive number", id="max_memory"),
     pytest.param(lambda: ((nets.ReadmeNet(), torch.ones(4, 5)), {"rtol": {torch.float32: 0}}),
                  "tolerances\\[torch.float32\\]=0 must be a positive number", id="rtol"),
 ]

@@ -67,7 +67,7 @@ def test_a_passing_downstream_test(pytester):
     pytester.makepyfile(test_downstream=DOWNSTREAM)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*= jacverify summary =*", "2 check(s) in 2 test(s), 0 with a mismatch",
+    result.stdout.fnmatch_lines(["*= jacverify summary =*", "2 check(s) in 2 test(s): 2 passed, 0 failed, 0 unverified",
                                  "vmap_jacrev * 1 * 0 * 0 * 0", "slowest methods (mean time per check): *"])
 
 
@@ -176,7 +176,7 @@ def test_xdist_loses_and_duplicates_nothing(pytester):
     doc = json.loads((pytester.path / "out.json").read_text())
     ids = sorted(c["nodeid"] for c in doc["checks"])
     assert ids == sorted(f"test_many.py::test_{i}" for i in range(6))
-    result.stdout.fnmatch_lines(["6 check(s) in 6 test(s), 0 with a mismatch"])
+    result.stdout.fnmatch_lines(["6 check(s) in 6 test(s): 6 passed, 0 failed, 0 unverified"])
 
 
 def test_warnings_as_errors_do_not_hide_a_wrong_jvp(pytester):

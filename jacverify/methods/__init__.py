@@ -52,13 +52,15 @@ class Method:
         """The reason this method cannot run on ``flat``, or None when it can."""
         if coupled and self.assumes_independent:
             return f"assumes samples do not interact, but {coupled}"
-        if self.extra_memory is not None:
-            need = self.extra_memory(flat) * flat.x.element_size()
-            if need > max_memory:
-                return (
-                    f"needs about {need / 2**20:.1f} MiB beyond the result, over the "
-                    f"max_memory={max_memory} bytes budget"
-                )
+        result = flat.batch_size * flat.n_out * flat.n_in  # the (B, M, N) it returns
+        extra = self.extra_memory(flat) if self.extra_memory is not None else 0
+        need = (result + extra) * flat.x.element_size()
+        if need > max_memory:
+            return (
+                f"needs about {need / 2**20:.1f} MiB (its (B, M, N) result and what it builds "
+                f"beside it), over the max_memory={max_memory} bytes budget; raise max_memory or "
+                "check fewer samples"
+            )
         return None
 
 

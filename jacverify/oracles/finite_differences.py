@@ -10,7 +10,7 @@ import torch
 from jacverify.case import Flat
 from jacverify.compare import Reference
 
-__all__ = ["finite_differences", "directional_differences", "ROUNDING_FACTOR"]
+__all__ = ["finite_differences", "directional_differences", "fd_step", "ROUNDING_FACTOR"]
 
 # NOTE [finite-difference error estimate]
 # D(h) = (f(x + h e) - f(x - h e)) / 2h = f' + a h^2 + b h^4 + ...  Two Richardson steps
@@ -37,7 +37,8 @@ __all__ = ["finite_differences", "directional_differences", "ROUNDING_FACTOR"]
 ROUNDING_FACTOR = 64
 
 
-def _step(x: torch.Tensor) -> torch.Tensor:
+def fd_step(x: torch.Tensor) -> torch.Tensor:
+    """The largest step h each entry of ``x`` is moved by (NOTE [finite-difference error estimate])."""
     eps = torch.finfo(x.dtype).eps
     base = 2.0 ** round(math.log2(eps ** 0.2))
     return base * torch.exp2(torch.ceil(torch.log2(torch.clamp(x.abs(), min=1.0))))
@@ -51,10 +52,10 @@ def finite_differences(flat: Flat, independent: bool) -> tuple[torch.Tensor, tor
     when the coupling check found them independent it perturbs entry j of every sample at once
     (N x 6 evaluations), which is exact then.
     """
-    x, fn = flat.x.detach(), flat.fn
+    x, fn = flat.x.detach(), flat.values  # NOTE [values only]
     b, n, m = flat.batch_size, flat.n_in, flat.n_out
     eps = torch.finfo(x.dtype).eps
-    steps = _step(x)
+    steps = fd_step(x)
     value = x.new_zeros(b, m, n)
     error = x.new_zeros(b, m, n)
     groups = [slice(None)] if independent else [slice(i, i + 1) for i in range(b)]

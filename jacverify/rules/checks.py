@@ -12,11 +12,11 @@ import torch
 from torch.func import jacfwd, jacrev, jvp, vjp, vmap
 
 from jacverify.compare import Reference, compare
-from jacverify.engine import _first_line
+from jacverify.judge import Status, raised
 from jacverify.rules.targets import RuleTarget
 
 __all__ = ["RuleExample", "CheckOutcome", "run_checks", "CHECKS", "build_args", "differ",
-           "stack_outputs"]
+           "stack_outputs", "raised"]
 
 LAYOUTS = ("contiguous", "non_contiguous", "expanded")
 CHECKS = ("vmap", "vmap_nested", "vmap_jacrev", "vmap_jacfwd", "vmap_vjp", "vmap_jvp")
@@ -179,10 +179,10 @@ def run_checks(target: RuleTarget, ex: RuleExample, checks=CHECKS) -> list[Check
                 want = _loop(per, args, dims, b, 0)
                 got = vmap(per, in_dims=dims, out_dims=0)(*args)
         except Exception as e:  # noqa: BLE001 - no rule for this transform, or the op refuses it
-            results.append(CheckOutcome(check, "unsupported", raised(e)))
+            results.append(CheckOutcome(check, Status.UNSUPPORTED, raised(e)))
             continue
         bad = differ(got, want)
-        results.append(CheckOutcome(check, "mismatch" if bad else "agree", bad or ""))
+        results.append(CheckOutcome(check, Status.MISMATCH if bad else Status.AGREE, bad or ""))
     return results
 
 
@@ -215,8 +215,3 @@ def _derivative(check: str, g: Callable, i: int, ex: RuleExample, target: RuleTa
             return pullback(cot)[0]
         return pulled
     raise ValueError(check)
-
-
-def raised(e: BaseException) -> str:
-    """``Type: first line of the message``, as a status's detail."""
-    return f"{type(e).__name__}: {_first_line(e)[:200]}"

@@ -16,7 +16,8 @@ from jacverify.case import Flat
 from jacverify.compare import Reference, compare
 from jacverify.errors import InvalidArgument
 from jacverify.oracles.finite_differences import directional_differences
-from jacverify.rules.checks import differ, raised, stack_outputs
+from jacverify.judge import raised
+from jacverify.rules.checks import differ, stack_outputs
 
 __all__ = ["OpCheck", "OpResult", "check_op", "op_database", "select_ops", "DEFAULT_OPS",
            "OP_CHECKS"]

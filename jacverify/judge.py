@@ -1,0 +1,238 @@
+"""The one judge: run a candidate, compare it with the trusted references, name the outcome.
+
+Every entry point -- ``check``, the quantity checks, ``check_method``, ``batch_jacobian``'s verify,
+the CLI, the plugin, the fuzzers and the operator sweep -- names results with :class:`Status` and
+decides a verdict with :func:`verdict`. This is also the one place that refuses to pass what was not
+verified (NOTE [earned verdict]).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from jacverify.case import Flat
+from jacverify.compare import Comparison, Reference, Scales, compare
+from jacverify.errors import NotApplicable
+
+__all__ = ["Status", "Verdict", "MethodResult", "judge", "timed", "verdict", "first_line",
+           "raised", "describe_worst", "RETIME_BELOW_S"]
+
+
+class _Named(str, enum.Enum):
+    """A string-valued enumeration that prints as its value (``f"{Status.AGREE}" == "agree"``)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    __format__ = str.__format__
+
+
+class Status(_Named):
+    """What one candidate (a method, a check of a rule, a route of an operator) gave.
+
+    Members compare equal to their value, so ``result.status == "agree"`` keeps working.
+    """
+
+    AGREE = "agree"  # compared with a trusted reference, within tolerance
+    MISMATCH = "mismatch"  # a wrong value, shape or dtype
+    KNOWN = "known"  # a mismatch PyTorch itself declares (skipped or expected to fail): still wrong
+    NOT_APPLICABLE = "not_applicable"  # its assumption does not hold here; the reason says which
+    UNSUPPORTED = "unsupported"  # it raised (no batching rule, no forward-AD formula, ...)
+    SKIPPED = "skipped"  # nothing to compare (no reference can be built here); the reason says why
+
+
+WRONG = (Status.MISMATCH, Status.KNOWN)
+
+
+class Verdict(_Named):
+    """How a whole check ends (NOTE [earned verdict])."""
+
+    PASSED = "passed"  # at least one candidate verified against a trusted reference, none wrong
+    FAILED = "failed"  # a candidate (or the function's own derivative formula) is wrong
+    UNVERIFIED = "unverified"  # nothing wrong was seen, but nothing was verified either
+
+
+# NOTE [earned verdict]
+# A check passes only when at least one candidate was compared with a trusted reference and agreed,
+# and nothing disagreed. Every other ending has its own verdict: FAILED when a candidate is wrong,
+# when a method the caller required (check_method's own implementation) is wrong, or when the
+# references themselves found a wrong derivative formula (the float64 loop against finite
+# differences); UNVERIFIED when no candidate agreed (every method raised, none applied, methods=[],
+# the only method was the user's and it raised, a Hessian check of a ReLU network) or when a
+# required method could not be verified. `verdict` is the only function that says PASSED.
+def verdict(results: Iterable[MethodResult], *, required: Sequence[str] = (),
+            findings: Sequence[str] = ()) -> Verdict:
+    """The verdict of a set of results under NOTE [earned verdict].
+
+    Args:
+        results: one per candidate.
+        required: names of candidates that must themselves agree (a user's own method).
+        findings: wrong derivatives the references found on their own (each makes it FAILED).
+
+    >>> ok = MethodResult("a", "batch_jacobian", "reverse", False, Status.AGREE,
+    ...                   comparisons=(Comparison("loop", True, 0, 0, (0,), 0, 0, 1, ""),))
+    >>> raised_ = MethodResult("b", "batch_jacobian", "reverse", False, Status.UNSUPPORTED)
+    >>> verdict([ok, raised_]), verdict([raised_]), verdict([ok], findings=["bad backward"])
+    (<Verdict.PASSED: 'passed'>, <Verdict.UNVERIFIED: 'unverified'>, <Verdict.FAILED: 'failed'>)
+    >>> verdict([ok, raised_], required=["b"])
+    <Verdict.UNVERIFIED: 'unverified'>
+    """
+    results = tuple(results)
+    by_name = {r.method: r for r in results}
+    if findings or any(r.status in WRONG for r in results):
+        return Verdict.FAILED
+    if any(name not in by_name or not by_name[name].verified for name in required):
+        return Verdict.UNVERIFIED
+    return Verdict.PASSED if any(r.verified for r in results) else Verdict.UNVERIFIED
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """One candidate on one case: its status, its comparisons with the references, its time.
+
+    ``comparisons`` are against the trusted references and decide the status; ``untrusted`` are
+    against a reference shown for information only (the loop, when it disagreed with finite
+    differences). ``reason`` says why a method is ``not_applicable`` or ``unsupported`` (the error
+    it raised), or what was wrong with a result of the wrong shape.
+    """
+
+    method: str
+    quantity: str
+    mode: str
+    vectorized: bool
+    status: Status
+    comparisons: tuple[Comparison, ...] = ()
+    reason: str | None = None
+    time_s: float | None = None
+    untrusted: tuple[Comparison, ...] = ()
+
+    @property
+    def verified(self) -> bool:
+        """True when it agreed with at least one trusted reference it was compared with."""
+        return self.status == Status.AGREE and bool(self.comparisons)
+
+    @property
+    def worst(self) -> Comparison | None:
+        """The comparison that decided the status: the first failing one, else the closest call."""
+        failing = [c for c in self.comparisons if not c.passed]
+        if failing:
+            return failing[0]
+        return max(self.comparisons, key=lambda c: c.max_abs_error / max(c.allowed_at_worst, 1e-300),
+                   default=None)
+
+    @property
+    def max_abs_error(self) -> float | None:
+        return self.worst.max_abs_error if self.worst else None
+
+    @property
+    def max_rel_error(self) -> float | None:
+        return self.worst.max_rel_error if self.worst else None
+
+    @property
+    def worst_index(self) -> tuple[int, ...] | None:
+        return self.worst.worst_index if self.worst else None
+
+
+def describe_worst(c: Comparison, where: str | None = None) -> str:
+    """The one wording of a worst entry: index, the user's coordinates, both values, the allowance.
+
+    >>> c = Comparison("loop", False, 0.5, 0.5, (0, 1, 0), 1.5, 1.0, 1e-8, "rule")
+    >>> describe_worst(c, "sample 0, output 1, input 0")
+    'worst entry (0, 1, 0) (sample 0, output 1, input 0): value 1.5, reference 1 (loop), allowed error 1e-08'
+    """
+    at = f" ({where})" if where else ""
+    return (f"worst entry {c.worst_index}{at}: value {c.value_at_worst:.10g}, reference "
+            f"{c.reference_at_worst:.10g} ({c.reference}), allowed error {c.allowed_at_worst:.3g}")
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its repr when the message is empty)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else repr(e)
+
+
+def raised(e: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, as an ``unsupported`` result's reason."""
+    return f"{type(e).__name__}: {first_line(e)[:limit]}"
+
+
+# NOTE [check timings]
+# A check times each method on its own result run, and once more when that run took under a
+# second, keeping the faster: the first call of a transform pays one-off set-up (forward AD took
+# 600 ms on its first call here) that would otherwise decide "fastest". `jacverify bench` measures
+# properly.
+RETIME_BELOW_S = 1.0
+
+
+def timed(compute: Callable[[Flat], torch.Tensor], flat: Flat,
+          runs: int) -> tuple[torch.Tensor, float]:
+    """``compute(flat)`` and its best time over ``runs`` calls (NOTE [check timings]), in seconds,
+    synchronised on CUDA."""
+    sync = torch.cuda.synchronize if flat.x.is_cuda else (lambda: None)
+    best, value = float("inf"), None
+    for _ in range(runs):
+        sync()
+        start = time.perf_counter()
+        result = compute(flat)
+        sync()
+        elapsed = time.perf_counter() - start
+        value = result if value is None else value
+        best = min(best, elapsed)
+        if elapsed >= RETIME_BELOW_S:
+            break
+    return value, best  # type: ignore[return-value]
+
+
+def judge(method, flat: Flat, coupled: str | None, max_memory: int,
+          refs: tuple[Reference, ...], loop_ref: Reference | None,
+          dtype: torch.dtype, rtols, scales: Scales, runs: int,
+          expected: tuple[int, ...] | None = None,
+          finding: Callable[[torch.Tensor], str | None] | None = None) -> MethodResult:
+    """Run one registered method on ``flat`` and judge it against the trusted ``refs``.
+
+    Args:
+        method: a :class:`~jacverify.Method`.
+        flat: the canonical case (NOTE [canonical form]).
+        coupled: why samples interact, or None; methods that assume independence do not apply.
+        max_memory: bytes the method may materialise (its own estimate decides).
+        refs: the trusted references; the status is ``agree`` only when every one agrees.
+        loop_ref: the loop, shown for information when it is not among ``refs``.
+        dtype, rtols, scales: NOTE [tolerances].
+        runs: timed runs (NOTE [check timings]).
+        expected: the result's shape, (B, M, N) by default.
+        finding: a check of the value itself (a Hessian's symmetry); its text becomes the reason.
+
+    Returns:
+        A :class:`MethodResult`. A method that raises is ``unsupported`` with the error, one that
+        raises :class:`~jacverify.NotApplicable` is ``not_applicable``, a wrong shape or type is a
+        ``mismatch``. Nothing is raised but ``KeyboardInterrupt`` and the like.
+    """
+    meta = dict(method=method.name, quantity=method.quantity, mode=method.mode,
+                vectorized=method.vectorized)
+    reason = method.supports(flat, coupled, max_memory)
+    if reason:
+        return MethodResult(**meta, status=Status.NOT_APPLICABLE, reason=reason)
+    try:
+        value, seconds = timed(method.compute, flat, runs)
+    except NotApplicable as e:
+        return MethodResult(**meta, status=Status.NOT_APPLICABLE, reason=str(e))
+    except Exception as e:  # noqa: BLE001 - a method that raises is reported, the check goes on
+        return MethodResult(**meta, status=Status.UNSUPPORTED, reason=raised(e, 10_000))
+    expected = expected or (flat.batch_size, flat.n_out, flat.n_in)
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        return MethodResult(**meta, status=Status.MISMATCH, time_s=seconds,
+                            reason=f"returned {got}, expected shape {expected}")
+    trusted = tuple(compare(value, r, dtype, rtols, scales.rounding, scales.derivative)
+                    for r in refs)
+    shown = () if loop_ref is None or loop_ref in refs else (
+        compare(value, loop_ref, dtype, rtols, derivative_scale=scales.derivative),)
+    status = Status.AGREE if trusted and all(c.passed for c in trusted) else (
+        Status.MISMATCH if trusted else Status.SKIPPED)
+    return MethodResult(**meta, status=status, comparisons=trusted, time_s=seconds, untrusted=shown,
+                        reason=finding(value) if finding else None)

@@ -1,0 +1,220 @@
+"""The reference stage: pre-checks, float64 references, and how far the loop is trusted.
+
+Every check builds its references here, in one order (NOTE [reference stage]); the judge
+(:mod:`jacverify.judge`) then compares each candidate with them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from jacverify.case import Case, Flat, flatten
+from jacverify.compare import Reference, Scales, compare
+from jacverify.errors import FunctionRaised, InvalidArgument, JacobianTooLarge
+from jacverify.judge import first_line
+from jacverify.methods.loops import loop
+from jacverify.oracles import Coupling, check_coupling, check_determinism, finite_differences
+
+__all__ = ["DEFAULT_MAX_MEMORY", "Prechecked", "Verified", "prechecked", "verify", "isolated",
+           "warnings_recorded", "LOOP_DISAGREES"]
+
+DEFAULT_MAX_MEMORY = 2**30  # bytes any one method or reference may materialise
+
+LOOP_DISAGREES = "a backward formula of the function is wrong"
+
+
+# NOTE [reference stage]
+# 1. determinism of the function as given; 2. a float64 copy (a module `.double()`-copied, a
+#    function called on float64 inputs) and its own determinism, whose measured noise is the floor
+#    of 3. the coupling probes; 4. finite differences (per sample when samples do not interact);
+#    5. the loop, trusted only when it agrees with finite differences -- when it does not, a backward
+#    formula is wrong: that is a finding that fails the check in every dtype (NOTE [earned verdict]).
+@dataclass(frozen=True)
+class Prechecked:
+    """A case after steps 1-3 of NOTE [reference stage]."""
+
+    flat: Flat  # the case in its own dtype
+    ref_flat: Flat  # the case in float64 where the function runs so, else ``flat``
+    coupling: Coupling
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The per-sample Jacobian references of a case: what every quantity's references are built from.
+
+    Attributes:
+        loop: the float64 loop, or None when it raised.
+        refs: the trusted references, most trusted first (loop and finite differences, or finite
+            differences alone).
+        findings: wrong derivatives the references found on their own (the loop against finite
+            differences); each fails the check.
+    """
+
+    flat: Flat
+    ref_flat: Flat
+    coupling: Coupling
+    loop: Reference | None
+    refs: tuple[Reference, ...]
+    scales: Scales
+    notes: tuple[str, ...]
+    findings: tuple[str, ...] = ()
+
+    @property
+    def loop_trusted(self) -> bool:
+        return self.loop is not None and self.loop in self.refs
+
+
+def prechecked(case: Case) -> Prechecked:
+    """Steps 1-3 of NOTE [reference stage].
+
+    Raises:
+        NondeterministicFunction, NonFiniteOutput, FunctionRaised: the case cannot be checked.
+    """
+    flat = flatten(case)
+    notes: list[str] = []
+    check_determinism(flat)
+    ref_flat = _reference_version(case, notes) or flat
+    noise = check_determinism(ref_flat, "the reference copy of the function")
+    coupling = check_coupling(ref_flat, case.seed, noise, torch.finfo(case.dtype).eps ** 0.5)
+    if coupling.below_resolution:
+        notes.append(coupling.below_resolution)
+    return Prechecked(flat, ref_flat, coupling, tuple(notes))
+
+
+def verify(case: Case, rtols, max_memory: int) -> Verified:
+    """Every step of NOTE [reference stage]: the trusted per-sample Jacobian references.
+
+    Raises:
+        JacobianTooLarge: the three float64 copies of (B, M, N) would pass ``max_memory``.
+        NondeterministicFunction, NonFiniteOutput, FunctionRaised: from :func:`prechecked`.
+    """
+    flat = flatten(case)
+    need = 3 * flat.batch_size * flat.n_out * flat.n_in * 8
+    if need > max_memory:
+        raise JacobianTooLarge(
+            f"the references need {need / 2**20:.1f} MiB (B={flat.batch_size}, out={flat.n_out}, "
+            f"in={flat.n_in}, float64, three copies) but max_memory={max_memory} bytes; check a "
+            "smaller batch or smaller inputs, use verification='projection', or raise max_memory"
+        )
+    pre = prechecked(case)
+    notes, ref_flat = list(pre.notes), pre.ref_flat
+    fd_value, fd_error = finite_differences(ref_flat, independent=not pre.coupling.coupled)
+    fd = Reference("finite_differences", fd_value, fd_error)
+    loop_ref = _loop_reference(ref_flat, notes)
+    scales = Scales(_measured_rounding(flat, loop_ref), _derivative_scale(ref_flat))
+    refs, findings = _trusted_references(loop_ref, fd, ref_flat.x.dtype, rtols, scales, notes)
+    if loop_ref not in refs:
+        scales = Scales(torch.zeros_like(scales.rounding), scales.derivative)  # loop untrusted
+    elif float(scales.rounding.max()) > torch.finfo(flat.x.dtype).eps ** 0.5 * float(
+            loop_ref.value.abs().max()):
+        notes.append(
+            f"this Jacobian is ill-conditioned in {str(flat.x.dtype).removeprefix('torch.')}: the "
+            f"loop there differs from the float64 loop by {float(scales.rounding.max()):.3g}, more than "
+            "sqrt(eps) of max|J|; that measured rounding (x8) is allowed to every method")
+    return Verified(flat, ref_flat, pre.coupling, loop_ref, refs, scales, tuple(notes),
+                    tuple(findings))
+
+
+def _reference_version(case: Case, notes: list[str]) -> Flat | None:
+    """The case in float64: a module copied with ``.double()``, a function called on float64."""
+    if case.dtype == torch.float64:
+        return None
+    fn = case.fn
+    if isinstance(fn, torch.nn.Module):
+        fn = copy.deepcopy(fn).to(torch.float64)
+    try:
+        ref = flatten(case, fn, torch.float64)
+        ok = ref.values(ref.x).dtype == torch.float64
+    except (FunctionRaised, InvalidArgument, RuntimeError):
+        ok = False
+    if ok:
+        return ref
+    notes.append(
+        f"references computed in {str(case.dtype).removeprefix('torch.')}: the function did not run "
+        "in float64 (pass an nn.Module, or a function that follows its input's dtype, to get "
+        "float64 references); finite-difference error bounds account for the lower precision"
+    )
+    return None
+
+
+def _derivative_scale(flat: Flat) -> torch.Tensor:
+    """d_s_m of NOTE [tolerances], per sample and output: (B, M)."""
+    return flat.values(flat.x).abs() / flat.x.abs().amax(1, keepdim=True).clamp(min=1.0)
+
+
+def _measured_rounding(flat: Flat, loop_ref: Reference | None) -> torch.Tensor:
+    """r_s of NOTE [tolerances]: max |loop in the case's dtype - loop in float64| per sample, (B,)
+    (zeros when they are the same dtype)."""
+    none = torch.zeros(flat.batch_size, dtype=torch.float64, device=flat.x.device)
+    if loop_ref is None or flat.x.dtype == loop_ref.value.dtype:
+        return none
+    try:
+        low = loop(flat)
+    except Exception:  # noqa: BLE001 - the loop method reports its own failure
+        return none
+    return (low.to(loop_ref.value) - loop_ref.value).abs().amax((1, 2))
+
+
+def _loop_reference(ref_flat: Flat, notes: list[str]) -> Reference | None:
+    try:
+        return Reference("loop", loop(ref_flat))
+    except Exception as e:  # noqa: BLE001
+        notes.append(f"the loop reference failed ({type(e).__name__}: {first_line(e)}); "
+                     "methods are judged against finite differences alone")
+        return None
+
+
+def _trusted_references(loop_ref: Reference | None, fd: Reference, dtype: torch.dtype, rtols,
+                        scales: Scales, notes: list[str]) -> tuple[tuple[Reference, ...], list[str]]:
+    """Loop and FD when they agree; FD alone, and a finding, when the loop is wrong."""
+    if loop_ref is None:
+        return (fd,), []
+    agreement = compare(loop_ref.value, fd, dtype, rtols, derivative_scale=scales.derivative)
+    if agreement.passed:
+        return (loop_ref, fd), []
+    finding = (
+        f"the float64 loop reference disagrees with finite differences (max abs error "
+        f"{agreement.max_abs_error:.3g} at {agreement.worst_index}: loop "
+        f"{agreement.value_at_worst:.6g}, finite differences {agreement.reference_at_worst:.6g}), "
+        f"beyond their error bound: {LOOP_DISAGREES}, so the loop is not trusted, every method "
+        "is judged against finite differences, which use no derivative formula, and the check "
+        "fails whatever the methods' dtype"
+    )
+    return (fd,), [finding]
+
+
+# NOTE [warnings inside a check]
+# torch warns from inside its transforms (forward AD's first use calls the deprecated
+# torch.jit.script; vmap falls back to loops with a UserWarning). A downstream suite that runs with
+# `-W error` would turn those into exceptions, and every forward-mode method would become
+# "unsupported" -- silently hiding a wrong jvp. So a check records warnings instead of raising them.
+@contextlib.contextmanager
+def warnings_recorded() -> Iterator[None]:
+    """Record (not raise) the warnings raised inside: NOTE [warnings inside a check]."""
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        yield
+
+
+@contextlib.contextmanager
+def isolated(fn: object) -> Iterator[None]:
+    """Around a check of ``fn``: warnings recorded, and a module's buffers (running statistics)
+    put back afterwards."""
+    with warnings_recorded():
+        if not isinstance(fn, torch.nn.Module):
+            yield
+            return
+        saved = {name: b.detach().clone() for name, b in fn.named_buffers()}
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, b in fn.named_buffers():
+                    b.copy_(saved[name])

@@ -1,0 +1,246 @@
+"""NOTE [earned verdict]: no entry point passes what it did not verify.
+
+Each kind of "PASSED with nothing checked" from the first round is a case here, and one test runs
+every entry point on a function none of whose derivative routes can run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import jacverify
+from jacverify.judge import Status, Verdict
+
+
+class BackwardRaises(torch.autograd.Function):
+    """sin(x) whose backward raises, with no jvp and no vmap rule: no derivative route can run."""
+
+    @staticmethod
+    def forward(x):
+        return x.sin()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("this backward is broken on purpose")
+
+
+def no_route(x):
+    return BackwardRaises.apply(x)
+
+
+def _x(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+ENTRY_POINTS = {
+    "check": lambda: jacverify.check(no_route, _x(3, 2)),
+    "check_projection": lambda: jacverify.check(no_route, _x(3, 2), verification="projection"),
+    "check_jvps": lambda: jacverify.check_jvps(no_route, _x(2), _x(2, 2, seed=1)),
+    "check_vjps": lambda: jacverify.check_vjps(no_route, _x(2), _x(2, 2, seed=1)),
+    "check_per_sample_jvps": lambda: jacverify.check_per_sample_jvps(no_route, _x(3, 2),
+                                                                     _x(3, 2, seed=1)),
+    "check_hessians": lambda: jacverify.check_hessians(no_route, _x(3, 2)),
+    "check_hessian_diagonals": lambda: jacverify.check_hessian_diagonals(no_route, _x(3, 2)),
+    "check_method": lambda: jacverify.check_method(
+        lambda f, x: torch.func.vmap(torch.func.jacrev(f))(x), no_route, _x(3, 2)),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_no_entry_point_passes_with_zero_verified_candidates(entry):
+    report = ENTRY_POINTS[entry]()
+    assert not report.verified
+    assert report.verdict == Verdict.UNVERIFIED and not report.passed
+    assert report.headline().startswith("UNVERIFIED")
+
+
+def test_assert_jacobians_agree_raises_not_verified_when_nothing_ran():
+    with pytest.raises(jacverify.NotVerified, match="UNVERIFIED: no method was verified"):
+        jacverify.assert_jacobians_agree(no_route, _x(3, 2))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: jacverify.check(torch.sin, _x(3, 2), methods=[]),
+    lambda: jacverify.check_jvps(torch.sin, _x(2), _x(1, 2), methods=[]),
+    lambda: jacverify.check_hessians(torch.sin, _x(3, 2), methods=[]),
+    lambda: jacverify.assert_jacobians_agree(torch.sin, _x(3, 2), methods=[]),
+], ids=["check", "check_jvps", "check_hessians", "assert_jacobians_agree"])
+def test_an_empty_method_list_is_refused(call):
+    with pytest.raises(jacverify.InvalidArgument, match=r"methods=\[\] .* must be a non-empty"):
+        call()
+
+
+def test_check_method_whose_implementation_raises_is_unverified_not_passed():
+    def mine(f, x):
+        raise RuntimeError("my implementation is broken")
+
+    report = jacverify.check_method(mine, torch.nn.Linear(3, 2).double(), _x(4, 3))
+    assert report["mine"].status == Status.UNSUPPORTED
+    assert report.verdict == Verdict.UNVERIFIED
+    assert "mine could not be verified" in report.headline()
+
+
+def test_check_method_whose_implementation_returns_none_fails():
+    def mine(f, x):
+        return None
+
+    report = jacverify.check_method(mine, torch.nn.Linear(3, 2).double(), _x(4, 3))
+    assert report["mine"].status == Status.MISMATCH
+    assert "returned NoneType" in report["mine"].reason
+    assert report.verdict == Verdict.FAILED
+
+
+def test_check_method_with_a_torch_route_that_raises_is_unverified():
+    # vmap over torch.autograd.functional.jacobian per sample raises in torch 2.13
+    def per_sample_functional(f, x):
+        return torch.func.vmap(lambda xi: torch.autograd.functional.jacobian(f, xi))(x)
+
+    report = jacverify.check_method(per_sample_functional, torch.tanh, _x(4, 3))
+    assert report["per_sample_functional"].status == Status.UNSUPPORTED
+    assert not report.passed and report.verdict == Verdict.UNVERIFIED
+
+
+def test_projection_with_its_only_method_not_running_is_unverified():
+    report = jacverify.check(no_route, _x(3, 2), methods=["vmap_jacrev"],
+                             verification="projection")
+    assert report["vmap_jacrev"].status == Status.UNSUPPORTED
+    assert report.verdict == Verdict.UNVERIFIED
+
+
+def test_a_correct_case_still_passes_with_every_method_verified():
+    report = jacverify.check(torch.nn.Linear(3, 2).double(), _x(4, 3), methods=["loop", "sum_trick"])
+    assert report.verdict == Verdict.PASSED and len(report.verified) == 2
+
+
+def test_a_wrong_backward_found_in_float64_fails_a_float32_check():
+    from jacverify.examples import twins
+
+    report = jacverify.check(twins.cube_net(twins.CubeWrongBackward), _x(6, 5).float())
+    assert report.findings and "backward formula of the function is wrong" in report.findings[0]
+    assert report.verdict == Verdict.FAILED
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: jacverify.check(torch.sin, _x(3, 2).to("meta")), "meta tensor"),
+    (lambda: jacverify.check(torch.sin, _x(3, 2), device="meta"), "device='meta'"),
+    (lambda: jacverify.check(torch.sin, torch.tensor([[1.0, float("nan")]])), "NaN or Inf"),
+    (lambda: jacverify.check(torch.sin, _x(3, 2), max_memory=True), r"max_memory=True \(type=bool\)"),
+    (lambda: jacverify.check(torch.sin, _x(3, 2), probes=0), r"probes=0 \(type=int\) must be"),
+], ids=["meta_input", "meta_device", "nan_input", "bool_memory", "zero_probes"])
+def test_bad_input_gets_a_specific_error(make, message):
+    with pytest.raises(jacverify.InvalidArgument, match=message):
+        make()
+
+
+def test_max_memory_as_a_float_is_accepted():
+    assert jacverify.check(torch.sin, _x(3, 2), methods=["loop"], max_memory=1e9).passed
+
+
+# --- NOTE [tolerances]: a wrong entry is not hidden beside a larger one ---
+
+def test_logsigmoid_second_derivative_at_40_is_flagged_beside_a_sample_at_minus_40():
+    # pytorch/pytorch#195530: torch 2.13 returns exactly 0 for d²/dx² logsigmoid at 40; the true
+    # value is -sigmoid(40) sigmoid(-40) = -4.248e-18, which float64 finite differences resolve.
+    x = torch.tensor([[40.0], [-40.0], [1.0]], dtype=torch.float64)
+    report = jacverify.check_hessians(torch.nn.functional.logsigmoid, x)
+    assert report.reference[0, 0, 0, 0].item() == pytest.approx(-4.2483542552923654e-18, rel=1e-6)
+    assert report["loop"].status == Status.MISMATCH
+    assert report["loop"].worst_index[0] == 0  # the sample at 40
+    assert report.verdict == Verdict.FAILED
+
+
+def test_logsigmoid_second_derivative_where_it_is_right_passes():
+    x = torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64)
+    assert jacverify.check_hessians(torch.nn.functional.logsigmoid, x).passed
+
+
+class _ThreeTimesBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(x):
+        return x.sin()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * g * x.cos()
+
+
+class _BigBesideSmall(torch.nn.Module):
+    """An output block at 1e9 beside an O(1) block whose backward is 3x wrong."""
+
+    def __init__(self, wrong: bool) -> None:
+        super().__init__()
+        self.wrong = wrong
+
+    def forward(self, x):
+        small = _ThreeTimesBackward.apply(x) if self.wrong else x.sin()
+        return torch.cat([1e9 * x.sum(1, keepdim=True), small], 1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_wrong_small_block_beside_a_1e9_block_is_flagged(seed):
+    report = jacverify.check(_BigBesideSmall(True), _x(3, 2, seed=seed),
+                             methods=["vmap_vjp", "repeat_trick"])
+    assert report.findings  # the float64 loop disagrees with finite differences
+    assert {r.method for r in report.mismatches} == {"vmap_vjp", "repeat_trick"}
+    assert report.verdict == Verdict.FAILED
+
+
+def test_the_same_blocks_with_a_right_backward_pass():
+    report = jacverify.check(_BigBesideSmall(False), _x(3, 2), methods=["vmap_vjp", "repeat_trick"])
+    assert report.passed
+
+
+# --- NOTE [coupling threshold]: a noise floor from what the check resolves ---
+
+def _faintly_coupled(x):
+    # like a batched adaptive solver: other samples move, but by far less than any tolerance
+    return x.sin() + 1e-12 * x.sum(0, keepdim=True)
+
+
+def test_coupling_below_resolution_is_independent_and_says_so():
+    report = jacverify.check(_faintly_coupled, _x(4, 3))
+    assert not report.coupling.coupled
+    assert any("below what the check resolves" in n for n in report.notes)
+    assert not [r for r in report.results if r.status == Status.NOT_APPLICABLE]
+    assert report.passed
+
+
+def test_batch_statistics_are_still_coupling():
+    net = torch.nn.BatchNorm1d(3).double().train()
+    report = jacverify.check(net, _x(4, 3), methods=["loop", "sum_trick"])
+    assert report.coupling.coupled
+    assert report["sum_trick"].status == Status.NOT_APPLICABLE
+
+
+# --- NOTE [hints]: a culprit is named only where the evidence separates it ---
+
+def test_det_hessian_nan_without_vmap_is_not_blamed_on_a_batching_rule():
+    # torch.func.grad(torch.func.grad(torch.det))(torch.eye(2)) is NaN: no vmap involved
+    def det(x):
+        return torch.linalg.det(x.reshape(-1, 2, 2))[:, None]
+
+    x = torch.eye(2, dtype=torch.float64).flatten().repeat(2, 1)
+    x[1] *= 2
+    report = jacverify.check_hessians(det, x)
+    assert report["loop"].status == Status.AGREE and report.verdict == Verdict.FAILED
+    assert "not a batching rule" in report.hint and "batching rule is wrong" not in report.hint
+
+
+def test_a_wrong_user_method_is_blamed_on_the_user_not_on_a_backward_formula():
+    def mine(f, x):
+        return torch.func.vmap(torch.func.jacrev(lambda xi: f(xi[None])[0]))(x) * 1.01
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh()).double()
+    report = jacverify.check_method(mine, net, _x(4, 3))
+    assert report.verdict == Verdict.FAILED
+    assert "mine (your own code)" in report.hint and "backward formula" not in report.hint
