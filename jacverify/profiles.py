@@ -1,6 +1,9 @@
 """Hypothesis profiles: ``ci`` (small, derandomized: the default under CI=true), ``dev`` (larger,
 the default elsewhere), ``fuzz`` (long campaigns). Select with ``--jacverify-profile``, the
-``JACVERIFY_PROFILE`` environment variable, or Hypothesis's own ``--hypothesis-profile``."""
+``JACVERIFY_PROFILE`` environment variable, or Hypothesis's own ``--hypothesis-profile``.
+
+The fuzz campaigns' ``database="profile"`` (:func:`jacverify.campaign.resolve_database`) is the
+loaded profile's example database: ``.hypothesis/`` under ``dev`` and ``fuzz``, none under ``ci``."""
 
 from __future__ import annotations
 

@@ -1,30 +1,31 @@
-"""``fuzz_batching_rule``: draw examples with Hypothesis, run the checks, shrink the first failure."""
+"""``fuzz_batching_rule``: draw examples with Hypothesis, run the checks, shrink the first failure.
+A thin variant over the one loop in :mod:`jacverify.campaign`."""
 
 from __future__ import annotations
 
 import dataclasses
-import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from jacverify.campaign import DEFAULT_SHRINK_SECONDS, Campaign, Trial, Verdict
 from jacverify.errors import InvalidArgument
 from jacverify.rules.checks import CHECKS, LAYOUTS, CheckOutcome, RuleExample, build_args, run_checks
 from jacverify.rules.targets import RuleTarget, as_target
 
-__all__ = ["fuzz_batching_rule", "rule_examples", "RuleReport", "RuleFailure"]
-
-DEFAULT_SHRINK_SECONDS = 30.0  # as NOTE [shrink budget] in jacverify.fuzzing
+__all__ = ["fuzz_batching_rule", "rule_examples", "RuleReport", "RuleFailure",
+           "DEFAULT_SHRINK_SECONDS"]
 
 
 @dataclass(frozen=True)
 class RuleFailure:
-    """The shrunk failing example, what each check found on it, and code that replays it."""
+    """The shrunk failing example, what each check found on it (or the error the checks raised),
+    and code that replays it."""
 
     example: RuleExample
     outcomes: tuple[CheckOutcome, ...]
     snippet: str
+    error: str | None = None
 
     @property
     def mismatches(self) -> tuple[CheckOutcome, ...]:
@@ -33,7 +34,8 @@ class RuleFailure:
 
 @dataclass(frozen=True)
 class RuleReport:
-    """A fuzzing campaign on one rule: counts per check and status, and the failure if any."""
+    """A fuzzing campaign on one rule: counts per check and status, and the failure if any;
+    ``failed_at`` is the example that first failed (1 when a saved failure was replayed first)."""
 
     target: str
     examples: int
@@ -42,6 +44,7 @@ class RuleReport:
     seed: int
     counts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     failure: RuleFailure | None = None
+    failed_at: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -53,6 +56,8 @@ class RuleReport:
         if self.failure:
             for o in self.failure.mismatches:
                 lines.append(f"  {o.check}: {o.detail}")
+            if self.failure.error:
+                lines.append(f"  the checks raised {self.failure.error}")
             lines.append(f"  shrunk to {self.failure.example!r}; replay with:")
             lines += ["    " + line for line in self.failure.snippet.splitlines()]
         return "\n".join(lines)
@@ -132,76 +137,79 @@ def fuzz_batching_rule(
     max_batch_size: int = 4,
     shrink_seconds: float = DEFAULT_SHRINK_SECONDS,
     on_example: Callable[[RuleExample, tuple[CheckOutcome, ...]], None] | None = None,
+    database: Any = "profile",
+    shrink_examples: int | None = None,
+    seconds: float | None = None,
 ) -> RuleReport:
     """Fuzz the batching rule of ``rule`` against loops, and shrink the first failure.
 
     Args:
         rule: an op name ("ns::name"), a custom op, an ``autograd.Function`` subclass, or a
             function (its arguments from type hints or an ``example_input``).
-        max_examples: examples to draw.
-        seed: replays a campaign exactly (None: random, printed in the report).
+        max_examples: examples to draw (when ``seconds`` is None).
+        seed: replays a campaign exactly; like Hypothesis's ``@seed`` such a run saves nothing
+            to the example database. None explores anew, saves failures and replays them first
+            next time (with no database, a random seed, printed in the report, replays it).
         checks: which of ``CHECKS`` to run on each example.
-        shrink_seconds: how long to shrink a failure.
+        max_batch_size: the largest batch drawn.
+        shrink_seconds: how long to shrink a failure (NOTE [shrink budget] in
+            :mod:`jacverify.campaign`).
+        on_example: called with ``(example, outcomes)`` after every example that ran.
+        database: ``"profile"`` (the active Hypothesis profile's), a directory path, a Hypothesis
+            ``ExampleDatabase``, or None for none.
+        shrink_examples: how many new examples to shrink a failure with (None: no count limit).
+        seconds: fuzz for this long instead, in runs of ``CHUNK`` examples.
+
+    Returns:
+        A :class:`RuleReport`; ``report.failure.snippet`` replays a failure.
+
+    Raises:
+        InvalidArgument: ``rule`` cannot be fuzzed, a check is unknown, or a budget is out of
+            range.
 
     >>> from jacverify.examples.rules import MixesSamples, RowScaled
     >>> fuzz_batching_rule(RowScaled, max_examples=5, seed=0).passed
     True
-    >>> report = fuzz_batching_rule(MixesSamples, max_examples=20, seed=0, shrink_seconds=5)
+    >>> report = fuzz_batching_rule(MixesSamples, max_examples=20, seed=0, shrink_examples=100)
     >>> report.passed, report.failure.example.batch_size
     (False, 2)
     """
-    from hypothesis import HealthCheck, given, reject, settings
-    from hypothesis import seed as seed_with
-
     target = as_target(rule)
-    if not isinstance(max_examples, int) or max_examples < 1:
-        raise InvalidArgument(f"max_examples={max_examples!r} must be a positive int")
+    campaign = Campaign(max_examples=max_examples, seconds=seconds, seed=seed, database=database,
+                        shrink_seconds=shrink_seconds, shrink_examples=shrink_examples)
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
         raise InvalidArgument(f"checks={list(checks)!r}: {unknown} unknown (known: {CHECKS})")
-    seed = random.randrange(2**31) if seed is None else seed
-    counts: dict[str, dict[str, int]] = {}
-    state: dict[str, Any] = {"examples": 0, "rejected": 0, "first": None, "last": None}
-    failing: set[RuleExample] = set()
+    checks = tuple(checks)
 
-    def body(ex: RuleExample) -> None:
-        first = state["first"]
-        if first is not None and time.perf_counter() - first > shrink_seconds and ex not in failing:
-            return  # past the shrink budget: only failures already seen still fail
-        out = _unbatched(target, ex)
+    def check(drawn: RuleExample) -> Trial[RuleExample, tuple[CheckOutcome, ...]]:
+        out = _unbatched(target, drawn)
         if out is None:
-            state["rejected"] += 1
-            reject()
-        ex = _with_out_dims(ex, out)
-        state["examples"] += 1
+            return Trial(Verdict.REJECTED)
+        ex = _with_out_dims(drawn, out)
         outcomes = tuple(run_checks(target, ex, checks))
-        for o in outcomes:
-            counts.setdefault(o.check, {}).setdefault(o.status, 0)
-            counts[o.check][o.status] += 1
-        if on_example:
-            on_example(ex, outcomes)
-        if any(o.status == "mismatch" for o in outcomes):
-            failing.add(ex)
-            state["first"] = state["first"] or time.perf_counter()
-            state["last"] = (ex, outcomes)
-            raise AssertionError(f"{target.name}: batching rule disagrees with the loop")
+        failed = any(o.status == "mismatch" for o in outcomes)
+        return Trial(Verdict.FAILED if failed else Verdict.PASSED, outcomes, example=ex)
 
-    start = time.perf_counter()
-    test = settings(max_examples=max_examples, deadline=None, database=None, derandomize=False,
-                    report_multiple_bugs=False, suppress_health_check=list(HealthCheck))(
-        given(rule_examples(target, max_batch_size=max_batch_size))(body))
-    failure = None
-    try:
-        seed_with(seed)(test)()
-    except AssertionError:
-        ex, outcomes = state["last"]
-        failure = RuleFailure(ex, outcomes, _snippet(target, ex, outcomes))
-    return RuleReport(target.name, state["examples"], state["rejected"],
-                      time.perf_counter() - start, seed, counts, failure)
+    def seen(trial: Trial) -> None:
+        if trial.verdict is not Verdict.REJECTED:
+            on_example(trial.example, trial.outcome or ())  # type: ignore[misc]
+
+    result = campaign.run(
+        rule_examples(target, max_batch_size=max_batch_size), check,
+        key=(f"jacverify.fuzz_batching_rule {target.module}:{target.code} {target.args!r} "
+             f"checks={checks!r} max_batch_size={max_batch_size}"),
+        replay=lambda t: _snippet(target, t.example, t.outcome or (), checks),
+        tally=lambda outcomes: ((o.check, o.status) for o in outcomes),
+        on_example=seen if on_example else None)
+    f = result.failure
+    failure = f and RuleFailure(f.example, f.outcome or (), result.snippet or "", f.error)
+    return RuleReport(target.name, result.examples, result.rejected, result.seconds, result.seed,
+                      result.counts, failure, result.failed_at)
 
 
-def _snippet(target: RuleTarget, ex: RuleExample, outcomes) -> str:
-    bad = next(o.check for o in outcomes if o.status == "mismatch")
+def _snippet(target: RuleTarget, ex: RuleExample, outcomes, checks: Sequence[str]) -> str:
+    bad = [o.check for o in outcomes if o.status == "mismatch"][:1] or list(checks)
     lines = ["from jacverify.rules import RuleExample, as_target, run_checks"]
     importable = target.module and target.module != "__main__" and not target.module.startswith("_")
     if target.code.startswith("torch.ops."):
@@ -215,4 +223,4 @@ def _snippet(target: RuleTarget, ex: RuleExample, outcomes) -> str:
     return "\n".join([*lines,
                       f"target = as_target({ref})",
                       f"example = {ex!r}",
-                      f"print(run_checks(target, example, checks=[{bad!r}]))"])
+                      f"print(run_checks(target, example, checks={bad!r}))"])
