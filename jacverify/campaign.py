@@ -7,7 +7,6 @@ variants over :class:`Campaign`; NOTE [one campaign] says what a variant supplie
 
 from __future__ import annotations
 
-import enum
 import os
 import random
 import time
@@ -20,6 +19,7 @@ from hypothesis import seed as seed_with
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
 from jacverify.errors import InvalidArgument
+from jacverify.judge import Verdict
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -63,21 +63,14 @@ DEFAULT_SHRINK_SECONDS = 30.0
 # stays a plain loop over OpInfo's own samples.
 
 
-class Verdict(enum.Enum):
-    """What one example did to the campaign: it passed, it failed (Hypothesis shrinks it), or it
-    was rejected (not a valid example; Hypothesis draws another)."""
-
-    PASSED = "passed"
-    FAILED = "failed"
-    REJECTED = "rejected"
-
-
 @dataclass(frozen=True)
 class Trial(Generic[E, O]):
     """One example, judged.
 
     Attributes:
-        verdict: passed, failed or rejected.
+        verdict: a :class:`~jacverify.judge.Verdict`: passed (verified), failed (Hypothesis
+            shrinks it), unverified (nothing wrong, nothing verified: counted, not shrunk) or
+            rejected (not a valid example; Hypothesis draws another).
         outcome: what the variant's check recorded (say, a ``Report``); None when it raised.
         example: the example as run. A check may return a normalised example (the rule fuzzer
             fits ``out_dims`` to the output); None means the example as drawn, which the campaign
@@ -102,6 +95,7 @@ class CampaignResult(Generic[E, O]):
     Attributes:
         examples: examples judged, shrinking included (rejected ones and the candidates passed
             without running past the shrink budget are not counted).
+        verified: examples whose verdict was passed (NOTE [earned verdict]).
         rejected: examples rejected.
         seconds: wall time of the campaign.
         seed: the campaign's seed (random when none was given).
@@ -115,6 +109,7 @@ class CampaignResult(Generic[E, O]):
 
     examples: int
     rejected: int
+    verified: int
     seconds: float
     seed: int
     seeded: bool
@@ -125,7 +120,8 @@ class CampaignResult(Generic[E, O]):
 
     @property
     def passed(self) -> bool:
-        return self.failure is None
+        """No failure, and at least one example verified (NOTE [earned verdict])."""
+        return self.failure is None and self.verified > 0
 
 
 def resolve_database(database: Any) -> ExampleDatabase | None:
@@ -289,6 +285,7 @@ class Campaign:
                     on_example(trial)
                 reject()
             state.examples += 1
+            state.verified += trial.verdict is Verdict.PASSED
             if tally is not None and trial.outcome is not None:
                 for name, status in tally(trial.outcome):
                     per = counts.setdefault(name, {})
@@ -329,7 +326,7 @@ class Campaign:
             if failure or self.seconds is None or time.perf_counter() - start >= self.seconds:
                 break
         return CampaignResult(
-            state.examples, state.rejected, time.perf_counter() - start, self.seed, self.seeded,
+            state.examples, state.rejected, state.verified, time.perf_counter() - start, self.seed, self.seeded,
             counts, failure, state.failed_at if failure else None,
             replay(failure) if failure and replay else None)
 
@@ -386,6 +383,7 @@ class _Failed(Exception):
 class _State:
     examples: int = 0
     rejected: int = 0
+    verified: int = 0
     shrink_examples: int = 0  # new examples run since the first failure
     first_failure: float | None = None  # perf_counter() at the first failure
     failed_at: int | None = None

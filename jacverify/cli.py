@@ -12,26 +12,23 @@ skipped).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-from collections.abc import Iterator
 
 from jacverify import options
+from jacverify.cli_common import (
+    EXIT_MISMATCH,
+    EXIT_OK,
+    EXIT_USAGE,
+    Timeout,
+    Usage,
+    exit_status,
+    time_limit,
+    writable_path,
+)
 
-EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_UNVERIFIED = 0, 1, 2, 3
 # kept here (not imported from jacverify.quantities) so `jacverify --help` needs no torch import
 QUANTITIES = ("batch_jacobian", "jvp_set", "vjp_set", "per_sample_jvp", "hessian",
               "hessian_diagonal")
-
-
-class _Usage(Exception):
-    pass
-
-
-class _Timeout(BaseException):
-    """Raised by the alarm; a BaseException so the user's code and jacverify's own
-    ``except Exception`` (a method that raises is "unsupported") do not swallow it."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,17 +144,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fuzz-rules":
             from jacverify.cli_rules import run_fuzz_rules
 
-            return run_fuzz_rules(args, _Usage)
+            return run_fuzz_rules(args, Usage)
         if args.command == "ops":
             from jacverify.cli_rules import run_ops
 
-            return run_ops(args, _Usage)
+            return run_ops(args, Usage)
         if args.command == "bench":
             from jacverify.cli_bench import run_bench
 
-            return run_bench(args, _Usage)
+            return run_bench(args, Usage)
         return _check(args)
-    except _Usage as e:
+    except Usage as e:
         print(f"jacverify: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -169,37 +166,6 @@ def _demo() -> int:
     report = jacverify.check(ReadmeNet(), ReadmeNet.example_input())
     print(report.render(color=sys.stdout.isatty()))
     return exit_status([str(report.verdict)])
-
-
-def exit_status(statuses: list[str]) -> int:
-    """The exit status of a run whose targets ended with ``statuses`` (see the module docstring).
-
-    >>> exit_status(["passed", "skipped"]), exit_status(["passed", "unverified"])
-    (0, 3)
-    >>> exit_status(["failed", "unverified"]), exit_status(["skipped"]), exit_status([])
-    (1, 3, 3)
-    """
-    if "failed" in statuses:
-        return EXIT_MISMATCH
-    if "unverified" in statuses or "passed" not in statuses:
-        return EXIT_UNVERIFIED
-    return EXIT_OK
-
-
-def writable_path(option: str, path: str | None) -> None:
-    """Refuse an output path that cannot be written, before any work is done (a usage error)."""
-    if path is None:
-        return
-    import os
-
-    target = os.path.abspath(path)
-    parent = os.path.dirname(target)
-    if os.path.isdir(target):
-        raise _Usage(f"{option} {path!r} is a directory; give a file path")
-    if not os.path.isdir(parent):
-        raise _Usage(f"{option} {path!r}: the directory {parent!r} does not exist; create it first")
-    if not os.access(parent, os.W_OK) or (os.path.exists(target) and not os.access(target, os.W_OK)):
-        raise _Usage(f"{option} {path!r} is not writable")
 
 
 def _fuzz(args: argparse.Namespace) -> int:
@@ -222,7 +188,7 @@ def _fuzz(args: argparse.Namespace) -> int:
         except Exception:  # noqa: BLE001
             ok = False
         if not ok or not name:
-            raise _Usage(f"--function {path!r}: no class {name!r} importable from {module!r} "
+            raise Usage(f"--function {path!r}: no class {name!r} importable from {module!r} "
                          "(give MODULE:CLASS, e.g. jacverify.examples.twins:CubeWrongJvp)")
     try:
         methods = options.parse_methods(args.methods)
@@ -236,7 +202,7 @@ def _fuzz(args: argparse.Namespace) -> int:
                         **({"families": families} if families else {}),
                         **({"activations": TWICE_DIFFERENTIABLE} if second else {}))
     except (argparse.ArgumentTypeError, jacverify.InvalidArgument) as e:
-        raise _Usage(str(e)) from None
+        raise Usage(str(e)) from None
     profile = load_profile(args.profile)
     dtypes = st.just(str(dtype).removeprefix("torch.")) if dtype else None
     strategy = cases(quantity=args.quantity, networks=nets, dtypes=dtypes)
@@ -272,34 +238,15 @@ def _fuzz(args: argparse.Namespace) -> int:
     return EXIT_MISMATCH
 
 
-@contextlib.contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Interrupt the target after ``seconds`` (between Python bytecodes; POSIX main thread only)."""
-    if seconds <= 0 or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def expire(signum, frame):
-        raise _Timeout
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _check(args: argparse.Namespace) -> int:
     try:
         kwargs = options.resolve(vars(args))
     except argparse.ArgumentTypeError as e:
-        raise _Usage(str(e)) from None
+        raise Usage(str(e)) from None
     if args.batch_size < 1:
-        raise _Usage(f"--batch-size={args.batch_size} must be at least 1")
+        raise Usage(f"--batch-size={args.batch_size} must be at least 1")
     if not args.timeout > 0:
-        raise _Usage(f"--timeout={args.timeout:g} must be a positive number of seconds")
+        raise Usage(f"--timeout={args.timeout:g} must be a positive number of seconds")
     writable_path("--json", args.json)
     writable_path("--html", args.html)
     _check_run_options(args.quantity, kwargs)
@@ -359,7 +306,7 @@ def _check_run_options(quantity: str, kwargs: dict) -> None:
                 f"--verification and --probes apply to --quantity batch_jacobian only, not "
                 f"{quantity!r}")
     except jacverify.InvalidArgument as e:
-        raise _Usage(str(e)) from None
+        raise Usage(str(e)) from None
 
 
 def _run_all(candidates, args, kwargs, out, err):
@@ -386,7 +333,7 @@ def _run_one(tgt, args, kwargs):
 
     base = dict(name=tgt.name, kind=tgt.kind)
     try:
-        with _time_limit(args.timeout):
+        with time_limit(args.timeout):
             import torch
 
             torch.manual_seed(kwargs.get("seed", 0))  # weights built in the target are seeded too
@@ -398,7 +345,7 @@ def _run_one(tgt, args, kwargs):
             shapes = tuple(tuple(t.shape) for t in inputs)
             base["input_shapes"] = shapes
             report = check_quantity(args.quantity, fn, inputs, batch_axis=axis, **kwargs)
-    except _Timeout:
+    except Timeout:
         return Outcome(**base, error=f"{tgt.name}: abandoned after --timeout={args.timeout:g} s "
                        "before anything was verified; raise --timeout or check a smaller input "
                        "(--batch-size)", error_status="unverified")

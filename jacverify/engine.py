@@ -8,9 +8,9 @@ from functools import partial
 
 import torch
 
-from jacverify.case import Case, Flat, flatten, make_case
+from jacverify.case import Case, Flat, make_case
 from jacverify.compare import Scales, tolerances
-from jacverify.errors import InvalidArgument, MismatchError, NotApplicable, NotVerified
+from jacverify.errors import NotApplicable
 from jacverify.judge import judge
 from jacverify.methods import Method, get_methods
 from jacverify.oracles.projections import (

@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jacverify.campaign import DEFAULT_SHRINK_SECONDS, Campaign, Trial, Verdict
+from jacverify.campaign import DEFAULT_SHRINK_SECONDS, Campaign, Trial
+from jacverify.judge import Verdict
 from jacverify.errors import InvalidArgument, NonFiniteOutput
 from jacverify.quantities import QUANTITIES
 from jacverify.report import Report
@@ -40,10 +41,12 @@ class FuzzResult:
     counts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     failure: FuzzFailure | None = None
     failed_at: int | None = None
+    verified: int = 0  # cases whose check passed (NOTE [earned verdict])
 
     @property
     def passed(self) -> bool:
-        return self.failure is None
+        """No failure, and at least one case verified."""
+        return self.failure is None and self.verified > 0
 
 
 def fuzz(
@@ -108,7 +111,7 @@ def fuzz(
             report = case.check(methods=methods, seed=campaign.seed, warm_timing=False)
         except NonFiniteOutput:
             return Trial(Verdict.REJECTED)
-        return Trial(Verdict.PASSED if report.passed else Verdict.FAILED, report)
+        return Trial(report.verdict, report)
 
     result = campaign.run(
         strategy, check,
@@ -119,4 +122,4 @@ def fuzz(
     f = result.failure
     failure = f and FuzzFailure(f.example, result.snippet or "", report=f.outcome, error=f.error)
     return FuzzResult(result.examples, result.rejected, result.seconds, result.seed, result.counts,
-                      failure, result.failed_at)
+                      failure, result.failed_at, result.verified)

@@ -55,6 +55,7 @@ class Verdict(_Named):
     PASSED = "passed"  # at least one candidate verified against a trusted reference, none wrong
     FAILED = "failed"  # a candidate (or the function's own derivative formula) is wrong
     UNVERIFIED = "unverified"  # nothing wrong was seen, but nothing was verified either
+    REJECTED = "rejected"  # a drawn example outside the function's domain: a fuzzer draws another
 
 
 # NOTE [earned verdict]

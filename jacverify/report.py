@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from jacverify.case import Case, Flat
-from jacverify.compare import Comparison, Reference, compare
+from jacverify.compare import Reference, compare
 from jacverify.oracles import Coupling
 
 from jacverify.judge import WRONG, MethodResult, Status, Verdict, describe_worst, verdict

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import strategies as st
 
 import jacverify
-from jacverify.campaign import Campaign, Trial, Verdict
+from jacverify.campaign import Campaign, Trial
+from jacverify.judge import Verdict
 from jacverify.examples import rules as R
 from jacverify.fuzzing import fuzz
 from jacverify.rules import fuzz_batching_rule

@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jacverify.campaign import DEFAULT_SHRINK_SECONDS, Campaign, Trial, Verdict
+from jacverify.campaign import DEFAULT_SHRINK_SECONDS, Campaign, Trial
+from jacverify.judge import Verdict
 from jacverify.errors import InvalidArgument
 from jacverify.rules.checks import CHECKS, LAYOUTS, CheckOutcome, RuleExample, build_args, run_checks
 from jacverify.rules.targets import RuleTarget, as_target
@@ -45,14 +46,26 @@ class RuleReport:
     counts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     failure: RuleFailure | None = None
     failed_at: int | None = None
+    verified: int = 0  # examples on which at least one check agreed and none disagreed
+
+    @property
+    def verdict(self) -> Verdict:
+        """NOTE [earned verdict]: passed needs a verified example and no failure."""
+        if self.failure is not None:
+            return Verdict.FAILED
+        return Verdict.PASSED if self.verified else Verdict.UNVERIFIED
 
     @property
     def passed(self) -> bool:
-        return self.failure is None
+        return self.verdict == Verdict.PASSED
 
     def describe(self) -> str:
-        lines = [f"{self.target}: {'PASSED' if self.passed else 'FAILED'} ({self.examples} "
-                 f"examples, {self.rejected} rejected, {self.seconds:.1f} s, seed {self.seed})"]
+        lines = [f"{self.target}: {str(self.verdict).upper()} ({self.examples} examples, "
+                 f"{self.verified} verified, {self.rejected} rejected, {self.seconds:.1f} s, "
+                 f"seed {self.seed})"]
+        if self.verdict == Verdict.UNVERIFIED:
+            lines.append("  no example was verified: every check was unsupported (see the counts; "
+                         "a transform that raised says why in each example's detail)")
         if self.failure:
             for o in self.failure.mismatches:
                 lines.append(f"  {o.check}: {o.detail}")
@@ -189,7 +202,9 @@ def fuzz_batching_rule(
         ex = _with_out_dims(drawn, out)
         outcomes = tuple(run_checks(target, ex, checks))
         failed = any(o.status == "mismatch" for o in outcomes)
-        return Trial(Verdict.FAILED if failed else Verdict.PASSED, outcomes, example=ex)
+        agreed = any(o.status == "agree" for o in outcomes)
+        return Trial(Verdict.FAILED if failed else Verdict.PASSED if agreed else Verdict.UNVERIFIED,
+                     outcomes, example=ex)
 
     def seen(trial: Trial) -> None:
         if trial.verdict is not Verdict.REJECTED:
@@ -205,7 +220,7 @@ def fuzz_batching_rule(
     f = result.failure
     failure = f and RuleFailure(f.example, f.outcome or (), result.snippet or "", f.error)
     return RuleReport(target.name, result.examples, result.rejected, result.seconds, result.seed,
-                      result.counts, failure, result.failed_at)
+                      result.counts, failure, result.failed_at, result.verified)
 
 
 def _snippet(target: RuleTarget, ex: RuleExample, outcomes, checks: Sequence[str]) -> str:

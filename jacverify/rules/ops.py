@@ -16,7 +16,7 @@ from jacverify.case import Flat
 from jacverify.compare import Reference, compare
 from jacverify.errors import InvalidArgument
 from jacverify.oracles.finite_differences import directional_differences
-from jacverify.judge import raised
+from jacverify.judge import Status, raised
 from jacverify.rules.checks import differ, stack_outputs
 
 __all__ = ["OpCheck", "OpResult", "check_op", "op_database", "select_ops", "DEFAULT_OPS",
@@ -49,7 +49,7 @@ class OpCheck:
 
     check: str
     sample: str
-    status: str
+    status: Status
     detail: str = ""
 
 
@@ -63,12 +63,12 @@ class OpResult:
     reason: str = ""
 
     @property
-    def status(self) -> str:
+    def status(self) -> Status:
         seen = {c.status for c in self.checks}
-        for status in ("mismatch", "known", "agree", "unsupported"):
+        for status in (Status.MISMATCH, Status.KNOWN, Status.AGREE, Status.UNSUPPORTED):
             if status in seen:
                 return status
-        return "skipped"
+        return Status.SKIPPED
 
     @property
     def mismatches(self) -> tuple[OpCheck, ...]:
