@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                         "failure to a runnable reproducer.")
     budget = fz.add_mutually_exclusive_group()
     budget.add_argument("--examples", type=int, default=None, metavar="N",
-                        help="examples to generate (default: 100)")
+                        help="examples to generate (default: the Hypothesis profile's: ci 15, "
+                        "dev 60, fuzz 5000)")
     budget.add_argument("--seconds", type=float, default=None, metavar="S",
                         help="fuzz for S seconds instead")
     fz.add_argument("--methods", metavar="NAMES", help="comma-separated methods (default: all)")
@@ -181,6 +182,7 @@ def _fuzz(args: argparse.Namespace) -> int:
     from jacverify.profiles import load_profile
     from jacverify.strategies import TWICE_DIFFERENTIABLE, cases, networks
 
+    _positive(args, ("examples", "seconds", "shrink_seconds", "max_depth", "max_width"))
     for path in args.function:
         module, _, name = path.partition(":")
         try:
@@ -204,16 +206,19 @@ def _fuzz(args: argparse.Namespace) -> int:
     except (argparse.ArgumentTypeError, jacverify.InvalidArgument) as e:
         raise Usage(str(e)) from None
     profile = load_profile(args.profile)
+    from hypothesis import settings
+
+    examples = args.examples if args.examples is not None else settings.default.max_examples
     dtypes = st.just(str(dtype).removeprefix("torch.")) if dtype else None
     strategy = cases(quantity=args.quantity, networks=nets, dtypes=dtypes)
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True)
-    total = None if args.seconds else (args.examples or 100)
+    total = None if args.seconds else examples
     columns = [TextColumn("fuzzing {task.completed} examples"), BarColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("fuzz", total=total)
         result = fuzz(cases=strategy, methods=methods, quantity=args.quantity,
-                      max_examples=args.examples or 100,
+                      max_examples=examples,
                       seconds=args.seconds, seed=args.seed, shrink_seconds=args.shrink_seconds,
                       on_example=lambda case, report: progress.advance(task))
     table = Table(title=f"jacverify fuzz {args.quantity}: {result.examples} examples (shrinking included), "
@@ -236,6 +241,14 @@ def _fuzz(args: argparse.Namespace) -> int:
               f"replay with (seed {result.seed}):\n", markup=False)
     out.print(f.snippet, markup=False)
     return EXIT_MISMATCH
+
+
+def _positive(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Numeric options that must be positive when given: a usage error naming the option."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            raise Usage(f"--{name.replace('_', '-')}={value:g} must be positive")
 
 
 def _check(args: argparse.Namespace) -> int:

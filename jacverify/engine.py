@@ -20,7 +20,13 @@ from jacverify.oracles.projections import (
     project,
     projection_reference,
 )
-from jacverify.references import DEFAULT_MAX_MEMORY, isolated, prechecked, verify
+from jacverify.references import (
+    DEFAULT_MAX_MEMORY,
+    DEFAULT_TIME_BUDGET,
+    isolated,
+    prechecked,
+    verify,
+)
 from jacverify.report import Report
 from jacverify import validation
 
@@ -39,6 +45,7 @@ def check(
     seed: int = 0,
     rtol: Mapping[torch.dtype, float] | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
+    time_budget: float | None = DEFAULT_TIME_BUDGET,
     extra_methods: Sequence[Method] = (),
     warm_timing: bool = True,
     verification: str = "full",
@@ -58,6 +65,8 @@ def check(
         seed: seeds the coupling probes; printed in the report.
         rtol: per-dtype overrides merged into NOTE [tolerances]'s defaults.
         max_memory: bytes a method may materialise; larger methods are ``not_applicable``.
+        time_budget: seconds the references may be estimated to take (NOTE [cost estimate]);
+            over it the check is refused with ``JacobianTooLarge`` before it starts. None: no limit.
         extra_methods: methods to run besides the registered ones (e.g. a user's own).
         warm_timing: time a quick method twice and keep the faster (NOTE [check timings]);
             False runs each method once (the fuzz loop, which needs no timings).
@@ -83,12 +92,13 @@ def check(
     """
     return _run_check(fn, inputs, methods=methods, batch_axis=batch_axis,
                       out_batch_axis=out_batch_axis, dtype=dtype, device=device, seed=seed,
-                      rtol=rtol, max_memory=max_memory, extra_methods=extra_methods,
+                      rtol=rtol, max_memory=max_memory, time_budget=time_budget,
+                      extra_methods=extra_methods,
                       warm_timing=warm_timing, verification=verification, probes=probes)
 
 
 def _run_check(fn, inputs, *, methods, batch_axis, out_batch_axis, dtype, device, seed, rtol,
-               max_memory, extra_methods, warm_timing, verification, probes,
+               max_memory, time_budget, extra_methods, warm_timing, verification, probes,
                required: tuple[str, ...] = (),
                on_case: Callable[[Case], None] | None = None) -> Report:
     chosen = get_methods(methods) + tuple(extra_methods)
@@ -98,6 +108,9 @@ def _run_check(fn, inputs, *, methods, batch_axis, out_batch_axis, dtype, device
                                              fix="a number of bytes, e.g. 2**30"))
     validation.check_choice("verification", verification, ("full", "projection"))
     validation.check_int("probes", probes, min_value=1)
+    if time_budget is not None:
+        time_budget = validation.check_number("time_budget", time_budget, allow_inf=True,
+                                              fix="seconds, or None for no estimate")
     case = make_case(fn, inputs, batch_axis=batch_axis, out_batch_axis=out_batch_axis,
                      dtype=dtype, device=device, seed=seed)
     if on_case is not None:
@@ -106,12 +119,12 @@ def _run_check(fn, inputs, *, methods, batch_axis, out_batch_axis, dtype, device
     with isolated(case.fn):
         if verification == "projection":
             return _check_projected(case, chosen, rtols, max_memory, runs, probes, required)
-        return _check(case, chosen, rtols, max_memory, runs, required)
+        return _check(case, chosen, rtols, max_memory, runs, required, time_budget)
 
 
 def _check(case: Case, chosen: Sequence[Method], rtols, max_memory: int, runs: int,
-           required: tuple[str, ...]) -> Report:
-    v = verify(case, rtols, max_memory)
+           required: tuple[str, ...], time_budget: float | None) -> Report:
+    v = verify(case, rtols, max_memory, time_budget)
     results = [judge(m, v.flat, v.coupling.reason, max_memory, v.refs, v.loop, case.dtype, rtols,
                      v.scales, runs) for m in chosen]
     return Report(case, tuple(results), tuple(r.name for r in v.refs), v.coupling, v.refs[0].value,

@@ -80,6 +80,20 @@ def _bytes(text: str) -> int:
     return int(value * factor)
 
 
+def _seconds(text: str) -> float | None:
+    """``"600"`` -> 600.0; ``"none"`` -> None (no estimate)."""
+    if str(text).strip().lower() in ("none", "inf"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"time-budget {text!r} must be a positive number of "
+                                         "seconds, or none")
+    return value
+
+
 def _verification(text: str) -> str:
     if text not in ("full", "projection"):
         raise argparse.ArgumentTypeError(f"verification {text!r} must be 'full' or 'projection'")
@@ -107,6 +121,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="INT", parse=_seed),
     Option("max-memory", "bytes one method or reference may materialise, e.g. 2**30 or 512MiB "
            "(default: 2**30)", metavar="BYTES", parse=_bytes),
+    Option("time-budget", "seconds the references of one check may be estimated to take; over it "
+           "the check is refused before it starts (default: 600; none: no estimate)",
+           metavar="S", parse=_seconds),
     Option("verification", "full (every entry against finite differences and the loop) or "
            "projection (random uᵀJv probes against directional finite differences; for wide "
            "inputs) (default: full)", metavar="MODE", parse=_verification),

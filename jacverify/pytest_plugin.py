@@ -37,6 +37,14 @@ def pytest_configure(config: pytest.Config) -> None:
         "jacverify fixture's checks in this test (any keyword of jacverify.check)",
     )
     config.stash[_RECORDS] = []
+    report = _option(config, "report")
+    if report and not hasattr(config, "workeroutput"):
+        from jacverify.cli_common import Usage, writable_path
+
+        try:
+            writable_path("--jacverify-report", report)
+        except Usage as e:
+            raise pytest.UsageError(str(e)) from None
     profile = _option(config, "profile")
     if profile:
         from jacverify.profiles import load_profile

@@ -20,7 +20,13 @@ from jacverify.errors import InvalidArgument, JacobianTooLarge
 from jacverify.judge import MethodResult, Status, judge, timed
 from jacverify.methods import get_methods
 from jacverify.oracles import directional_differences, finite_differences
-from jacverify.references import DEFAULT_MAX_MEMORY, isolated, verify
+from jacverify.references import (
+    DEFAULT_MAX_MEMORY,
+    DEFAULT_TIME_BUDGET,
+    isolated,
+    verify,
+    within_time_budget,
+)
 from jacverify.report import Report
 from jacverify import validation
 
@@ -96,13 +102,13 @@ def _scaling(chosen, results, flat: Flat, sizes: Sequence[int], seed: int):
 
 def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
                   expected: Callable[[Flat], tuple[int, ...]], labels: tuple[str, ...], direction: str | None,
-                  methods, rtol, max_memory: int, warm_timing: bool,
+                  methods, rtol, max_memory: int, warm_timing: bool, time_budget: float | None,
                   scaling: Sequence[int] = ()) -> Report:
     chosen = _chosen(methods, quantity)
     rtols = tolerances(rtol)
     max_memory = _memory(max_memory)
     with isolated(case.fn):
-        v = verify(case, rtols, max_memory)
+        v = verify(case, rtols, max_memory, _budget(time_budget))
         vec64 = vectors.to(device=v.ref_flat.x.device, dtype=v.ref_flat.x.dtype)
         refs = [Reference(r.name, *derive(r.value, r.error, vec64)) for r in v.refs]
         if direction is not None:
@@ -129,6 +135,13 @@ def _chosen(methods, quantity: str):
     return chosen
 
 
+def _budget(time_budget: object) -> float | None:
+    if time_budget is None:
+        return None
+    return validation.check_number("time_budget", time_budget, allow_inf=True,
+                                   fix="seconds, or None for no estimate")
+
+
 def _memory(max_memory: object) -> int:
     return int(validation.check_number("max_memory", max_memory,
                                        fix="a number of bytes, e.g. 2**30"))
@@ -149,6 +162,7 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
                device: str | torch.device | None = None, seed: int = 0,
                rtol: Mapping[torch.dtype, float] | None = None,
                max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True,
+               time_budget: float | None = DEFAULT_TIME_BUDGET,
                scaling: Sequence[int] = SCALING) -> Report:
     """Check every way to compute ``J v_i`` at one point ``x`` for K vectors, shape (K, out).
 
@@ -168,6 +182,7 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     return _run_quantity(case, "jvp_set", vec, _linear("bmn,kn->km"),
                          lambda flat: (len(vec), flat.n_out),
                          ("vector", "output"), "set", methods, rtol, max_memory, warm_timing,
+                         time_budget,
                          scaling)
 
 
@@ -176,6 +191,7 @@ def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
                device: str | torch.device | None = None, seed: int = 0,
                rtol: Mapping[torch.dtype, float] | None = None,
                max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True,
+               time_budget: float | None = DEFAULT_TIME_BUDGET,
                scaling: Sequence[int] = SCALING) -> Report:
     """Check every way to compute ``vᵀ_i J`` at one point ``x`` for K cotangents, shape (K, in).
 
@@ -195,7 +211,7 @@ def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     vec = vector_rows("vectors", vectors, out_shape, "cotangent")
     return _run_quantity(case, "vjp_set", vec, _linear("bmn,km->kn"),
                          lambda flat: (len(vec), flat.n_in), ("vector", "input"), None, methods,
-                         rtol, max_memory, warm_timing, scaling)
+                         rtol, max_memory, warm_timing, time_budget, scaling)
 
 
 def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
@@ -204,7 +220,8 @@ def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, 
                           device: str | torch.device | None = None, seed: int = 0,
                           rtol: Mapping[torch.dtype, float] | None = None,
                           max_memory: int = DEFAULT_MAX_MEMORY,
-                          warm_timing: bool = True) -> Report:
+                          warm_timing: bool = True,
+                          time_budget: float | None = DEFAULT_TIME_BUDGET) -> Report:
     """Check every way to compute per-sample ``J_b v_b`` for a batch, shape (B, out).
 
     ``vectors`` has the shape of ``x``: one tangent per sample. References: the verified
@@ -224,7 +241,7 @@ def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, 
     vec = vectors.movedim(case.batch_axis, 0).reshape(case.batch_size, -1)
     return _run_quantity(case, "per_sample_jvp", vec, _linear("bmn,bn->bm"),
                          lambda flat: (flat.batch_size, flat.n_out), ("sample", "output"), "per_sample", methods, rtol,
-                         max_memory, warm_timing)
+                         max_memory, warm_timing, time_budget)
 
 
 # --- per-sample second derivatives ---
@@ -272,7 +289,8 @@ def _asymmetry(tolerance: float) -> Callable[[torch.Tensor], str | None]:
 
 
 def _second_order(fn, x, quantity: str, diagonal: bool, batch_axis: int, methods, dtype, device,
-                  seed: int, rtol, max_memory: int, warm_timing: bool) -> Report:
+                  seed: int, rtol, max_memory: int, warm_timing: bool,
+                  time_budget: float | None) -> Report:
     chosen = _chosen(methods, quantity)
     rtols = tolerances(rtol)
     max_memory = _memory(max_memory)
@@ -280,7 +298,8 @@ def _second_order(fn, x, quantity: str, diagonal: bool, batch_axis: int, methods
     labels = ("sample", "output", "input") + (() if diagonal else ("input",))
     with isolated(case.fn):
         _second_order_fits(case, max_memory)
-        v = verify(case, rtols, max_memory)
+        v = verify(case, rtols, max_memory, _budget(time_budget))
+        within_time_budget(v.ref_flat, v.coupling.coupled, _budget(time_budget), second_order=True)
         b, m, n = v.flat.batch_size, v.flat.n_out, v.flat.n_in
         expected = (b, m, n) if diagonal else (b, m, n, n)
         kinks = _kinks(case.fn)
@@ -340,7 +359,8 @@ def check_hessians(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
                    methods: Sequence[str] | None = None, dtype: torch.dtype | None = None,
                    device: str | torch.device | None = None, seed: int = 0,
                    rtol: Mapping[torch.dtype, float] | None = None,
-                   max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True) -> Report:
+                   max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True,
+                   time_budget: float | None = DEFAULT_TIME_BUDGET) -> Report:
     """Check every way to compute per-sample Hessians of each output, shape (B, out, in, in).
 
     Reference: finite differences of the first derivative, itself verified against finite
@@ -354,7 +374,7 @@ def check_hessians(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
     (True, torch.Size([4, 1, 2, 2]))
     """
     return _second_order(fn, x, "hessian", False, batch_axis, methods, dtype, device, seed, rtol,
-                         max_memory, warm_timing)
+                         max_memory, warm_timing, time_budget)
 
 
 def check_hessian_diagonals(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
@@ -363,7 +383,8 @@ def check_hessian_diagonals(fn: Callable, x: torch.Tensor, *, batch_axis: int = 
                             device: str | torch.device | None = None, seed: int = 0,
                             rtol: Mapping[torch.dtype, float] | None = None,
                             max_memory: int = DEFAULT_MAX_MEMORY,
-                            warm_timing: bool = True) -> Report:
+                            warm_timing: bool = True,
+                            time_budget: float | None = DEFAULT_TIME_BUDGET) -> Report:
     """Check ``d²y_m / dx_k²`` per sample, shape (B, out, in): the loop physics-informed training
     code writes (``loop``: ``autograd.grad(..., grad_outputs=ones, create_graph=True)`` per output
     column and input entry) side by side with its vectorized replacements.
@@ -374,7 +395,7 @@ def check_hessian_diagonals(fn: Callable, x: torch.Tensor, *, batch_axis: int = 
     (True, ['loop', 'vmap_hessian', 'forward_over_reverse'])
     """
     return _second_order(fn, x, "hessian_diagonal", True, batch_axis, methods, dtype, device, seed,
-                         rtol, max_memory, warm_timing)
+                         rtol, max_memory, warm_timing, time_budget)
 
 
 QUANTITIES = ("batch_jacobian", "jvp_set", "vjp_set", "per_sample_jvp", "hessian",

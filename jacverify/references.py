@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,10 +22,12 @@ from jacverify.judge import first_line
 from jacverify.methods.loops import loop
 from jacverify.oracles import Coupling, check_coupling, check_determinism, finite_differences
 
-__all__ = ["DEFAULT_MAX_MEMORY", "Prechecked", "Verified", "prechecked", "verify", "isolated",
+__all__ = ["DEFAULT_MAX_MEMORY", "DEFAULT_TIME_BUDGET", "estimate_seconds", "within_time_budget",
+           "Prechecked", "Verified", "prechecked", "verify", "isolated",
            "warnings_recorded", "LOOP_DISAGREES"]
 
 DEFAULT_MAX_MEMORY = 2**30  # bytes any one method or reference may materialise
+DEFAULT_TIME_BUDGET = 600.0  # seconds the references of one check are estimated to take, at most
 
 LOOP_DISAGREES = "a backward formula of the function is wrong"
 
@@ -88,11 +91,60 @@ def prechecked(case: Case) -> Prechecked:
     return Prechecked(flat, ref_flat, coupling, tuple(notes))
 
 
-def verify(case: Case, rtols, max_memory: int) -> Verified:
+# NOTE [cost estimate]
+# Before the references run, their time is estimated from one timed forward pass t of the float64
+# copy (the best of two): finite differences take 6 N passes (6 N B when samples interact and
+# each sample is perturbed alone), the loop B M backward passes of about 3 t each, and a Hessian's
+# finite differences of the first derivative 6 N times M backward passes (B M when samples
+# interact). Over `time_budget` the check is refused with the estimate and what to do, before it
+# starts -- never a check that runs for an hour with no word.
+def estimate_seconds(flat: Flat, coupled: bool, second_order: bool = False) -> float:
+    """The references' estimated time in seconds (NOTE [cost estimate])."""
+    forward = _forward_seconds(flat)
+    b, m, n = flat.batch_size, flat.n_out, flat.n_in
+    groups = b if coupled else 1
+    if second_order:
+        return forward * 6 * n * 3 * m * groups
+    return forward * (6 * n * groups + 3 * b * m)
+
+
+def _forward_seconds(flat: Flat) -> float:
+    sync = torch.cuda.synchronize if flat.x.is_cuda else (lambda: None)
+    best = float("inf")
+    for _ in range(2):
+        sync()
+        start = time.perf_counter()
+        flat.values(flat.x)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def within_time_budget(flat: Flat, coupled: bool, time_budget: float | None,
+                       second_order: bool = False) -> None:
+    """Refuse references estimated to take longer than ``time_budget`` seconds.
+
+    Raises:
+        JacobianTooLarge: with the estimate and what to do.
+    """
+    if time_budget is None:
+        return
+    estimate = estimate_seconds(flat, coupled, second_order)
+    if estimate > time_budget:
+        what = ("second derivatives" if second_order else "full per-sample Jacobians")
+        raise JacobianTooLarge(
+            f"the float64 references of {what} (B={flat.batch_size}, out={flat.n_out}, "
+            f"in={flat.n_in}) are estimated at {estimate:.0f} s, over time_budget={time_budget:g} s "
+            "(NOTE [cost estimate]); use verification='projection' (a few passes per probe), "
+            "check fewer samples or a smaller input, or raise time_budget")
+
+
+def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None) -> Verified:
     """Every step of NOTE [reference stage]: the trusted per-sample Jacobian references.
 
     Raises:
-        JacobianTooLarge: the three float64 copies of (B, M, N) would pass ``max_memory``.
+        JacobianTooLarge: the three float64 copies of (B, M, N) would pass ``max_memory``, or the
+            references are estimated to take longer than ``time_budget`` seconds.
         NondeterministicFunction, NonFiniteOutput, FunctionRaised: from :func:`prechecked`.
     """
     flat = flatten(case)
@@ -104,6 +156,7 @@ def verify(case: Case, rtols, max_memory: int) -> Verified:
             "smaller batch or smaller inputs, use verification='projection', or raise max_memory"
         )
     pre = prechecked(case)
+    within_time_budget(pre.ref_flat, pre.coupling.coupled, time_budget)
     notes, ref_flat = list(pre.notes), pre.ref_flat
     fd_value, fd_error = finite_differences(ref_flat, independent=not pre.coupling.coupled)
     fd = Reference("finite_differences", fd_value, fd_error)

@@ -244,3 +244,78 @@ def test_a_wrong_user_method_is_blamed_on_the_user_not_on_a_backward_formula():
     report = jacverify.check_method(mine, net, _x(4, 3))
     assert report.verdict == Verdict.FAILED
     assert "mine (your own code)" in report.hint and "backward formula" not in report.hint
+
+
+# --- the fuzzers: an example that verifies nothing is not a pass ---
+
+def _needs_five(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] != 5:
+        raise ValueError(f"needs a last axis of size 5, got {tuple(x.shape)}")
+    return 2 * x
+
+
+def test_a_rule_whose_function_refuses_every_drawn_example_is_unverified_with_why():
+    report = jacverify.fuzz_batching_rule(_needs_five, max_examples=5, seed=0)
+    assert report.verdict == Verdict.UNVERIFIED and not report.passed
+    assert "refused every drawn example" in report.reason
+    assert "needs a last axis of size 5" in report.reason
+
+
+def test_keyword_only_schema_arguments_keep_their_defaults():
+    # aten::linalg_cross(Tensor self, Tensor other, *, int dim=-1): dim is not passed by position
+    report = jacverify.fuzz_batching_rule("aten::linalg_cross", max_examples=3, seed=0)
+    assert report.verified > 0 and report.passed
+
+
+# --- guards: estimated before anything is computed ---
+
+def test_a_hessian_check_that_cannot_fit_is_refused_before_it_starts():
+    with pytest.raises(jacverify.JacobianTooLarge, match=r"per-sample Hessians .* MiB"):
+        jacverify.check_hessians(torch.sin, torch.randn(2, 600))
+
+
+def test_a_check_estimated_over_its_time_budget_is_refused_with_the_estimate():
+    # 6 N = 6e6 forward passes of a (2, 10**6) Linear: far over a millisecond on any machine
+    with pytest.raises(jacverify.JacobianTooLarge, match=r"estimated at .* over time_budget=0.001"):
+        jacverify.check(torch.nn.Linear(10**6, 2), torch.randn(2, 10**6), time_budget=1e-3)
+
+
+def test_projection_respects_max_memory_for_each_methods_result():
+    report = jacverify.check(torch.sin, torch.randn(2, 600), verification="projection",
+                             max_memory=2**20, methods=["vmap_jacrev"])
+    assert report["vmap_jacrev"].status == Status.NOT_APPLICABLE
+    assert "max_memory" in report["vmap_jacrev"].reason
+    assert report.verdict == Verdict.UNVERIFIED
+
+
+def test_a_float_rtol_applies_to_every_dtype():
+    report = jacverify.check(torch.sin, _x(3, 2), methods=["loop"], rtol=1e-3)
+    assert "rtol=0.001 (override" in report["loop"].worst.rule
+
+
+def test_a_function_that_modifies_its_input_is_named_and_the_callers_tensor_is_untouched():
+    def inplace(x):
+        return x.mul_(2)
+
+    x = _x(3, 2)
+    before = x.clone()
+    with pytest.raises(jacverify.InvalidArgument, match="modified its input in place"):
+        jacverify.check(inplace, x)
+    assert torch.equal(x, before)
+
+
+def test_a_forward_that_differentiates_itself_is_checked():
+    class Score(torch.nn.Module):  # returns dE/dx, as energy and score models do
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(),
+                                           torch.nn.Linear(4, 1))
+
+        def forward(self, x):
+            x = x if x.requires_grad else x.requires_grad_()
+            (g,) = torch.autograd.grad(self.net(x).sum(), x, create_graph=True)
+            return g
+
+    torch.manual_seed(0)
+    report = jacverify.check(Score().double(), _x(3, 2), methods=["loop", "vmap_vjp"])
+    assert report.passed

@@ -8,9 +8,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypothesis.errors import Unsatisfiable
+
 from jacverify.campaign import DEFAULT_SHRINK_SECONDS, Campaign, Trial
-from jacverify.judge import Verdict
 from jacverify.errors import InvalidArgument
+from jacverify.judge import Verdict, raised
 from jacverify.rules.checks import CHECKS, LAYOUTS, CheckOutcome, RuleExample, build_args, run_checks
 from jacverify.rules.targets import RuleTarget, as_target
 
@@ -47,6 +49,7 @@ class RuleReport:
     failure: RuleFailure | None = None
     failed_at: int | None = None
     verified: int = 0  # examples on which at least one check agreed and none disagreed
+    reason: str = ""  # why nothing could be fuzzed, when nothing could
 
     @property
     def verdict(self) -> Verdict:
@@ -63,7 +66,9 @@ class RuleReport:
         lines = [f"{self.target}: {str(self.verdict).upper()} ({self.examples} examples, "
                  f"{self.verified} verified, {self.rejected} rejected, {self.seconds:.1f} s, "
                  f"seed {self.seed})"]
-        if self.verdict == Verdict.UNVERIFIED:
+        if self.reason:
+            lines.append(f"  {self.reason}")
+        elif self.verdict == Verdict.UNVERIFIED:
             lines.append("  no example was verified: every check was unsupported (see the counts; "
                          "a transform that raised says why in each example's detail)")
         if self.failure:
@@ -124,14 +129,20 @@ def rule_examples(target: RuleTarget, *, max_batch_size: int = 4, max_ndim: int 
     return build()
 
 
-def _unbatched(target: RuleTarget, ex: RuleExample):
-    """Call f on sample 0 alone; None when it rejects these inputs (the example is discarded)."""
+def _unbatched(target: RuleTarget, ex: RuleExample, refusals: list[str] | None = None):
+    """Call f on sample 0 alone; None when it rejects these inputs (the example is discarded, and
+    why is appended to ``refusals``)."""
     args = build_args(target, dataclasses.replace(ex, batch_size=max(1, ex.batch_size)))
     sample = [a.select(d, 0) if d is not None and hasattr(a, "select") else a
               for a, d in zip(args, ex.in_dims)]
     try:
         return target.fn(*sample)
-    except Exception:  # noqa: BLE001 - e.g. shapes that do not broadcast: not the rule's fault
+    except Exception as e:  # noqa: BLE001 - e.g. shapes that do not broadcast: not the rule's fault
+        if refusals is not None and len(refusals) < 3:
+            shapes = ", ".join("scalar" if s is None else str(s) for s in ex.shapes)
+            why = f"per-sample shapes ({shapes}): {raised(e)}"
+            if why not in refusals:
+                refusals.append(why)
         return None
 
 
@@ -194,9 +205,10 @@ def fuzz_batching_rule(
     if unknown:
         raise InvalidArgument(f"checks={list(checks)!r}: {unknown} unknown (known: {CHECKS})")
     checks = tuple(checks)
+    refusals: list[str] = []  # why the function refused drawn examples (the first three)
 
     def check(drawn: RuleExample) -> Trial[RuleExample, tuple[CheckOutcome, ...]]:
-        out = _unbatched(target, drawn)
+        out = _unbatched(target, drawn, refusals)
         if out is None:
             return Trial(Verdict.REJECTED)
         ex = _with_out_dims(drawn, out)
@@ -210,13 +222,21 @@ def fuzz_batching_rule(
         if trial.verdict is not Verdict.REJECTED:
             on_example(trial.example, trial.outcome or ())  # type: ignore[misc]
 
-    result = campaign.run(
-        rule_examples(target, max_batch_size=max_batch_size), check,
-        key=(f"jacverify.fuzz_batching_rule {target.module}:{target.code} {target.args!r} "
-             f"checks={checks!r} max_batch_size={max_batch_size}"),
-        replay=lambda t: _snippet(target, t.example, t.outcome or (), checks),
-        tally=lambda outcomes: ((o.check, o.status) for o in outcomes),
-        on_example=seen if on_example else None)
+    try:
+        result = campaign.run(
+            rule_examples(target, max_batch_size=max_batch_size), check,
+            key=(f"jacverify.fuzz_batching_rule {target.module}:{target.code} {target.args!r} "
+                 f"checks={checks!r} max_batch_size={max_batch_size}"),
+            replay=lambda t: _snippet(target, t.example, t.outcome or (), checks),
+            tally=lambda outcomes: ((o.check, o.status) for o in outcomes),
+            on_example=seen if on_example else None)
+    except Unsatisfiable:
+        why = "; ".join(refusals) or "no example could be drawn"
+        return RuleReport(target.name, 0, 0, 0.0, campaign.seed, reason=(
+            f"the function refused every drawn example when called on one sample, so no batching "
+            f"rule was exercised: {why}. The fuzzer draws tensors of 0 to 3 axes of sizes 1 to 4 "
+            "per sample, so an op that needs other shapes (a size-3 axis, a square matrix) is "
+            "outside what it draws: wrap the op in a function that builds such inputs"))
     f = result.failure
     failure = f and RuleFailure(f.example, f.outcome or (), result.snippet or "", f.error)
     return RuleReport(target.name, result.examples, result.rejected, result.seconds, result.seed,

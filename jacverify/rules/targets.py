@@ -47,6 +47,8 @@ def _from_op(op, name: str, module: str | None = None) -> RuleTarget:
     overload = op.default if hasattr(op, "default") else op
     args = []
     for a in overload._schema.arguments:
+        if a.kwarg_only and a.has_default_value():
+            continue  # keyword-only with a default: left at it (it cannot be passed by position)
         kind = _SCHEMA_KINDS.get(str(a.type).rstrip("?"))
         if kind is None:
             raise InvalidArgument(f"{name}: argument {a.name} has type {a.type}, which the rule "
