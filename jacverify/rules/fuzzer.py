@@ -146,7 +146,7 @@ def fuzz_batching_rule(
     >>> from jacverify.examples.rules import MixesSamples, RowScaled
     >>> fuzz_batching_rule(RowScaled, max_examples=5, seed=0).passed
     True
-    >>> report = fuzz_batching_rule(MixesSamples, max_examples=20, seed=0, shrink_seconds=5)
+    >>> report = fuzz_batching_rule(MixesSamples, max_examples=20, seed=0, shrink_seconds=600)
     >>> report.passed, report.failure.example.batch_size
     (False, 2)
     """
