@@ -172,6 +172,7 @@ def test_bench_checks_times_and_marks_a_wrong_method():
     assert all(r.timing.rounds >= 1 and r.peak_bytes is not None for r in result.results)
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_cli_bench_quick_suite_writes_table_json_and_plot(tmp_path):
     out_json, out_html = tmp_path / "bench.json", tmp_path / "bench.html"
     proc = subprocess.run(
@@ -197,6 +198,7 @@ def test_cli_bench_quick_suite_writes_table_json_and_plot(tmp_path):
     assert "auto[mlp4-16-2/B8/float64]" in compared.stdout
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_cli_bench_rejects_an_unknown_method():
     proc = subprocess.run([sys.executable, "-m", "jacverify", "bench", "--suite", "quick",
                            "--methods", "lop"], capture_output=True, text=True, timeout=120)
@@ -235,6 +237,7 @@ def test_batch_hessian_auto_and_its_verification():
         jacverify.batch_hessian(BatchCoupled().double().train(), torch.randn(6, 5, dtype=torch.float64))
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_cli_bench_file_times_its_targets_and_marks_a_wrong_method():
     examples = __import__("pathlib").Path(jacverify.__file__).parent / "examples"
     proc = subprocess.run(

@@ -1,4 +1,6 @@
-"""`jacverify check`, run as the real command on files written as any project would write them."""
+"""`jacverify check`, run as the real command on files written as any project would write them.
+
+Every test here starts the CLI in a subprocess: all are in the slow set (``python -m pytest -m slow``)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from jacverify import registered_methods
+
+pytestmark = pytest.mark.slow
 
 N_ALL = len(registered_methods())
 N_REVERSE = sum(m.mode == "reverse" for m in registered_methods())  # a wrong backward fails these
@@ -129,6 +133,11 @@ def test_a_bad_file_does_not_stop_the_others(tmp_path):
     assert "mlp.py::MLP: PASSED" in result.stdout
 
 
+# Long enough for a correct target on a heavily loaded machine (Fine's whole check takes well under
+# a second here); the slow target never ends on its own, so the outcome does not depend on speed.
+TIMEOUT = 30
+
+
 def test_forward_failing_and_slow_targets_get_a_line_and_the_rest_run(tmp_path):
     path = write(tmp_path, "mixed.py", """
         import time
@@ -147,8 +156,8 @@ def test_forward_failing_and_slow_targets_get_a_line_and_the_rest_run(tmp_path):
                 super().__init__()
                 self.a = nn.Linear(2, 2)
             def forward(self, x):
-                time.sleep(60)
-                return self.a(x)
+                while True:  # blocks until --timeout abandons it, however long that is
+                    time.sleep(1)
 
         class Fine(nn.Module):
             def __init__(self):
@@ -157,12 +166,12 @@ def test_forward_failing_and_slow_targets_get_a_line_and_the_rest_run(tmp_path):
             def forward(self, x):
                 return self.a(x).tanh()
     """)
-    result = run("check", "--quiet", "--timeout", "2", path)
+    result = run("check", "--quiet", "--timeout", str(TIMEOUT), path)
     out = result.stdout
     assert "mixed.py::WrongShapes: FAILED: the function raised RuntimeError" in out
     assert "inputs of shape (4, 4)" in out
-    assert "mixed.py::Slow: SKIPPED: mixed.py::Slow: abandoned after --timeout=2 s" not in out
-    assert "mixed.py::Slow: SKIPPED: abandoned after --timeout=2 s" in out
+    assert f"mixed.py::Slow: SKIPPED: mixed.py::Slow: abandoned after --timeout={TIMEOUT} s" not in out
+    assert f"mixed.py::Slow: SKIPPED: abandoned after --timeout={TIMEOUT} s" in out
     assert "mixed.py::Fine: PASSED" in out
     assert result.returncode == 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 import jacverify
+import jacverify.fuzzing
 from jacverify.fuzzing import fuzz
 from jacverify.specs import CaseSpec, Network
 from jacverify.strategies import (
@@ -26,6 +28,7 @@ from jacverify.strategies import (
 TWINS = "jacverify.examples.twins"
 
 
+@pytest.mark.slow  # a property run: the full check on every drawn network
 @given(cases(networks=networks(coupled=True)))
 def test_every_applicable_method_agrees_on_random_correct_networks(case):
     module, x = case.build()
@@ -43,6 +46,7 @@ def test_cases_build_what_they_say(case):
     assert eval(repr(case), vars(__import__("jacverify.specs").specs)) == case  # repr rebuilds it
 
 
+@pytest.mark.slow  # a fuzz campaign and its shrinking per twin
 @pytest.mark.parametrize(("twin", "flagged"), [
     ("CubeWrongBackward", "vmap_jacrev"),
     ("CubeWrongJvp", "vmap_jacfwd"),
@@ -67,6 +71,7 @@ def test_fuzzer_finds_and_shrinks_each_broken_twin(twin, flagged):
         exec(compile(failure.snippet, "<repro>", "exec"), {})
 
 
+@pytest.mark.slow  # a fuzz campaign
 def test_correct_function_gives_no_failure():
     result = fuzz(cases=cases(networks=networks(functions=[f"{TWINS}:Cube"])), max_examples=15, seed=2)
     assert result.passed and result.examples == 15
@@ -75,6 +80,7 @@ def test_correct_function_gives_no_failure():
     assert result.counts["vmap_jacrev"]["agree"] + result.counts["vmap_jacrev"].get("unsupported", 0) == 15
 
 
+@pytest.mark.slow  # two fuzz campaigns
 def test_failures_are_saved_and_replayed_first(tmp_path):
     db = DirectoryBasedExampleDatabase(str(tmp_path / "db"))
     strategy = cases(networks=networks(functions=[f"{TWINS}:CubeWrongJvp"]))
@@ -91,14 +97,24 @@ def test_failures_are_saved_and_replayed_first(tmp_path):
     assert again.failure.case.network.size[1] <= first.failure.case.network.size[1]
 
 
-def test_time_budget_runs_chunks_until_the_time_is_spent():
+@pytest.mark.slow  # fuzz campaigns, 100 examples in all
+def test_time_budget_runs_chunks_until_the_time_is_spent(monkeypatch):
+    # the fuzz loop's clock advances one second per example, so how many chunks fit in the budget
+    # does not depend on how fast the machine is
+    clock = {"now": 0.0}
+    monkeypatch.setattr(jacverify.fuzzing, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
+
+    def tick(case, report):
+        clock["now"] += 1.0
+
     strategy = cases(networks=networks(max_depth=1, max_width=2, families=["mlp"]))
-    one_chunk = fuzz(cases=strategy, max_examples=25, seed=0)
-    result = fuzz(cases=strategy, seconds=3 * one_chunk.seconds, seed=0)
+    one_chunk = fuzz(cases=strategy, max_examples=25, seed=0, on_example=tick)
+    result = fuzz(cases=strategy, seconds=3 * one_chunk.seconds, seed=0, on_example=tick)
     assert result.passed and result.seconds >= 3 * one_chunk.seconds
     assert result.examples >= 50  # several chunks of 25 ran
 
 
+@pytest.mark.slow  # two fuzz campaigns
 def test_a_seeded_campaign_replays_exactly():
     strategy = cases(networks=networks(functions=[f"{TWINS}:CubeWrongJvp"], max_depth=1))
     a = fuzz(cases=strategy, max_examples=10, seed=11, shrink_examples=20)
@@ -139,6 +155,7 @@ def test_inputs_keep_off_relu_kinks(case):
     assert bool((pre.abs() > 0).all())
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_cli_fuzz_correct_and_broken():
     def run(*args):
         return subprocess.run([sys.executable, "-m", "jacverify", "fuzz", *args], capture_output=True,
@@ -156,6 +173,7 @@ def test_cli_fuzz_correct_and_broken():
     assert usage.returncode == 2 and "no class 'Nope'" in usage.stderr
 
 
+@pytest.mark.slow  # pytest in a subprocess
 def test_property_tests_run_under_xdist(pytester):
     pytester.makepyfile(test_prop="""
 from hypothesis import given, settings
@@ -180,6 +198,7 @@ def test_network_spec_sizes():
     assert CaseSpec(net, 1, (0.5, 0.25)).build()[1].shape == (1, 2)
 
 
+@pytest.mark.slow  # a fuzz campaign per quantity
 @pytest.mark.parametrize("quantity", ["jvp_set", "vjp_set", "per_sample_jvp", "hessian",
                                       "hessian_diagonal"])
 def test_every_quantity_fuzzes_clean_on_correct_networks(quantity):
@@ -193,6 +212,7 @@ def test_every_quantity_fuzzes_clean_on_correct_networks(quantity):
     assert result.examples == 6
 
 
+@pytest.mark.slow  # a fuzz campaign
 def test_fuzzer_finds_a_wrong_jvp_through_per_sample_jvps():
     strategy = cases(quantity="per_sample_jvp",
                      networks=networks(functions=[f"{TWINS}:CubeWrongJvp"], max_depth=1))
@@ -205,6 +225,7 @@ def test_fuzzer_finds_a_wrong_jvp_through_per_sample_jvps():
         exec(compile(result.failure.snippet, "<repro>", "exec"), {})
 
 
+@pytest.mark.slow  # a Hypothesis search (find)
 def test_cases_carry_the_vectors_their_quantity_needs():
     from hypothesis import find
 

@@ -1,4 +1,5 @@
-"""The pytest plugin, driven through real pytest runs in subprocesses (pytester)."""
+"""The pytest plugin, driven through real pytest runs in subprocesses (pytester): those are in the
+slow set (``python -m pytest -m slow``); the import check stays in the default run."""
 
 from __future__ import annotations
 
@@ -57,12 +58,14 @@ def test_importing_the_plugin_does_not_import_torch():
     assert out.stdout.strip() == "ok", out.stderr
 
 
+@pytest.mark.slow  # pytest in a subprocess
 def test_plugin_is_registered_through_the_entry_point(pytester):
     result = pytester.runpytest_subprocess("--help")
     result.stdout.fnmatch_lines(["jacverify: Jacobian cross-checks:", "*--jacverify-methods=NAMES*",
                                  "*--jacverify-report=PATH*"])
 
 
+@pytest.mark.slow  # pytest in a subprocess
 def test_a_passing_downstream_test(pytester):
     pytester.makepyfile(test_downstream=DOWNSTREAM)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
@@ -71,6 +74,7 @@ def test_a_passing_downstream_test(pytester):
                                  "vmap_jacrev * 1 * 0 * 0 * 0", "slowest methods (mean time per check): *"])
 
 
+@pytest.mark.slow  # pytest in a subprocess
 def test_a_failing_downstream_test_shows_the_report(pytester):
     pytester.makepyfile(test_broken=BROKEN)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
@@ -103,6 +107,7 @@ def test_asked_for_sum_trick(jacverify):
 """
 
 
+@pytest.mark.slow  # pytest in a subprocess
 def test_not_applicable_fails_only_when_asked_for_by_name(pytester):
     pytester.makepyfile(test_coupled=COUPLED)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
@@ -128,6 +133,7 @@ def test_my_fast_jacobian(jacverify):
 """
 
 
+@pytest.mark.slow  # pytest in a subprocess
 def test_options_ini_and_session_json(pytester):
     pytester.makepyfile(test_downstream=OPTIONED)
     pytester.makeini("[pytest]\njacverify_dtype = float64\n")
@@ -143,6 +149,7 @@ def test_options_ini_and_session_json(pytester):
     assert [r["method"] for r in second["results"]] == ["loop", "dual_loop", "my_batch_jacobian"]
 
 
+@pytest.mark.slow  # pytest in a subprocess
 @pytest.mark.parametrize(("marker", "message"), [
     ("methods=['sum_trik']", "*'sum_trik', which is not a registered batch_jacobian method; did you mean 'sum_trick'?*"),
     ("method=['sum_trick']", "*unknown keyword 'method'; did you mean 'methods'?*"),
@@ -159,12 +166,14 @@ def test_x(jacverify):
     result.stderr.fnmatch_lines([f"ERROR: test_bad.py::test_x: @pytest.mark.jacverify*{message.strip('*')}*"])
 
 
+@pytest.mark.slow  # pytest in a subprocess
 def test_bad_option_value_is_a_usage_error(pytester):
     pytester.makepyfile(test_downstream=DOWNSTREAM)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--jacverify-dtype=float8")
     result.stdout.fnmatch_lines(["*jacverify options: dtype 'float8' is not one of float32, *"])
 
 
+@pytest.mark.slow  # pytest in a subprocess
 def test_xdist_loses_and_duplicates_nothing(pytester):
     body = "\n".join(
         f"def test_{i}(jacverify):\n    jacverify.check(torch.nn.Linear(3, 2), torch.randn({i + 1}, 3),"
@@ -179,6 +188,7 @@ def test_xdist_loses_and_duplicates_nothing(pytester):
     result.stdout.fnmatch_lines(["6 check(s) in 6 test(s): 6 passed, 0 failed, 0 unverified"])
 
 
+@pytest.mark.slow  # pytest in a subprocess
 def test_warnings_as_errors_do_not_hide_a_wrong_jvp(pytester):
     """torch warns inside forward AD; under -W error that must not turn methods 'unsupported'."""
     pytester.makepyfile(test_jvp="""
@@ -194,6 +204,7 @@ def test_wrong_jvp(jacverify):
     result.stdout.fnmatch_lines([f"*jacverify: {N_FORWARD} method(s) disagree*"])
 
 
+@pytest.mark.slow  # pytest in a subprocess
 def test_fixture_fuzzes_a_repo_s_own_batching_rules(pytester):
     pytester.makepyfile(test_rules="""
 from jacverify.examples.rules import MixesSamples, RowScaled
@@ -202,7 +213,7 @@ def test_good_rule(jacverify):
     assert jacverify.fuzz_rule(RowScaled, max_examples=10).passed
 
 def test_bad_rule(jacverify):
-    jacverify.fuzz_rule(MixesSamples, max_examples=30, shrink_seconds=5)
+    jacverify.fuzz_rule(MixesSamples, max_examples=30, shrink_seconds=600)  # ends on its own
 """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--jacverify-seed", "1")
     result.assert_outcomes(passed=1, failed=1)
