@@ -170,10 +170,80 @@ def test_forward_failing_and_slow_targets_get_a_line_and_the_rest_run(tmp_path):
     out = result.stdout
     assert "mixed.py::WrongShapes: FAILED: the function raised RuntimeError" in out
     assert "inputs of shape (4, 4)" in out
-    assert f"mixed.py::Slow: SKIPPED: mixed.py::Slow: abandoned after --timeout={TIMEOUT} s" not in out
-    assert f"mixed.py::Slow: SKIPPED: abandoned after --timeout={TIMEOUT} s" in out
+    assert f"mixed.py::Slow: UNVERIFIED: mixed.py::Slow: abandoned" not in out
+    assert f"mixed.py::Slow: UNVERIFIED: abandoned after --timeout={TIMEOUT} s" in out
     assert "mixed.py::Fine: PASSED" in out
+    assert "1 passed, 1 failed, 1 unverified, 0 skipped target(s)" in out
     assert result.returncode == 1
+
+
+def test_a_target_that_exits_fails_alone_and_the_others_run(tmp_path):
+    path = write(tmp_path, "exits.py", """
+        import sys
+        from torch import nn
+
+        class Exits(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = nn.Linear(2, 2)
+            def forward(self, x):
+                sys.exit(0)
+
+        class Fine(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = nn.Linear(2, 2)
+            def forward(self, x):
+                return self.a(x).tanh()
+    """)
+    report = tmp_path / "out.json"
+    result = run("check", "--quiet", "--json", str(report), path)
+    assert "exits.py::Exits: FAILED: building or running it called sys.exit(0)" in result.stdout
+    assert "exits.py::Fine: PASSED" in result.stdout
+    assert result.returncode == 1
+    assert [t["status"] for t in json.loads(report.read_text())["targets"]] == ["failed", "passed"]
+
+
+def test_a_target_with_nothing_verified_exits_3(tmp_path):
+    path = write(tmp_path, "relu.py", """
+        from torch import nn
+
+        class ReluNet(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = nn.Linear(3, 2)
+            def forward(self, x):
+                return self.a(x).relu()
+    """)
+    result = run("check", "--quiet", "--quantity", "hessian", path)
+    assert "relu.py::ReluNet: UNVERIFIED" in result.stdout
+    assert "0 passed, 0 failed, 1 unverified, 0 skipped target(s)" in result.stdout
+    assert result.returncode == 3
+
+
+def test_seed_makes_a_check_reproducible(tmp_path):
+    docs = []
+    for i in range(2):
+        out = tmp_path / f"run{i}.json"
+        assert run("check", "jacverify.examples.mlp", "--seed", "3", "--quiet",
+                   "--json", str(out)).returncode == 0
+        docs.append([[(r["method"], r["status"], r["max_abs_error"]) for r in t["results"]]
+                     for t in json.loads(out.read_text())["targets"]])
+    assert docs[0] == docs[1]
+
+
+@pytest.mark.parametrize("args", [
+    ["--json", "/nonexistent-dir/out.json"],
+    ["--html", "/"],
+    ["--device", "meta"],
+    ["--timeout", "-1"],
+    ["--max-memory", "0"],
+], ids=["json_dir", "html_is_dir", "meta", "timeout", "max_memory"])
+def test_output_paths_and_options_are_checked_before_any_work(args):
+    result = run("check", "jacverify.examples.mlp", *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("jacverify: error: ")
+    assert "Traceback" not in result.stderr and result.stdout == ""
 
 
 def test_bad_options_are_usage_errors():

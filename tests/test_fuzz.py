@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 import jacverify
+import jacverify.campaign
 import jacverify.fuzzing
 from jacverify.fuzzing import fuzz
 from jacverify.specs import CaseSpec, Network
@@ -102,7 +103,7 @@ def test_time_budget_runs_chunks_until_the_time_is_spent(monkeypatch):
     # the fuzz loop's clock advances one second per example, so how many chunks fit in the budget
     # does not depend on how fast the machine is
     clock = {"now": 0.0}
-    monkeypatch.setattr(jacverify.fuzzing, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
+    monkeypatch.setattr(jacverify.campaign, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
 
     def tick(case, report):
         clock["now"] += 1.0
