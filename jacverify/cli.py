@@ -26,9 +26,7 @@ from jacverify.cli_common import (
     writable_path,
 )
 
-# kept here (not imported from jacverify.quantities) so `jacverify --help` needs no torch import
-QUANTITIES = ("batch_jacobian", "jvp_set", "vjp_set", "per_sample_jvp", "hessian",
-              "hessian_diagonal")
+from jacverify.quantity_table import QUANTITY_NAMES as QUANTITIES  # no torch import for --help
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -24,10 +24,14 @@ __all__ = ["Status", "Verdict", "MethodResult", "judge", "timed", "verdict", "fi
 
 
 class _Named(str, enum.Enum):
-    """A string-valued enumeration that prints as its value (``f"{Status.AGREE}" == "agree"``)."""
+    """A string-valued enumeration that prints, formats and reprs as its value
+    (``f"{Status.AGREE}" == "agree"``), so lists of statuses read like the strings they equal."""
 
     def __str__(self) -> str:
         return str(self.value)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
 
     __format__ = str.__format__
 
@@ -79,9 +83,9 @@ def verdict(results: Iterable[MethodResult], *, required: Sequence[str] = (),
     ...                   comparisons=(Comparison("loop", True, 0, 0, (0,), 0, 0, 1, ""),))
     >>> raised_ = MethodResult("b", "batch_jacobian", "reverse", False, Status.UNSUPPORTED)
     >>> verdict([ok, raised_]), verdict([raised_]), verdict([ok], findings=["bad backward"])
-    (<Verdict.PASSED: 'passed'>, <Verdict.UNVERIFIED: 'unverified'>, <Verdict.FAILED: 'failed'>)
-    >>> verdict([ok, raised_], required=["b"])
-    <Verdict.UNVERIFIED: 'unverified'>
+    ('passed', 'unverified', 'failed')
+    >>> verdict([ok, raised_], required=["b"]) is Verdict.UNVERIFIED
+    True
     """
     results = tuple(results)
     by_name = {r.method: r for r in results}

@@ -27,6 +27,7 @@ from jacverify.references import (
     verify,
     within_time_budget,
 )
+from jacverify.quantity_table import get_quantity
 from jacverify.report import Report
 from jacverify import validation
 
@@ -130,7 +131,7 @@ def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
 
 
 def _chosen(methods, quantity: str):
-    chosen = get_methods(methods, quantity)
+    chosen = get_methods(methods, get_quantity(quantity).name)
     validation.check_methods_selected(methods, chosen)
     return chosen
 
@@ -398,8 +399,6 @@ def check_hessian_diagonals(fn: Callable, x: torch.Tensor, *, batch_axis: int = 
                          rtol, max_memory, warm_timing, time_budget)
 
 
-QUANTITIES = ("batch_jacobian", "jvp_set", "vjp_set", "per_sample_jvp", "hessian",
-              "hessian_diagonal")
 RANDOM_VECTORS = 3  # vectors drawn for the set quantities when none are given
 
 
@@ -414,30 +413,29 @@ def check_quantity(quantity: str, fn: Callable, inputs: torch.Tensor | Sequence[
     >>> check_quantity("vjp_set", net, torch.randn(4, 3)).reference.shape
     torch.Size([3, 3])
     """
-    from jacverify.engine import check
+    import jacverify
 
-    if quantity not in QUANTITIES:
-        raise InvalidArgument(f"quantity={quantity!r} is not one of {', '.join(QUANTITIES)}")
-    if quantity == "batch_jacobian":
-        return check(fn, inputs, batch_axis=batch_axis, seed=seed, **options)
+    q = get_quantity(quantity)
+    run = getattr(jacverify, q.check)  # the registry names each quantity's check function
+    if q.name == "batch_jacobian":
+        return run(fn, inputs, batch_axis=batch_axis, seed=seed, **options)
     x = inputs if isinstance(inputs, torch.Tensor) else tuple(inputs)
     if not isinstance(x, torch.Tensor):
         if len(x) != 1:
             raise InvalidArgument(f"quantity={quantity!r} takes one input tensor, got {len(x)}")
         x = x[0]
-    if quantity in ("hessian", "hessian_diagonal"):
-        run = check_hessians if quantity == "hessian" else check_hessian_diagonals
+    if q.vectors is None:
         return run(fn, x, batch_axis=batch_axis, seed=seed, **options)
     gen = torch.Generator().manual_seed(seed)
-    if quantity == "per_sample_jvp":
+    if q.vectors == "per_sample_tangent":
         v = vectors if vectors is not None else torch.randn(x.shape, generator=gen).to(x)
-        return check_per_sample_jvps(fn, x, v, batch_axis=batch_axis, seed=seed, **options)
+        return run(fn, x, v, batch_axis=batch_axis, seed=seed, **options)
     point, fn = x.select(batch_axis, 0), _Unbatched(fn, batch_axis)
-    if quantity == "jvp_set":
+    if q.vectors == "tangent":
         v = vectors if vectors is not None else \
             torch.randn((RANDOM_VECTORS, *point.shape), generator=gen).to(x)
-        return check_jvps(fn, point, v, seed=seed, **options)
+        return run(fn, point, v, seed=seed, **options)
     if vectors is None:
         out = call(fn, (point.to(options.get("dtype") or point.dtype),))  # FunctionRaised if it fails
         vectors = torch.randn((RANDOM_VECTORS, *out.shape), generator=gen).to(x)
-    return check_vjps(fn, point, vectors, seed=seed, **options)
+    return run(fn, point, vectors, seed=seed, **options)

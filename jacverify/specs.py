@@ -357,17 +357,18 @@ class CaseSpec:
         """Build the case and run its quantity's check (``jacverify.check`` and friends)."""
         from jacverify.quantities import check_quantity
 
+        from jacverify.quantity_table import get_quantity
+
         module, x = self.build()
         vectors = None
+        kind = get_quantity(self.quantity).vectors
         if self.vectors:
             v = torch.tensor(self.vectors, dtype=x.dtype, device=x.device)
-            if self.quantity == "per_sample_jvp":
+            if kind == "per_sample_tangent":
                 vectors = v.reshape(x.shape)
             else:
-                width = math.prod(self.network.in_shape if self.quantity == "jvp_set"
-                                  else self.network.out_shape)
-                shape = self.network.in_shape if self.quantity == "jvp_set" else self.network.out_shape
-                vectors = v.reshape(len(self.vectors) // width, *shape)
+                shape = self.network.in_shape if kind == "tangent" else self.network.out_shape
+                vectors = v.reshape(len(self.vectors) // math.prod(shape), *shape)
         return check_quantity(self.quantity, module, x, vectors=vectors, **options)
 
     def snippet(self, methods: list[str] | None = None, seed: int = 0,

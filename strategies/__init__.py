@@ -21,6 +21,7 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 from jacverify.errors import InvalidArgument
+from jacverify.quantity_table import QUANTITY_NAMES, get_quantity
 from jacverify.specs import (
     BOUNDED_OPS,
     ELEMENTWISE_OPS,
@@ -281,8 +282,7 @@ def inputs(draw, network: Network, *, batch_size: int) -> tuple[float, ...]:
 
 # Second derivatives need C2 activations: ELU's second derivative jumps at 0.
 TWICE_DIFFERENTIABLE = tuple(a for a in SMOOTH_ACTIVATIONS if a != "elu")
-QUANTITIES = ("batch_jacobian", "jvp_set", "vjp_set", "per_sample_jvp", "hessian",
-              "hessian_diagonal")
+QUANTITIES = QUANTITY_NAMES  # the registry's (jacverify/quantity_table.py)
 
 
 @st.composite
@@ -298,22 +298,23 @@ def cases(draw, *, quantity: str = "batch_jacobian",
     Shrinks towards a one-layer float64 MLP on one sample of zeros.
     """
     _choices("quantity", (quantity,), QUANTITIES)
+    q = get_quantity(quantity)
     if networks is None:
-        second = quantity in ("hessian", "hessian_diagonal")
+        second = q.second_order
         networks = globals()["networks"](**({"activations": TWICE_DIFFERENTIABLE} if second else {}))
     net = draw(networks)
     # a set quantity evaluates one point, a batch of one: nothing to couple, and BatchNorm in
     # training mode cannot run on it
-    assume(not (net.coupled and quantity in ("jvp_set", "vjp_set")))
+    assume(not (net.coupled and q.at_point))
     b = draw(batch_sizes if batch_sizes is not None else globals()["batch_sizes"]())
     b = max(b, 2) if net.coupled else b  # batch statistics need two samples
     dtype = draw(dtypes if dtypes is not None else globals()["dtypes"]())
     device = draw(devices if devices is not None else globals()["devices"]())
     x = draw(inputs(net, batch_size=b))
     vectors: tuple[float, ...] = ()
-    if quantity == "per_sample_jvp":
+    if q.vectors == "per_sample_tangent":
         vectors = tuple(draw(st.lists(_grid(INPUT_BOUND), min_size=len(x), max_size=len(x))))
-    elif quantity in ("jvp_set", "vjp_set"):
-        shape = net.in_shape if quantity == "jvp_set" else net.out_shape
+    elif q.at_point:
+        shape = net.in_shape if q.vectors == "tangent" else net.out_shape
         vectors = tuple(v for vec in draw(vector_sets(math.prod(shape))) for v in vec)
     return CaseSpec(net, b, x, dtype, device, quantity, vectors)

@@ -80,17 +80,24 @@ def test_a_failing_downstream_test_shows_the_report(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines([
-        f"*jacverify: {N_REVERSE} method(s) disagree with the finite_differences reference on batch_jacobian",
+        f"*jacverify: batch_jacobian: FAILED: {N_REVERSE} method(s) disagree with the "
+        "finite_differences reference; the references found a wrong derivative formula",
+        "finding: the float64 loop reference disagrees with finite differences*",
         "loop (reverse): mismatch",
         "  against finite_differences: max abs error *, max rel error *; worst entry (*) "
-        "(sample *, output[[]*[]], input[[]*[]]): value *, reference *, allowed error *",
-        "  tolerance: |value - ref| <= rtol * (|ref| + max|ref| + *) + 2 * fd_error, rtol=0.00035 (sqrt(eps) of float32)",
+        "(sample *, output[[]*[]], input[[]*[]]): value *, reference * (finite_differences), "
+        "allowed error *",
+        "  tolerance: |value - ref| <= rtol * (|ref| + max|ref| of its row + d of its sample and "
+        "output) + 2 * fd_error, rtol=0.00035 (sqrt(eps) of float32)",
         "hint: only reverse-mode methods disagree: a backward formula is wrong*",
         "case: jacverify.make_case(Sequential(...), (torch.randn(6, 5),), *seed=0)",
         "seed: 0",
     ])
-    result.stdout.fnmatch_lines(["*jacverify: 1 method(s) disagree with the loop and finite_differences*",
-                                 "my_batch_jacobian (user): mismatch"])
+    result.stdout.fnmatch_lines([
+        "*jacverify: batch_jacobian: FAILED: 1 method(s) disagree with the loop and finite_differences*",
+        "my_batch_jacobian (user): mismatch"])
+    result.stdout.fnmatch_lines(["hint: my_batch_jacobian (your own code) disagrees with the "
+                                 "references*"])
     assert "Traceback" not in result.stdout.str()
 
 
@@ -201,7 +208,7 @@ def test_wrong_jvp(jacverify):
     # (pytest-benchmark warns at start-up under xdist, which -W error would make fatal)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:benchmark", "-W", "error")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"*jacverify: {N_FORWARD} method(s) disagree*"])
+    result.stdout.fnmatch_lines([f"*jacverify: batch_jacobian: FAILED: {N_FORWARD} method(s) disagree*"])
 
 
 @pytest.mark.slow  # pytest in a subprocess
@@ -220,3 +227,49 @@ def test_bad_rule(jacverify):
     result.stdout.fnmatch_lines(["*MixesSamples: FAILED*", "*vmap: values differ*",
                                  "*shrunk to RuleExample(batch_size=2*replay with:",
                                  "*as_target(MixesSamples)*"])
+
+
+UNVERIFIED = """
+import torch
+
+class BackwardRaises(torch.autograd.Function):
+    @staticmethod
+    def forward(x):
+        return x.sin()
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("broken on purpose")
+
+def test_nothing_verified(jacverify):
+    jacverify.check(BackwardRaises.apply, torch.randn(3, 2, dtype=torch.float64))
+
+def test_every_quantity(jacverify):
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh()).double()
+    x = torch.randn(4, 2, dtype=torch.float64)
+    jacverify.check_hessians(net, x)
+    jacverify.check_hessian_diagonals(net, x)
+    jacverify.check_per_sample_jvps(net, x, torch.randn(4, 2, dtype=torch.float64))
+    jacverify.check_jvps(lambda p: net(p[None])[0], x[0], torch.randn(2, 2, dtype=torch.float64))
+    jacverify.check_vjps(lambda p: net(p[None])[0], x[0], torch.randn(2, 3, dtype=torch.float64))
+"""
+
+
+@pytest.mark.slow  # pytest in a subprocess
+def test_the_fixture_fails_an_unverified_check_and_has_every_quantity(pytester):
+    pytester.makepyfile(test_unverified=UNVERIFIED)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*jacverify: batch_jacobian: UNVERIFIED: no method was verified*"])
+    result.stdout.fnmatch_lines(["*6 check(s) in 2 test(s): 5 passed, 0 failed, 1 unverified"])
+
+
+@pytest.mark.slow  # pytest in a subprocess
+def test_an_unwritable_report_path_is_a_usage_error_before_any_test(pytester):
+    pytester.makepyfile(test_downstream=DOWNSTREAM)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider",
+                                           "--jacverify-report=/nonexistent-dir/out.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--jacverify-report '/nonexistent-dir/out.json'*does not exist*"])

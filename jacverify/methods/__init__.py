@@ -15,6 +15,7 @@ import torch
 
 from jacverify.case import Flat
 from jacverify.errors import InvalidArgument
+from jacverify.quantity_table import get_quantity
 
 __all__ = ["Method", "register_method", "unregister_method", "registered_methods", "get_methods"]
 
@@ -75,6 +76,7 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     """
     if not isinstance(method, Method):
         raise InvalidArgument(f"method={method!r} must be a jacverify.Method")
+    get_quantity(method.quantity)  # InvalidArgument naming the registered quantities
     if (method.quantity, method.name) in _REGISTRY and not replace:
         raise InvalidArgument(
             f"a method named {method.name!r} is registered already; pick another name or pass "
