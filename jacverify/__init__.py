@@ -21,53 +21,65 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> the module that holds it
-_EXPORTS = {
-    "batch_jacobian": "jacverify.auto",
-    "jvp_set": "jacverify.auto_sets",
-    "batch_hessian": "jacverify.auto_sets",
-    "fuzz_batching_rule": "jacverify.rules",
-    "RuleReport": "jacverify.rules",
-    "RuleFailure": "jacverify.rules",
-    "plan": "jacverify.auto",
-    "Plan": "jacverify.auto",
-    "Case": "jacverify.case",
-    "make_case": "jacverify.case",
-    "Comparison": "jacverify.compare",
-    "Reference": "jacverify.compare",
-    "tolerances": "jacverify.compare",
-    "target": "jacverify.discover",
-    "check_jvps": "jacverify.quantities",
-    "check_vjps": "jacverify.quantities",
-    "check_per_sample_jvps": "jacverify.quantities",
-    "check_hessians": "jacverify.quantities",
-    "check_hessian_diagonals": "jacverify.quantities",
-    "NotApplicable": "jacverify.errors",
-    "fuzz": "jacverify.fuzzing",
-    "FuzzResult": "jacverify.fuzzing",
-    "FuzzFailure": "jacverify.fuzzing",
-    "DEFAULT_MAX_MEMORY": "jacverify.references",
-    "assert_jacobians_agree": "jacverify.engine",
-    "check": "jacverify.engine",
-    "check_method": "jacverify.engine",
-    "FunctionRaised": "jacverify.errors",
-    "InvalidArgument": "jacverify.errors",
-    "JacobianTooLarge": "jacverify.errors",
-    "JacverifyError": "jacverify.errors",
-    "MismatchError": "jacverify.errors",
-    "NotVerified": "jacverify.errors",
-    "Status": "jacverify.judge",
-    "Verdict": "jacverify.judge",
-    "NondeterministicFunction": "jacverify.errors",
-    "NonFiniteOutput": "jacverify.errors",
-    "Method": "jacverify.methods",
-    "get_methods": "jacverify.methods",
-    "register_method": "jacverify.methods",
-    "registered_methods": "jacverify.methods",
-    "unregister_method": "jacverify.methods",
-    "MethodResult": "jacverify.judge",
-    "Report": "jacverify.report",
+# public name -> the module that holds it, grouped by what users do
+_GROUPS: dict[str, dict[str, str]] = {
+    "check": {  # cross-check every way to compute a derivative against trusted references
+        "check": "jacverify.engine",
+        "check_method": "jacverify.engine",
+        "assert_jacobians_agree": "jacverify.engine",
+        "check_jvps": "jacverify.quantities",
+        "check_vjps": "jacverify.quantities",
+        "check_per_sample_jvps": "jacverify.quantities",
+        "check_hessians": "jacverify.quantities",
+        "check_hessian_diagonals": "jacverify.quantities",
+        "target": "jacverify.discover",
+        "make_case": "jacverify.case",
+        "Case": "jacverify.case",
+        "Report": "jacverify.report",
+        "MethodResult": "jacverify.judge",
+        "Status": "jacverify.judge",
+        "Verdict": "jacverify.judge",
+        "Comparison": "jacverify.compare",
+        "Reference": "jacverify.compare",
+        "tolerances": "jacverify.compare",
+        "DEFAULT_MAX_MEMORY": "jacverify.references",
+        "DEFAULT_TIME_BUDGET": "jacverify.references",
+    },
+    "fast": {  # the fastest verified way, planned and cached
+        "batch_jacobian": "jacverify.auto",
+        "plan": "jacverify.auto",
+        "Plan": "jacverify.auto",
+        "jvp_set": "jacverify.auto_sets",
+        "batch_hessian": "jacverify.auto_sets",
+    },
+    "fuzz": {  # Hypothesis campaigns that shrink a failure to a reproducer
+        "fuzz": "jacverify.fuzzing",
+        "FuzzResult": "jacverify.fuzzing",
+        "FuzzFailure": "jacverify.fuzzing",
+        "fuzz_batching_rule": "jacverify.rules",
+        "RuleReport": "jacverify.rules",
+        "RuleFailure": "jacverify.rules",
+    },
+    "methods": {  # the registry of ways to compute a derivative
+        "Method": "jacverify.methods",
+        "register_method": "jacverify.methods",
+        "unregister_method": "jacverify.methods",
+        "registered_methods": "jacverify.methods",
+        "get_methods": "jacverify.methods",
+    },
+    "errors": {
+        "JacverifyError": "jacverify.errors",
+        "InvalidArgument": "jacverify.errors",
+        "FunctionRaised": "jacverify.errors",
+        "NondeterministicFunction": "jacverify.errors",
+        "NonFiniteOutput": "jacverify.errors",
+        "JacobianTooLarge": "jacverify.errors",
+        "MismatchError": "jacverify.errors",
+        "NotVerified": "jacverify.errors",
+        "NotApplicable": "jacverify.errors",
+    },
 }
+_EXPORTS = {name: module for group in _GROUPS.values() for name, module in group.items()}
 
 __all__ = sorted(_EXPORTS)
 
@@ -84,22 +96,13 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
 
 
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; a test keeps it in step
     from jacverify.auto import Plan, batch_jacobian, plan
     from jacverify.auto_sets import batch_hessian, jvp_set
-    from jacverify.rules import RuleFailure, RuleReport, fuzz_batching_rule
     from jacverify.case import Case, make_case
     from jacverify.compare import Comparison, Reference, tolerances
     from jacverify.discover import target
-    from jacverify.fuzzing import FuzzFailure, FuzzResult, fuzz
-    from jacverify.quantities import (
-        check_hessian_diagonals,
-        check_hessians,
-        check_jvps,
-        check_per_sample_jvps,
-        check_vjps,
-    )
-    from jacverify.engine import DEFAULT_MAX_MEMORY, assert_jacobians_agree, check, check_method
+    from jacverify.engine import assert_jacobians_agree, check, check_method
     from jacverify.errors import (
         FunctionRaised,
         InvalidArgument,
@@ -109,7 +112,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         NondeterministicFunction,
         NonFiniteOutput,
         NotApplicable,
+        NotVerified,
     )
+    from jacverify.fuzzing import FuzzFailure, FuzzResult, fuzz
+    from jacverify.judge import MethodResult, Status, Verdict
     from jacverify.methods import (
         Method,
         get_methods,
@@ -117,4 +123,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         registered_methods,
         unregister_method,
     )
-    from jacverify.report import MethodResult, Report
+    from jacverify.quantities import (
+        check_hessian_diagonals,
+        check_hessians,
+        check_jvps,
+        check_per_sample_jvps,
+        check_vjps,
+    )
+    from jacverify.references import DEFAULT_MAX_MEMORY, DEFAULT_TIME_BUDGET
+    from jacverify.report import Report
+    from jacverify.rules import RuleFailure, RuleReport, fuzz_batching_rule

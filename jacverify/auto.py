@@ -14,7 +14,7 @@ import torch
 from jacverify.case import Flat, flatten, make_case
 from jacverify.errors import InvalidArgument, MismatchError
 from jacverify.measure import peak_memory, saved_activation_bytes, time_calls
-from jacverify.methods import func, functional, get_methods, loops, tricks
+from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism
 from jacverify.oracles.projections import DEFAULT_PROBES
 
@@ -123,7 +123,7 @@ def batch_jacobian(
     """
     if method == "auto":
         chosen, flat, out_shape = _planned(fn, x, max_memory)
-        compute = _COMPUTE[chosen.method]
+        compute = chunked_compute(chosen.method)
         value = compute(flat, _passes(chosen.chunk_size, chosen.rows))
         name = chosen.method
     else:
@@ -227,12 +227,12 @@ def _make_plan(flat: Flat, max_memory: int | None) -> Plan:
             continue
         try:
             k = chunk or _chunk_within(flat, name, rows, budget)
-            _COMPUTE[name](flat, _passes(k, rows))  # raises here when it cannot run at all
+            chunked_compute(name)(flat, _passes(k, rows))  # raises here when it cannot run at all
             chunks[name] = k
         except Exception as e:  # noqa: BLE001 - no double backward, forward AD or batching rule
             failed.append(f"{name} raised {type(e).__name__}")
     if chunks:  # round-robin, so drift on a busy machine does not pick the winner
-        calls = {n: (lambda n=n, k=k: _COMPUTE[n](flat, _passes(k, rows)))
+        calls = {n: (lambda n=n, k=k: chunked_compute(n)(flat, _passes(k, rows)))
                  for n, k in chunks.items()}
         timed = {n: (t.median, chunks[n]) for n, t in
                  time_calls(calls, flat.x.device, warmup=2, min_seconds=PLAN_TIMING_S).items()}
@@ -258,7 +258,7 @@ def _chunk_within(flat: Flat, name: str, rows: int, budget: int) -> int:
     """The most rows per pass whose measured peak memory fits ``budget`` (NOTE [auto plan])."""
     if rows == 1:
         return 1
-    compute = _COMPUTE[name]
+    compute = chunked_compute(name)
 
     def peak(k: int) -> int:
         return peak_memory(lambda: compute(flat, k), flat.x.device)
@@ -274,18 +274,12 @@ def _chunk_within(flat: Flat, name: str, rows: int, budget: int) -> int:
     return chunk
 
 
-# the registered methods auto chooses from, called with their chunk size
-_COMPUTE: dict[str, Callable[[Flat, int], torch.Tensor]] = {
-    "batched_grad": tricks.batched_grad,
-    "batched_double_backward": tricks.batched_double_backward,
-    "batched_grad_per_sample": tricks.batched_grad_per_sample,
-    "forward_broadcast": func.forward_broadcast,
-    "vmap_vjp": func.vmap_vjp,
-    "repeat_trick": tricks.repeat_trick,
-    # one pass whatever the chunk: only chosen when that pass fits (loop_rows holds one row)
-    "functional_vectorized": lambda flat, chunk: functional.summed(flat, vectorize=True),
-    "loop_rows": lambda flat, chunk: loops.loop_rows(flat),
-}
+def chunked_compute(name: str) -> Callable[[Flat, int | None], torch.Tensor]:
+    """The registered method ``name`` as ``f(flat, chunk_size)`` (``Method.compute_chunked``)."""
+    return get_methods([name])[0].compute_chunked
+
+
+# one pass whatever the chunk: only chosen when that pass fits (loop_rows holds one row)
 _ONE_PASS = {"functional_vectorized"}
 
 

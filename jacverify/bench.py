@@ -169,10 +169,10 @@ def bench(fn: Callable, x: torch.Tensor, *, name: str | None = None,
                                 peak_memory(calls["auto"], dev) if memory else None))
     return CaseBench(name or repr(report.case), dict(params or {}), forward,
                      flat.batch_size * flat.n_out * flat.n_in * flat.x.element_size(),
-                     _with_ratios(rows, forward), auto_plan)
+                     with_ratios(rows, forward), auto_plan)
 
 
-def _with_ratios(rows: list[MethodBench], forward: Timing) -> tuple[MethodBench, ...]:
+def with_ratios(rows: list[MethodBench], forward: Timing) -> tuple[MethodBench, ...]:
     loop = next((r.time_s for r in rows if r.method == "loop" and r.time_s), None)
     correct = [r.time_s for r in rows if r.status == "agree" and r.time_s]
     best = min(correct, default=None)
@@ -214,10 +214,8 @@ class BenchRun:
         for group, case in groups:
             for r in case.results:
                 stats = r.timing.to_dict() if r.timing else None
-                if stats:
-                    stats.update(iterations=1, total=stats["mean"] * stats["rounds"],
-                                 ld15iqr=stats["min"], hd15iqr=stats["max"], outliers="0;0",
-                                 iqr_outliers=0, stddev_outliers=0)
+                if stats:  # every statistic measured (measure.stats); one call per round
+                    stats.update(iterations=1, total=stats["mean"] * stats["rounds"])
                 benchmarks.append({
                     "group": f"{group}:{case.name}", "name": f"{r.method}[{case.name}]",
                     "fullname": f"jacverify bench::{group}::{case.name}::{r.method}",

@@ -62,17 +62,17 @@ def _parser() -> argparse.ArgumentParser:
                         "dev 60, fuzz 5000)")
     budget.add_argument("--seconds", type=float, default=None, metavar="S",
                         help="fuzz for S seconds instead")
-    fz.add_argument("--methods", metavar="NAMES", help="comma-separated methods (default: all)")
+    options.add_to_argparse(fz, ("methods", "dtype", "seed"), defaults={"seed": None},
+                            helps={"seed": options.CAMPAIGN_SEED,
+                                   "dtype": "float32 or float64 (default: both, drawn)"})
     fz.add_argument("--quantity", default="batch_jacobian", choices=QUANTITIES,
                     help="what to fuzz (default: batch_jacobian)")
-    fz.add_argument("--seed", type=int, default=None, help="campaign seed (default: random, printed)")
     fz.add_argument("--profile", default=None, choices=["ci", "dev", "fuzz"],
                     help="Hypothesis profile (default: JACVERIFY_PROFILE, else ci under CI, else dev)")
     fz.add_argument("--function", action="append", default=[], metavar="MODULE:CLASS",
                     help="put this custom autograd.Function in every network (repeatable)")
     fz.add_argument("--families", metavar="NAMES", help="network families (default: all)")
     fz.add_argument("--coupled", action="store_true", help="also draw batch-coupled networks")
-    fz.add_argument("--dtype", default=None, help="float32 or float64 (default: both)")
     fz.add_argument("--shrink-seconds", type=float, default=30.0, metavar="S",
                     help="how long to shrink a failure (default: 30)")
     fz.add_argument("--max-depth", type=int, default=3, metavar="D", help="max depth (default: 3)")
@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="an operator already registered (repeatable), e.g. aten::sin")
     fr.add_argument("--examples", type=int, default=100, metavar="N",
                     help="examples per rule (default: 100)")
-    fr.add_argument("--seed", type=int, default=None, help="campaign seed (default: random, printed)")
+    options.add_to_argparse(fr, ("seed",), defaults={"seed": None},
+                            helps={"seed": options.CAMPAIGN_SEED})
     fr.add_argument("--max-batch-size", type=int, default=4, metavar="B",
                     help="largest batch drawn (default: 4)")
     fr.add_argument("--shrink-seconds", type=float, default=30.0, metavar="S",
@@ -110,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="database samples per operator (default: 2), plus one drawn sample")
     ops.add_argument("--timeout", type=float, default=20.0, metavar="S",
                      help="seconds per operator before it is abandoned (default: 20)")
-    ops.add_argument("--seed", type=int, default=0, help="seed of the drawn values (default: 0)")
+    options.add_to_argparse(ops, ("seed",), helps={"seed": "seed of the drawn values (default: 0)"})
     ops.add_argument("--json", metavar="PATH", help="write per-operator results as JSON")
     bn = sub.add_parser("bench", help="time every method side by side (a FILE's targets or a suite)",
                         description="Checks, then times every method side by side in this process: "

@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 
+from jacverify.outcomes import document
 from jacverify.cli_common import (
     EXIT_MISMATCH,
     EXIT_OK,
@@ -61,7 +62,7 @@ def run_fuzz_rules(args: argparse.Namespace, usage: type[Exception]) -> int:
     out.print(table)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([_rule_json(r) for r in reports], f, indent=2)
+            json.dump(document("fuzz-rules", rules=[_rule_json(r) for r in reports]), f, indent=2)
     verdicts = [str(r.verdict) for r in reports]
     out.print(f"{verdicts.count('passed')} passed, {verdicts.count('failed')} failed, "
               f"{verdicts.count('unverified')} unverified rule(s)", markup=False)
@@ -141,10 +142,10 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
               f"unsupported only, {counts['skipped']} skipped; {seconds:.0f} s", markup=False)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"seconds": seconds, "counts": counts, "operators": [
+            json.dump(document("ops", seconds=seconds, counts=counts, operators=[
                 {"name": r.name, "status": r.status, "seconds": r.seconds, "reason": r.reason,
                  "checks": [{"check": c.check, "sample": c.sample, "status": c.status,
-                             "detail": c.detail} for c in r.checks]} for r in results]},
+                             "detail": c.detail} for c in r.checks]} for r in results]),
                       f, indent=2)
     if wrong:
         return EXIT_MISMATCH

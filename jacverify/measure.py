@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Timing", "time_call", "time_calls", "peak_memory", "saved_activation_bytes"]
+__all__ = ["Timing", "stats", "time_call", "time_calls", "peak_memory", "saved_activation_bytes"]
 
 
 @dataclass(frozen=True)
@@ -28,15 +28,29 @@ class Timing:
     max: float
     mean: float
     stddev: float
+    ld15iqr: float = 0.0  # the lowest time within 1.5 IQR below Q1 (pytest-benchmark's)
+    hd15iqr: float = 0.0  # the highest time within 1.5 IQR above Q3
+    iqr_outliers: int = 0  # times beyond 1.5 IQR of the quartiles
+    stddev_outliers: int = 0  # times beyond one standard deviation of the mean
 
     @property
     def iqr(self) -> float:
         return self.q3 - self.q1
 
-    def to_dict(self) -> dict[str, float | int]:
+    @property
+    def noisy(self) -> bool:
+        """The spread is too wide for a ratio to mean much: IQR over half the median."""
+        return self.iqr > 0.5 * self.median
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        """pytest-benchmark's ``stats`` block, every entry computed from the timed rounds."""
         return {"min": self.min, "max": self.max, "mean": self.mean, "stddev": self.stddev,
                 "rounds": self.rounds, "median": self.median, "iqr": self.iqr, "q1": self.q1,
-                "q3": self.q3, "ops": 1.0 / self.mean if self.mean else 0.0}
+                "q3": self.q3, "iqr_outliers": self.iqr_outliers,
+                "stddev_outliers": self.stddev_outliers,
+                "outliers": f"{self.stddev_outliers};{self.iqr_outliers}",
+                "ld15iqr": self.ld15iqr, "hd15iqr": self.hd15iqr,
+                "ops": 1.0 / self.mean if self.mean else 0.0}
 
 
 def _sync(device: torch.device) -> Callable[[], None]:
@@ -93,13 +107,24 @@ def time_calls(fns: dict[str, Callable[[], object]], device: torch.device | str 
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {name: _stats(t) for name, t in times.items()}
+    return {name: stats(t) for name, t in times.items()}
 
 
-def _stats(times: list[float]) -> Timing:
+def stats(times: list[float]) -> Timing:
+    """The statistics of timed rounds, as pytest-benchmark computes them (its ``stats.py``).
+
+    >>> t = stats([1.0, 1.0, 1.1, 1.2, 9.0])
+    >>> t.median, t.iqr_outliers, t.hd15iqr, t.to_dict()["outliers"]
+    (1.1, 1, 1.2, '1;1')
+    """
     q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
+    mean, sd = statistics.fmean(times), statistics.pstdev(times)
+    low, high = q[0] - 1.5 * (q[2] - q[0]), q[2] + 1.5 * (q[2] - q[0])
+    inside = [t for t in times if low <= t <= high] or times
     return Timing(len(times), statistics.median(times), q[0], q[2], min(times), max(times),
-                  statistics.fmean(times), statistics.pstdev(times))
+                  mean, sd, ld15iqr=min(inside), hd15iqr=max(inside),
+                  iqr_outliers=sum(not low <= t <= high for t in times),
+                  stddev_outliers=sum(not mean - sd <= t <= mean + sd for t in times))
 
 
 # NOTE [peak memory]

@@ -132,13 +132,30 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
-def add_to_argparse(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
-    """Add ``--NAME`` for every option (or those in ``names``) to ``parser``."""
+CAMPAIGN_SEED = "campaign seed: replays a campaign exactly and saves nothing (default: random, " \
+    "printed; failures are saved in the example database and replayed first)"
+
+
+def add_to_argparse(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None, *,
+                    defaults: dict[str, Any] | None = None,
+                    helps: dict[str, str] | None = None) -> None:
+    """Add ``--NAME`` for every option (or those in ``names``) to ``parser``; a subcommand whose
+    meaning differs (a fuzz campaign's seed is random by default) overrides the default or help,
+    never the option's name or parser."""
+    defaults, helps = defaults or {}, helps or {}
     for opt in OPTIONS:
         if names is not None and opt.name not in names:
             continue
-        parser.add_argument(f"--{opt.name}", dest=opt.dest, default=opt.default,
-                            metavar=opt.metavar, help=opt.help)
+        parser.add_argument(f"--{opt.name}", dest=opt.dest,
+                            default=defaults.get(opt.name, opt.default), metavar=opt.metavar,
+                            type=_typed(opt), help=helps.get(opt.name, opt.help))
+
+
+def _typed(opt: Option) -> Callable[[str], Any] | None:
+    """Options parsed at once by argparse (a usage error naming the option); the rest (methods,
+    dtype, device: their checks import torch) are parsed by :func:`resolve`."""
+    return opt.parse if opt.name in ("seed", "max-memory", "time-budget", "verification",
+                                     "probes") else None
 
 
 def add_to_pytest(group: Any, parser: Any) -> None:
@@ -160,7 +177,7 @@ def resolve(values: dict[str, Any]) -> dict[str, Any]:
         raw = values.get(opt.dest)
         if raw in (None, ""):
             continue
-        value = opt.parse(raw) if opt.parse else raw
+        value = opt.parse(raw) if opt.parse and isinstance(raw, str) else raw
         if value is not None:
             out[opt.dest] = value
     return out

@@ -6,11 +6,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jacverify.report import Report
+if TYPE_CHECKING:
+    from jacverify.report import Report
 
-__all__ = ["Outcome", "session_document", "write_json"]
+__all__ = ["Outcome", "SCHEMA_VERSION", "document", "session_document", "write_json"]
+
+# The version of every JSON document jacverify writes (check, the plugin's report, fuzz-rules,
+# ops): 2 added "verdict", "findings" and "verification" to checks and targets.
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -56,20 +61,26 @@ class Outcome:
         }
 
 
-def session_document(outcomes: list[Outcome], *, device: str, dtype: str | None,
-                     seed: int) -> dict[str, Any]:
+def document(kind: str, **body: Any) -> dict[str, Any]:
+    """A JSON document of ``kind`` ("check", "pytest", "fuzz-rules", "ops") with the versions
+    every document carries."""
     import torch
 
     import jacverify
 
-    return {
-        "jacverify_version": jacverify.__version__,
-        "torch_version": torch.__version__,
-        "device": device,
-        "dtype": dtype,
-        "seed": seed,
-        "targets": [o.to_dict() for o in outcomes],
-    }
+    return {"schema_version": SCHEMA_VERSION, "kind": kind,
+            "jacverify_version": jacverify.__version__, "torch_version": torch.__version__, **body}
+
+
+def session_document(outcomes: list[Outcome], *, device: str, dtype: str | None,
+                     seed: int) -> dict[str, Any]:
+    return document(
+        "check",
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        targets=[o.to_dict() for o in outcomes],
+    )
 
 
 def write_json(path: str | Path, document: dict[str, Any]) -> None:

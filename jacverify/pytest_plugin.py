@@ -226,7 +226,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     path = _option(config, "report")
     if path:
-        Path(path).write_text(json.dumps({"checks": config.stash[_RECORDS]}, indent=2) + "\n")
+        from jacverify.outcomes import document
+
+        body = document("pytest", checks=config.stash[_RECORDS])
+        Path(path).write_text(json.dumps(body, indent=2) + "\n")
 
 
 @pytest.hookimpl(optionalhook=True)

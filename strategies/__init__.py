@@ -236,7 +236,7 @@ def networks(draw, *, min_depth: int = 1, max_depth: int = 3, min_width: int = 1
     return Network(in_shape, tuple(layers))
 
 
-def _kink_margin_ok(network: Network, x: torch.Tensor) -> bool:
+def kink_margin_ok(network: Network, x: torch.Tensor) -> bool:
     """Every kinked activation's input sits farther from 0 than the FD steps can move it (x4)."""
     from jacverify.oracles.finite_differences import fd_step
 
@@ -276,7 +276,7 @@ def inputs(draw, network: Network, *, batch_size: int) -> tuple[float, ...]:
     values = tuple(draw(st.lists(_grid(INPUT_BOUND), min_size=n, max_size=n)))
     if network.kinked:
         x = torch.tensor(values, dtype=torch.float64).reshape(batch_size, *network.in_shape)
-        assume(_kink_margin_ok(network, x))
+        assume(kink_margin_ok(network, x))
     return values
 
 

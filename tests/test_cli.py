@@ -212,8 +212,9 @@ def test_a_target_with_nothing_verified_exits_3(tmp_path):
             def __init__(self):
                 super().__init__()
                 self.a = nn.Linear(3, 2)
+                self.act = nn.ReLU()
             def forward(self, x):
-                return self.a(x).relu()
+                return self.act(self.a(x))
     """)
     result = run("check", "--quiet", "--quantity", "hessian", path)
     assert "relu.py::ReluNet: UNVERIFIED" in result.stdout
@@ -265,11 +266,13 @@ def test_json_schema(tmp_path):
         str(EXAMPLES / "coupled.py"))
     doc = json.loads(out.read_text())
     assert {"jacverify_version", "torch_version", "device", "dtype", "seed", "targets"} <= set(doc)
+    assert (doc["schema_version"], doc["kind"]) == (2, "check")
     assert (doc["dtype"], doc["seed"], doc["device"]) == ("float64", 3, "cpu")
     broken, coupled = doc["targets"]
     assert broken["name"].endswith("broken_function.py::CubeNet")
     assert broken["kind"] == "module class" and broken["input_shapes"] == [[4, 4]]
     assert broken["coupled"] is False and coupled["coupled"] is True
+    assert broken["status"] == "failed" and broken["findings"] and coupled["status"] == "passed"
     keys = {"method", "quantity", "mode", "vectorized", "status", "max_abs_error", "max_rel_error",
             "worst_index", "reason", "time_s"}
     assert all(keys <= set(r) for t in doc["targets"] for r in t["results"])

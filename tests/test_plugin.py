@@ -148,7 +148,9 @@ def test_options_ini_and_session_json(pytester):
                                            "--jacverify-report=out.json", "--jacverify-seed=7")
     result.assert_outcomes(passed=2)
     doc = json.loads((pytester.path / "out.json").read_text())
+    assert (doc["schema_version"], doc["kind"]) == (2, "pytest")
     assert len(doc["checks"]) == 2
+    assert {c["verdict"] for c in doc["checks"]} == {"passed"}
     first, second = doc["checks"]
     assert first["nodeid"] == "test_downstream.py::test_model_jacobians"
     assert (first["dtype"], first["seed"]) == ("float64", 7)

@@ -111,7 +111,9 @@ def test_cli_fuzz_rules_file_finds_every_twin(tmp_path):
          "--examples", "40", "--seed", "1", "--shrink-seconds", "600", "--json", str(out)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr
-    verdicts = {r["rule"]: r["passed"] for r in json.loads(out.read_text())}
+    doc = json.loads(out.read_text())
+    assert doc["schema_version"] == 2 and doc["kind"] == "fuzz-rules"
+    verdicts = {r["rule"]: r["passed"] for r in doc["rules"]}
     assert verdicts == {"RowScaled": True, "RowScaledOutLast": True, "RowScaledGenerated": True,
                         "IgnoresInDim": False, "WrongOutDim": False, "MixesSamples": False,
                         "ContiguousOnly": False, "jacverify_examples::row_scaled": True,

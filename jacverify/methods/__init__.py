@@ -37,6 +37,8 @@ class Method:
         quantity: what it computes; "batch_jacobian" is the per-sample Jacobian (B, M, N).
         cost: how its work grows with the case, in words; a benchmark shows it as the likely
             cause when the method is far slower than the best.
+        chunked: ``compute(flat, chunk_size)`` takes a number of rows per pass (None: all), which
+            ``batch_jacobian``'s planner uses to stay within a memory budget.
     """
 
     name: str
@@ -48,6 +50,11 @@ class Method:
     quantity: str = "batch_jacobian"
     description: str = ""
     cost: str = ""
+    chunked: bool = False
+
+    def compute_chunked(self, flat: Flat, chunk_size: int | None) -> torch.Tensor:
+        """``compute`` with ``chunk_size`` rows per pass where the method takes one, else whole."""
+        return self.compute(flat, chunk_size) if self.chunked else self.compute(flat)  # type: ignore[call-arg]
 
     def supports(self, flat: Flat, coupled: str | None, max_memory: int) -> str | None:
         """The reason this method cannot run on ``flat``, or None when it can."""

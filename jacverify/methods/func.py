@@ -61,8 +61,8 @@ register_method(Method("sum_trick", sum_trick, "reverse", vectorized=True,
 register_method(Method("forward_broadcast", forward_broadcast, "forward", vectorized=True,
                        assumes_independent=True,
                        description="vmap over jvp, tangent e_j on every sample",
-    cost="vmap over N tangents through the batch (forward mode, grows with N)"))
+    cost="vmap over N tangents through the batch (forward mode, grows with N)", chunked=True))
 register_method(Method("vmap_vjp", vmap_vjp, "reverse", vectorized=True,
                        assumes_independent=True,
                        description="vmap over vjp, cotangent e_m on every sample",
-    cost="vmap over M cotangents through the batch (reverse mode, grows with M)"))
+    cost="vmap over M cotangents through the batch (reverse mode, grows with M)", chunked=True))

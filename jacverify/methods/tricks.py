@@ -102,7 +102,7 @@ register_method(Method("repeat_trick", repeat_trick, "reverse", vectorized=False
                        assumes_independent=True,
                        extra_memory=lambda f: f.n_out * f.batch_size * f.n_in,
                        description="input copied per output entry, one backward",
-    cost="forward and backward over M copies of the batch (grows with M)"))
+    cost="forward and backward over M copies of the batch (grows with M)", chunked=True))
 register_method(Method("dual_repeat", dual_repeat, "forward", vectorized=False,
                        assumes_independent=True,
                        extra_memory=lambda f: 2 * f.n_in * f.batch_size * f.n_in,
@@ -111,13 +111,13 @@ register_method(Method("dual_repeat", dual_repeat, "forward", vectorized=False,
 register_method(Method("batched_grad", batched_grad, "reverse", vectorized=True,
                        assumes_independent=True,
                        description="autograd.grad(is_grads_batched=True), batch summed",
-    cost="one backward with M batched cotangents (reverse mode, grows with M)"))
+    cost="one backward with M batched cotangents (reverse mode, grows with M)", chunked=True))
 register_method(Method("batched_grad_per_sample", batched_grad_per_sample, "reverse", vectorized=True,
                        assumes_independent=False,
                        extra_memory=lambda f: f.batch_size**2 * f.n_out * f.n_in,
                        description="autograd.grad(is_grads_batched=True), cotangent per sample and output",
-                       cost="B*M batched cotangents, the full Jacobian's rows: B times the work"))
+                       cost="B*M batched cotangents, the full Jacobian's rows: B times the work", chunked=True))
 register_method(Method("batched_double_backward", batched_double_backward, "reverse", vectorized=True,
                        assumes_independent=True,
                        description="JVPs from two reverse passes, tangents batched (is_grads_batched)",
-                       cost="two backward passes with N batched tangents (grows with N)"))
+                       cost="two backward passes with N batched tangents (grows with N)", chunked=True))
