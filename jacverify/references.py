@@ -160,6 +160,9 @@ def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None)
     notes, ref_flat = list(pre.notes), pre.ref_flat
     fd_value, fd_error = finite_differences(ref_flat, independent=not pre.coupling.coupled)
     fd = Reference("finite_differences", fd_value, fd_error)
+    unstable = unstable_entries(fd, _derivative_scale(ref_flat), ref_flat)
+    if unstable:
+        notes.append(unstable)
     loop_ref = _loop_reference(ref_flat, notes)
     scales = Scales(_measured_rounding(flat, loop_ref), _derivative_scale(ref_flat))
     refs, findings = _trusted_references(loop_ref, fd, ref_flat.x.dtype, rtols, scales, notes)
@@ -173,6 +176,41 @@ def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None)
             "sqrt(eps) of max|J|; that measured rounding (x8) is allowed to every method")
     return Verified(flat, ref_flat, pre.coupling, loop_ref, refs, scales, tuple(notes),
                     tuple(findings))
+
+
+# NOTE [unstable finite differences]
+# Finite differences at h, h/2 and h/4 agree to ~1e-10 relative where f is smooth. Where they do
+# not -- a kink (ReLU or abs at exactly 0), a jump, or an evaluation that is not smooth in x (an
+# implicit layer whose solver stops at a tolerance) -- the error bound grows to cover the spread, so
+# no method is falsely flagged there; but "agree" then means only "within that uncertainty". An
+# entry whose bound is over UNSTABLE_FRACTION of its scale (|J| + its row's max|J| + d, and sqrt(eps)
+# max|J| so that an exactly-zero row's rounding floor does not count) is named in
+# a note, with its value and bound, so the report says the derivative is not pinned down there.
+UNSTABLE_FRACTION = 1e-2
+
+
+def unstable_entries(fd: Reference, derivative_scale: torch.Tensor, flat: Flat) -> str | None:
+    """A note naming the entries finite differences could not pin down, or None."""
+    from jacverify.compare import row_size
+
+    assert fd.error is not None
+    # plus sqrt(eps) of the largest entry: an exactly-zero row (its rounding floor ~1e-13) is
+    # not "unstable"
+    floor = torch.finfo(fd.value.dtype).eps ** 0.5 * float(fd.value.abs().max())
+    scale = fd.value.abs() + row_size(fd.value) + derivative_scale[..., None].to(fd.value) + floor
+    bad = fd.error > UNSTABLE_FRACTION * scale.clamp(min=torch.finfo(fd.value.dtype).tiny)
+    count = int(bad.sum())
+    if not count:
+        return None
+    worst = tuple(int(i) for i in torch.unravel_index(
+        (fd.error / scale.clamp(min=torch.finfo(fd.value.dtype).tiny)).argmax(), fd.value.shape))
+    where = flat.describe_index(worst, ("sample", "output", "input"))
+    return (f"finite differences are unstable at {count} entr{'y' if count == 1 else 'ies'} "
+            f"(their step sizes disagree; worst {worst}, {where}: {float(fd.value[worst]):.6g} "
+            f"± {float(fd.error[worst]):.3g}): the function is not differentiable there (a kink "
+            "such as ReLU or abs at exactly 0, a jump) or not smooth in its input (an iterative "
+            "solver stopping at a tolerance), so methods that 'agree' there agree only within "
+            "that uncertainty (NOTE [unstable finite differences])")
 
 
 def _reference_version(case: Case, notes: list[str]) -> Flat | None:

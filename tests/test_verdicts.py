@@ -319,3 +319,24 @@ def test_a_forward_that_differentiates_itself_is_checked():
     torch.manual_seed(0)
     report = jacverify.check(Score().double(), _x(3, 2), methods=["loop", "vmap_vjp"])
     assert report.passed
+
+
+# --- NOTE [unstable finite differences]: a point where the derivative is not pinned down ---
+
+def test_relu_exactly_at_its_kink_says_so():
+    report = jacverify.check(torch.relu, torch.tensor([[0.0, 1.0], [2.0, -1.0]], dtype=torch.float64))
+    note = next(n for n in report.notes if "finite differences are unstable at 1 entry" in n)
+    assert "(0, 0, 0)" in note and "kink" in note
+
+
+def test_an_evaluation_that_is_not_smooth_is_reported_unstable():
+    def quantized(x):  # like a solver whose stopping point moves in steps of its tolerance
+        return x + torch.remainder(x, 1e-3)
+
+    report = jacverify.check(quantized, _x(2, 2), methods=["loop"])
+    assert any("finite differences are unstable" in n for n in report.notes)
+
+
+def test_a_smooth_function_has_no_such_note():
+    report = jacverify.check(torch.tanh, _x(3, 2), methods=["loop"])
+    assert not any("unstable" in n for n in report.notes)
