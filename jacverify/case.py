@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from jacverify.errors import FunctionRaised, InvalidArgument
+from jacverify.validation import shown
 
 __all__ = ["Case", "make_case", "Flat", "flatten", "call", "evaluate", "resolve_device"]
 
@@ -72,7 +73,7 @@ def _drop(shape: Sequence[int], axis: int) -> tuple[int, ...]:
 
 
 def _describe(value: object) -> str:
-    return f"{value!r} (type={type(value).__name__})"
+    return f"{shown(value)} (type={type(value).__name__})"
 
 
 def make_case(

@@ -13,24 +13,37 @@ from typing import Any
 
 from jacverify.errors import InvalidArgument
 
-__all__ = ["describe", "invalid", "check_int", "check_number", "check_choice", "check_bool",
+__all__ = ["shown", "describe", "invalid", "check_int", "check_number", "check_choice", "check_bool",
            "check_methods_selected"]
 
 
+def shown(value: Any) -> str:
+    """``value`` as a message shows it: a tensor by its shape and dtype (inside tuples, lists and
+    dicts too), anything else by a repr cut at 80 characters.
+
+    >>> import torch
+    >>> shown({"mu": torch.zeros(4, 2), "n": 3})
+    "{'mu': <Tensor (4, 2) torch.float32>, 'n': 3}"
+    """
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"<{type(value).__name__} {tuple(value.shape)} {value.dtype}>"
+    if isinstance(value, dict):
+        text = "{" + ", ".join(f"{k!r}: {shown(v)}" for k, v in value.items()) + "}"
+    elif isinstance(value, (list, tuple)):
+        inner = ", ".join(shown(v) for v in value) + ("," if isinstance(value, tuple) and len(value) == 1 else "")
+        text = f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    else:
+        text = repr(value)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def describe(name: str, value: Any) -> str:
-    """``name=value (type=T)``, the value shortened (a tensor is named by its shape).
+    """``name=value (type=T)``, the value as :func:`shown` shows it.
 
     >>> describe("probes", -1)
     'probes=-1 (type=int)'
     """
-    shape = getattr(value, "shape", None)
-    if shape is not None and hasattr(value, "dtype"):
-        shown = f"<{type(value).__name__} of shape {tuple(shape)}>"
-    else:
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-    return f"{name}={shown} (type={type(value).__name__})"
+    return f"{name}={shown(value)} (type={type(value).__name__})"
 
 
 def invalid(name: str, value: Any, must: str, fix: str = "") -> InvalidArgument:

@@ -311,3 +311,20 @@ def test_quantity_option_dispatches_to_the_right_check():
     coupled = run("check", "--quiet", "--quantity", "vjp_set", str(EXAMPLES / "coupled.py"))
     assert coupled.returncode == 1
     assert "coupled.py::model: FAILED: the function raised ValueError" in coupled.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["fuzz", "--examples", "-3"],
+    ["fuzz", "--examples", "0"],
+    ["fuzz", "--seconds", "0"],
+    ["fuzz-rules", "--op", "aten::sin", "--examples", "0"],
+], ids=["negative_examples", "zero_examples", "zero_seconds", "rules_zero_examples"])
+def test_fuzz_budgets_must_be_positive(args):
+    result = run(*args)
+    assert result.returncode == 2 and "must be" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fuzz_rules_on_an_op_with_keyword_only_arguments_runs():
+    result = run("fuzz-rules", "--op", "aten::linalg_cross", "--examples", "5", "--seed", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "aten::linalg_cross: PASSED" in result.stdout

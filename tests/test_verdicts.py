@@ -340,3 +340,29 @@ def test_an_evaluation_that_is_not_smooth_is_reported_unstable():
 def test_a_smooth_function_has_no_such_note():
     report = jacverify.check(torch.tanh, _x(3, 2), methods=["loop"])
     assert not any("unstable" in n for n in report.notes)
+
+
+class NoVmapRule(torch.autograd.Function):
+    """sin with a right backward but no vmap rule: every vmap-based method raises on it."""
+
+    @staticmethod
+    def forward(x):
+        return x.sin()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.saved_tensors[0].cos()
+
+
+def test_a_fuzz_campaign_that_verifies_nothing_does_not_pass():
+    from jacverify.strategies import cases, networks
+
+    strategy = cases(networks=networks(max_depth=1, max_width=2, families=["mlp"],
+                                       functions=["tests.test_verdicts:NoVmapRule"]))
+    result = jacverify.fuzz(cases=strategy, methods=["vmap_jacrev"], max_examples=3, seed=0)
+    assert result.failure is None and result.verified == 0
+    assert not result.passed
