@@ -6,10 +6,10 @@ from rich.table import Table
 
 from jacverify.bench import BenchRun, CaseBench
 
+from jacverify.columns import styled_status
+
 __all__ = ["case_table", "summary_table", "pathology_lines"]
 
-_STYLE = {"agree": "green", "mismatch": "bold red", "not_applicable": "yellow",
-          "unsupported": "magenta"}
 
 
 def _ms(seconds: float | None) -> str:
@@ -33,7 +33,7 @@ def case_table(case: CaseBench) -> Table:
         t = r.timing
         note = r.pathology or (r.reason if r.status != "agree" or r.method == "auto" else "") or ""
         table.add_row(
-            r.method, f"[{_STYLE.get(r.status, '')}]{r.status}[/]", _ms(r.time_s),
+            r.method, styled_status(str(r.status)), _ms(r.time_s),
             _ms(t.iqr) if t else "", str(t.rounds) if t else "", _kib(r.peak_bytes),
             f"{r.forward_ratio:.1f}" if r.forward_ratio else "",
             f"{r.speedup_vs_loop:.1f}x" if r.speedup_vs_loop else "",

@@ -18,6 +18,7 @@ from jacverify import options
 from jacverify.cli_common import (
     EXIT_MISMATCH,
     EXIT_OK,
+    EXIT_UNVERIFIED,
     EXIT_USAGE,
     Timeout,
     Usage,
@@ -174,8 +175,6 @@ def _fuzz(args: argparse.Namespace) -> int:
     from hypothesis import strategies as st
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
     import jacverify
     from jacverify.fuzzing import fuzz
     from jacverify.profiles import load_profile
@@ -220,18 +219,20 @@ def _fuzz(args: argparse.Namespace) -> int:
                       max_examples=examples,
                       seconds=args.seconds, seed=args.seed, shrink_seconds=args.shrink_seconds,
                       on_example=lambda case, report: progress.advance(task))
-    table = Table(title=f"jacverify fuzz {args.quantity}: {result.examples} examples (shrinking included), "
-                  f"{result.rejected} rejected, {result.seconds:.1f} s, profile {profile}, "
-                  f"seed {result.seed}")
-    statuses = ("agree", "mismatch", "not_applicable", "unsupported")
-    table.add_column("method")
-    for status in statuses:
-        table.add_column(status, justify="right")
-    for method, counts in result.counts.items():
-        table.add_row(method, *(str(counts.get(s, 0)) for s in statuses))
-    out.print(table)
+    from jacverify.columns import counts_table
+    from jacverify.judge import Status
+
+    title = (f"jacverify fuzz {args.quantity}: {result.examples} examples (shrinking included), "
+             f"{result.verified} verified, {result.rejected} rejected, {result.seconds:.1f} s, "
+             f"profile {profile}, seed {result.seed}; per method, how many examples ended how")
+    out.print(counts_table(result.counts, [str(s) for s in Status], first="method", title=title))
     if result.failure is None:
-        out.print(f"no failure in {result.examples} examples (seed {result.seed})")
+        if not result.passed:
+            out.print(f"UNVERIFIED: no failure, but none of the {result.examples} examples verified "
+                      f"anything (every method raised or did not apply; seed {result.seed})")
+            return EXIT_UNVERIFIED
+        out.print(f"no failure in {result.examples} examples, {result.verified} verified "
+                  f"(seed {result.seed})")
         return EXIT_OK
     f = result.failure
     out.print(f.report.failure_message() if f.report else f"error: {f.error}", markup=False)

@@ -8,6 +8,7 @@ import io
 import math
 from pathlib import Path
 
+from jacverify.columns import RESULT_COLUMNS, html_table
 from jacverify.outcomes import Outcome
 from jacverify.report import Report
 
@@ -80,19 +81,7 @@ def _section(o: Outcome) -> str:
         parts.append(f"<p class='mismatch'>{e(o.error or '')}</p></section>")
         return "".join(parts)
     r = o.report
-    loop = next((x.time_s for x in r.results if x.method == "loop" and x.time_s), None)
-    rows = ["<tr><th>method</th><th>mode</th><th>status</th><th>max abs err</th>"
-            "<th>max rel err</th><th>worst entry</th><th>time (ms)</th><th>vs loop</th><th>reason</th></tr>"]
-    for x in r.results:
-        speed = f"{loop / x.time_s:.1f}x" if loop and x.time_s else ""
-        where = r.flat.describe_index(x.worst_index, r.index_labels) if x.worst_index and r.flat else ""
-        rows.append(
-            f"<tr><td>{e(x.method)}</td><td>{e(x.mode)}{' vmap' if x.vectorized else ''}</td>"
-            f"<td class='{x.status}'>{x.status}</td><td>{_fmt(x.max_abs_error)}</td>"
-            f"<td>{_fmt(x.max_rel_error)}</td><td>{e(where)}</td>"
-            f"<td>{_fmt(x.time_s * 1e3 if x.time_s else None)}</td><td>{speed}</td>"
-            f"<td>{e(x.reason or '')}</td></tr>")
-    parts.append("<table class='results'>" + "".join(rows) + "</table>")
+    parts.append(html_table(RESULT_COLUMNS, r.results, r))
     details = [r.describe(x) for x in r.results if x.status == "mismatch"]
     extra = [f"reference: {' and '.join(r.trusted)}"] + [f"note: {n}" for n in r.notes]
     if r.coupling.coupled:

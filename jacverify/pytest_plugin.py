@@ -258,10 +258,26 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.write_line(f"{len(records)} check(s) in {len({r['nodeid'] for r in records})} test(s): "
                   f"{verdicts.count('passed')} passed, {verdicts.count('failed')} failed, "
                   f"{verdicts.count('unverified')} unverified")
-    width = max(len(m) for m in counts)
-    tr.write_line(f"{'method':<{width}}  " + "  ".join(f"{s:>14}" for s in statuses))
-    for method, c in counts.items():
-        tr.write_line(f"{method:<{width}}  " + "  ".join(f"{c[s]:>14}" for s in statuses))
+    for line in _counts_lines(counts, statuses, getattr(tr, "_tw", None)):
+        tr.write_line(line)
     slowest = sorted(((sum(t) / len(t), m) for m, t in times.items()), reverse=True)[:3]
     tr.write_line("slowest methods (mean time per check): "
                   + ", ".join(f"{m} {t * 1e3:.2f} ms" for t, m in slowest))
+
+
+def _counts_lines(counts: dict[str, dict[str, int]], statuses: tuple[str, ...],
+                  writer: Any) -> list[str]:
+    """The method x status table (jacverify.columns), as plain lines at the terminal's width."""
+    import io
+
+    from rich import box
+    from rich.console import Console
+
+    from jacverify.columns import counts_table
+
+    width = getattr(writer, "fullwidth", 80) or 80
+    table = counts_table(counts, statuses, first="method")
+    table.box = box.SIMPLE
+    buf = io.StringIO()
+    Console(file=buf, width=width, color_system=None, force_terminal=False).print(table)
+    return [line.rstrip() for line in buf.getvalue().splitlines() if line.strip()]

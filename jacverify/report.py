@@ -16,9 +16,6 @@ from jacverify.judge import WRONG, MethodResult, Status, Verdict, describe_worst
 
 __all__ = ["MethodResult", "Report", "Status", "Verdict"]
 
-_STYLE = {Status.AGREE: "green", Status.MISMATCH: "bold red", Status.KNOWN: "red",
-          Status.NOT_APPLICABLE: "yellow", Status.UNSUPPORTED: "magenta", Status.SKIPPED: "dim"}
-
 
 @dataclass(frozen=True)
 class Report:
@@ -232,25 +229,11 @@ class Report:
         }
 
     def table(self):
-        """The results as a ``rich.table.Table``."""
-        from rich.table import Table
+        """The results as a ``rich.table.Table`` (the columns of :mod:`jacverify.columns`)."""
+        from jacverify.columns import RESULT_COLUMNS, rich_table
 
-        loop = next((r.time_s for r in self.results if r.method == "loop" and r.time_s), None)
-        t = Table(title=f"jacverify: {self.quantity} of {self._title()}")
-        for col in ("method", "mode", "status", "max abs err", "max rel err", "worst entry",
-                    "time", "vs loop"):
-            t.add_column(col, justify="right" if col in ("time", "vs loop") else "left",
-                         no_wrap=True)
-        for r in self.results:
-            mode = r.mode + (" vmap" if r.vectorized else "")
-            status = f"[{_STYLE[r.status]}]{r.status}[/]"
-            err = (lambda v: "" if v is None else f"{v:.2g}")
-            worst = "" if r.worst_index is None else str(r.worst_index)
-            time = "" if r.time_s is None else f"{r.time_s * 1e3:.2f} ms"
-            speed = "" if not (loop and r.time_s) else f"{loop / r.time_s:.1f}x"
-            t.add_row(r.method, mode, status, err(r.max_abs_error), err(r.max_rel_error), worst,
-                      time, speed)
-        return t
+        return rich_table(RESULT_COLUMNS, self.results, self,
+                          title=f"jacverify: {self.quantity} of {self._title()}")
 
     def _title(self) -> str:
         fn = self.case.fn
