@@ -13,6 +13,7 @@ import torch
 
 from jacverify.case import Flat, flatten, make_case
 from jacverify.errors import InvalidArgument, MismatchError
+from jacverify.validation import check_int, check_number
 from jacverify.measure import peak_memory, saved_activation_bytes, time_calls
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism
@@ -193,8 +194,8 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None) -> tuple[Plan, Flat, t
         chosen, out_shape = table[key]
         return chosen, _flat(fn, x, out_shape), out_shape
     case = _case(fn, x)
-    if max_memory is not None and (not isinstance(max_memory, int) or max_memory <= 0):
-        raise InvalidArgument(f"max_memory={max_memory!r} must be a positive number of bytes")
+    if max_memory is not None:
+        max_memory = int(check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30"))
     flat = flatten(case)
     if len(flat.out_shapes) != 1:
         raise InvalidArgument("fn returned a tuple; batch_jacobian takes one output tensor "
@@ -288,8 +289,7 @@ def _verify(fn, x: torch.Tensor, value: torch.Tensor, name: str, probes: int, se
     from jacverify.references import prechecked
     from jacverify.oracles.projections import draw_probes, project, projection_reference
 
-    if not isinstance(probes, int) or probes < 1:
-        raise InvalidArgument(f"probes={probes!r} must be a positive int")
+    check_int("probes", probes, min_value=1)
     case = make_case(fn, x, seed=seed)
     pre = prechecked(case)
     ref_flat = pre.ref_flat

@@ -19,6 +19,7 @@ from hypothesis import seed as seed_with
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
 from jacverify.errors import InvalidArgument
+from jacverify.validation import check_int, check_number
 from jacverify.judge import Verdict
 
 if TYPE_CHECKING:
@@ -190,19 +191,14 @@ class Campaign:
                  seed: int | None = None, database: Any = "profile",
                  shrink_seconds: float = DEFAULT_SHRINK_SECONDS,
                  shrink_examples: int | None = None) -> None:
-        if not _is_int(max_examples) or max_examples < 1:
-            raise InvalidArgument(f"max_examples={max_examples!r} must be a positive int")
-        if seconds is not None and not seconds > 0:
-            raise InvalidArgument(
-                f"seconds={seconds!r} must be positive (or None for max_examples)")
-        if seed is not None and not _is_int(seed):
-            raise InvalidArgument(f"seed={seed!r} (type={type(seed).__name__}) must be an int or "
-                                  "None (a random seed)")
-        if not shrink_seconds > 0:
-            raise InvalidArgument(f"shrink_seconds={shrink_seconds!r} must be positive")
-        if shrink_examples is not None and (not _is_int(shrink_examples) or shrink_examples < 0):
-            raise InvalidArgument(
-                f"shrink_examples={shrink_examples!r} must be an int >= 0 or None")
+        check_int("max_examples", max_examples, min_value=1)
+        if seconds is not None:
+            check_number("seconds", seconds, fix="or None to run max_examples")
+        if seed is not None:
+            check_int("seed", seed, fix="or None for a random seed")
+        check_number("shrink_seconds", shrink_seconds, allow_inf=True)
+        if shrink_examples is not None:
+            check_int("shrink_examples", shrink_examples, min_value=0, fix="or None for no count")
         self.max_examples = max_examples
         self.seconds = seconds
         self.shrink_seconds = shrink_seconds
@@ -369,10 +365,6 @@ class KeyedDatabase(ExampleDatabase):
 
     def move(self, src: bytes, dest: bytes, value: bytes) -> None:
         self.database.move(self._prefix + src, self._prefix + dest, value)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class _Failed(Exception):

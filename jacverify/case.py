@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from jacverify.errors import FunctionRaised, InvalidArgument
-from jacverify.validation import shown
+from jacverify.validation import check_int, shown
 
 __all__ = ["Case", "make_case", "Flat", "flatten", "call", "evaluate", "resolve_device"]
 
@@ -142,8 +142,7 @@ def make_case(
                 f"{'y' if bad == 1 else 'ies'}; derivatives are checked at finite points: "
                 "pass finite inputs"
             )
-    if not isinstance(batch_axis, int) or isinstance(batch_axis, bool):
-        raise InvalidArgument(f"batch_axis={_describe(batch_axis)} must be an int")
+    check_int("batch_axis", batch_axis)
     for i, t in enumerate(tensors):
         if not -t.ndim <= batch_axis < t.ndim:
             raise InvalidArgument(
@@ -180,8 +179,7 @@ def make_case(
     # copied: the caller's tensors are never touched, whatever the function does to its inputs
     inputs = tuple(t.detach().to(device=device, dtype=dtype, copy=True) for t in tensors)
     out_axis = axis if out_batch_axis is None else out_batch_axis
-    if not isinstance(seed, int):
-        raise InvalidArgument(f"seed={_describe(seed)} must be an int")
+    check_int("seed", seed)
     return Case(fn, inputs, axis, out_axis, dtype, device, seed)
 
 

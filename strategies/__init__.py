@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from jacverify.errors import InvalidArgument
 from jacverify.quantity_table import QUANTITY_NAMES, get_quantity
+from jacverify.validation import check_int
 from jacverify.specs import (
     BOUNDED_OPS,
     ELEMENTWISE_OPS,
@@ -59,10 +60,7 @@ def _grid(bound: float) -> st.SearchStrategy[float]:
 
 
 def _int(name: str, value: object, minimum: int = 0) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise InvalidArgument(f"{name}={value!r} (type={type(value).__name__}) must be an int "
-                              f">= {minimum}")
-    return value
+    return check_int(name, value, min_value=minimum)
 
 
 def _bounds(lo_name: str, lo: object, hi_name: str, hi: object, minimum: int = 0) -> None:

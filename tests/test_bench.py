@@ -91,8 +91,8 @@ def test_verify_catches_a_wrong_method(twin):
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"method": "fastest"}, "not a registered batch_jacobian method"),
-    ({"probes": 0, "verify": True}, "probes=0 must be a positive int"),
-    ({"max_memory": -1}, "max_memory=-1 must be a positive number of bytes"),
+    ({"probes": 0, "verify": True}, r"probes=0 \(type=int\) must be an int >= 1"),
+    ({"max_memory": -1}, r"max_memory=-1 \(type=int\) must be a positive number; a number of bytes"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, message):
     with pytest.raises(jacverify.InvalidArgument, match=message):

@@ -106,10 +106,10 @@ def test_an_explicit_seed_saves_nothing(tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"max_examples": 0}, "max_examples=0 must be a positive int"),
-    ({"shrink_examples": -1}, "shrink_examples=-1 must be an int >= 0 or None"),
-    ({"shrink_seconds": 0}, "shrink_seconds=0 must be positive"),
-    ({"seconds": -1.0}, "seconds=-1.0 must be positive"),
+    ({"max_examples": 0}, r"max_examples=0 \(type=int\) must be an int >= 1"),
+    ({"shrink_examples": -1}, r"shrink_examples=-1 \(type=int\) must be an int >= 0; or None"),
+    ({"shrink_seconds": 0}, r"shrink_seconds=0 \(type=int\) must be a positive number"),
+    ({"seconds": -1.0}, r"seconds=-1.0 \(type=float\) must be a positive number"),
     ({"seed": "1"}, "seed='1' \\(type=str\\) must be an int"),
     ({"database": 3}, "database=3 \\(type=int\\) must be a hypothesis ExampleDatabase"),
 ])
