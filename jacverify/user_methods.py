@@ -128,7 +128,7 @@ def _blocks(kind: str, b: int, out: tuple[int, ...], m: int, inp: tuple[int, ...
     yield ("full_jacobian", "full Jacobian over the batch (B, *out, B, *in), its sample diagonal",
            (b, *out, b, *inp),
            lambda t: t.reshape(b, m, b, n).diagonal(dim1=0, dim2=2).permute(2, 0, 1))
-    if m == 1:
+    if m == 1:  # a per-sample gradient, or the diagonal of a scalar's Hessian
         yield ("squeezed", "one output, squeezed (B, *in)", (b, *inp), lambda t: t.reshape(b, 1, n))
 
 
@@ -172,14 +172,10 @@ def layouts(quantity: str, batch: int, out_shapes: Sequence[tuple[int, ...]],
         kind = "hessian" if quantity == "hessian" else "first"
         whole = in_shapes[0] if len(in_shapes) == 1 else (n,)
         for name, words, shape, conv in _blocks(kind, b, out, m, whole):
-            if kind == "first" and name == "squeezed" and quantity == "batch_jacobian":
-                continue  # (B, *in) for a Jacobian reads as a gradient: allowed only as a diagonal
             add(name, words, (shape,), False, lambda parts, conv=conv: conv(parts[0]))
         if kind == "first":
             per_input = [list(_blocks(kind, b, out, m, s)) for s in in_shapes]
             for j, (name, words, _, _) in enumerate(per_input[0]):
-                if name == "squeezed" and quantity == "batch_jacobian":
-                    continue
                 shapes = [blocks[j][2] for blocks in per_input]
                 convs = [blocks[j][3] for blocks in per_input]
                 add(f"per_input_{name}", f"a tuple per input, each {words}", shapes, True,
@@ -654,6 +650,8 @@ def _finish(report, seen: dict[str, _Seen], quantity: str, full=None):
         if s is None:
             results.append(r)
             continue
+        if r.status == Status.UNSUPPORTED and "layout is ambiguous" in (r.reason or ""):
+            raise InvalidArgument(f"{r.method}: {r.reason.removeprefix('InvalidArgument: ')}")
         call = f"{r.method}(f, ...)" if s.convention == "with_fn" else f"{r.method}(...) (f closed over)"
         if s.layout is not None:
             notes.append(f"{r.method}: called as {call}; its result {s.shape} read as "
