@@ -325,7 +325,7 @@ def _flat_function(flat: Flat, batch_axis: int) -> Callable:
 
 
 @dataclass
-class _Seen:
+class Seen:
     """What the user's method did, filled in as it runs: the convention and the layout read."""
 
     convention: str = ""
@@ -334,7 +334,7 @@ class _Seen:
     shape: str = ""
 
 
-def _reader(quantity: str, layout: str | None, seen: _Seen):
+def _reader(quantity: str, layout: str | None, seen: Seen):
     def read(value: Any, batch: int, out_shapes, in_shapes) -> Any:
         cands = layouts(quantity, batch, out_shapes, in_shapes)
         seen.accepted = cands
@@ -349,7 +349,7 @@ def _reader(quantity: str, layout: str | None, seen: _Seen):
 
 
 def _compute(impl: Callable, quantity: str, convention: str, fn_of: Callable[[Flat], Callable],
-             batch_axis: int, layout: str | None, seen: _Seen, point_shape=None,
+             batch_axis: int, layout: str | None, seen: Seen, point_shape=None,
              unpick: Callable[[tuple], tuple] = lambda xs: xs):
     """The Method.compute of a user's code for ``quantity``: data from the Flat, result read."""
     read = _reader(quantity, layout, seen)
@@ -414,7 +414,7 @@ def user_method(impl: Callable, *, quantity: str = "batch_jacobian", name: str |
                                                                 "jacobian_and_hessian_diagonal")])
     n_data = 2 if quantity in ("jvp_set", "vjp_set", "per_sample_jvp") else 1
     convention = calling_convention(impl, n_data, calls)
-    seen = _Seen(convention)
+    seen = Seen(convention)
     compute = _compute(impl, quantity, convention, lambda flat: _flat_function(flat, 0), 0, layout,
                        seen)
     return Method(name or _name(impl), compute, "user", vectorized=False,  # type: ignore[arg-type]
@@ -538,7 +538,7 @@ def check_user_method(impl: Callable, fn: Callable, inputs: Any, *, quantity: st
         case = make_case(selected, selected.picked, batch_axis=case.batch_axis, seed=case.seed)
     if quantity == "jacobian_and_hessian_diagonal":
         return _check_both(impl, case, layout, convention, methods, name, options, full)
-    seen = _Seen(convention)
+    seen = Seen(convention)
     fn_for_user = user_fn
     unpick = (lambda xs: xs) if full is None else (lambda xs: (case.fn.whole(xs[0]),))
     compute = _compute(impl, quantity, convention, lambda flat: fn_for_user, case.batch_axis,
@@ -584,7 +584,7 @@ def _check_set(impl, fn, x, quantity, vectors, layout, convention, methods, name
 
             shape = tuple(call(user_fn, (cast.inputs[0][0],)).shape)
         vectors = torch.randn((3, *shape), generator=gen, dtype=torch.float64).to(x)
-    seen = _Seen(convention)
+    seen = Seen(convention)
     compute = _compute(impl, quantity, convention, lambda flat: user_fn, 0, layout, seen,
                        point_shape=tuple(x.shape))
     user = Method(name, compute, "user", vectorized=False, assumes_independent=False,  # type: ignore[arg-type]
@@ -604,11 +604,11 @@ def _check_both(impl, case, layout, convention, methods, name, options, full=Non
     if len(case.inputs) != 1:
         raise InvalidArgument("quantity='jacobian_and_hessian_diagonal' takes one input tensor, "
                               f"got {len(case.inputs)}; close over the others")
-    first_seen, second_seen = _Seen(convention), _Seen(convention)
+    first_seen, second_seen = Seen(convention), Seen(convention)
     user_fn = case.fn if full is None else full.fn
     unpick = (lambda xs: xs) if full is None else (lambda xs: (case.fn.whole(xs[0]),))
 
-    def part(k: int, sub: str, seen: _Seen):
+    def part(k: int, sub: str, seen: Seen):
         lay = None if layout is None else layout.split("+")[k] if "+" in layout else None
         read = _reader(sub, lay, seen)
 
@@ -641,7 +641,7 @@ def _check_both(impl, case, layout, convention, methods, name, options, full=Non
         trusted=tuple(dict.fromkeys(first.trusted + second.trusted)))
 
 
-def _finish(report, seen: dict[str, _Seen], quantity: str, full=None):
+def _finish(report, seen: dict[str, Seen], quantity: str, full=None):
     """The report with the user's methods required, how each was called and read in its notes,
     and each mismatch's worst entry in the user's own layout."""
     notes, results = list(report.notes), []
@@ -661,7 +661,7 @@ def _finish(report, seen: dict[str, _Seen], quantity: str, full=None):
                                required=tuple(seen))
 
 
-def _explain(r: MethodResult, s: _Seen, report, quantity: str, full=None) -> MethodResult:
+def _explain(r: MethodResult, s: Seen, report, quantity: str, full=None) -> MethodResult:
     if r.status != Status.MISMATCH:
         return r
     if s.layout is None and s.accepted:
