@@ -42,6 +42,8 @@ _EXPORTS = {
     "check_per_sample_jvps": "jacverify.quantities",
     "check_hessians": "jacverify.quantities",
     "check_hessian_diagonals": "jacverify.quantities",
+    "check_per_sample_grads": "jacverify.per_sample_grad",
+    "user_method": "jacverify.user_methods",
     "NotApplicable": "jacverify.errors",
     "fuzz": "jacverify.fuzzing",
     "FuzzResult": "jacverify.fuzzing",
@@ -99,6 +101,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         check_per_sample_jvps,
         check_vjps,
     )
+    from jacverify.per_sample_grad import check_per_sample_grads
+    from jacverify.user_methods import user_method
     from jacverify.engine import DEFAULT_MAX_MEMORY, assert_jacobians_agree, check, check_method
     from jacverify.errors import (
         FunctionRaised,

@@ -184,14 +184,16 @@ class ParameterFlat(Flat):
     """The canonical form of a per-sample-gradient check, naming entries by parameter."""
 
     names: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()  # the type of the module that holds each parameter
 
     def describe_index(self, index, labels=("batch", "sample", "parameter")) -> str:
         *_, b, j = (int(i) for i in index)
-        for name, shape in zip(self.names, self.in_shapes):
+        for k, (name, shape) in enumerate(zip(self.names, self.in_shapes)):
             n = math.prod(shape)
             if j < n:
                 idx = [int(i) for i in torch.unravel_index(torch.tensor(j), shape)] if shape else []
-                return f"sample {b}, {name}[{', '.join(map(str, idx))}]"
+                kind = f" ({self.kinds[k]})" if k < len(self.kinds) else ""
+                return f"sample {b}, {name}[{', '.join(map(str, idx))}]{kind}"
             j -= n
         return f"sample {b}, parameter entry {index[-1]}"
 
@@ -255,7 +257,10 @@ def check_per_sample_grads(model: nn.Module, x: torch.Tensor | Sequence[torch.Te
                    warm_timing=warm_timing, verification=verification, probes=probes)
     notes = report.notes + ((f"samples interact: {coupled}",) if coupled else ())
     flat = report.flat
-    named = ParameterFlat(flat.fn, flat.x, problem.shapes, flat.out_shapes, names=problem.names) \
+    modules = dict(problem.model.named_modules())
+    kinds = tuple(type(modules[n.rpartition(".")[0]]).__name__ for n in problem.names)
+    named = ParameterFlat(flat.fn, flat.x, problem.shapes, flat.out_shapes, names=problem.names,
+                          kinds=kinds) \
         if flat is not None and verification == "full" else flat
     labels = ("batch", "sample", "parameter") if verification == "full" else report.index_labels
     return dataclasses.replace(report, quantity="per_sample_grad", notes=notes, flat=named,
@@ -315,7 +320,7 @@ def check_user_per_sample_grads(impl: Callable, model: nn.Module, inputs: Any, *
             if missing:
                 raise InvalidArgument(f"{name} returned no gradient for {', '.join(missing)}")
             value = tuple(value[n] for n in problem.names)
-            seen.shape = "a dict by parameter name"
+            seen.shape = "dict"
         found = detect_layout(value, _layouts(problem), layout if layout != "dict" else
                               "per_parameter")
         seen.layout, seen.accepted = found, _layouts(problem)
@@ -338,5 +343,6 @@ def check_user_per_sample_grads(impl: Callable, model: nn.Module, inputs: Any, *
     notes = report.notes
     if seen.layout is not None:
         notes += (f"{name}: called as {name}({'model, ' if convention == 'with_fn' else ''}x, y); "
-                  f"its result read as {seen.layout.description}",)
+                  "its result read as " + ("a dict by parameter name, each (B, *p.shape)"
+                                           if seen.shape == "dict" else seen.layout.description),)
     return dataclasses.replace(report, results=tuple(results), notes=notes, required=(name,))
