@@ -169,6 +169,8 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     ``fn`` maps ``x`` (any shape, no batch axis) to one output tensor; ``vectors`` is (K, *x.shape).
     References: the verified Jacobian times each vector, and directional finite differences.
     ``report.scaling`` times every agreeing method on K = 1, 4, 16 random vectors (``scaling=``).
+    ``extra_methods`` (every check here takes it) adds methods beside the registered ones, e.g. a
+    user's own from :func:`jacverify.user_method` (``check_method`` does this for you).
 
     >>> f = lambda x: torch.stack([x.sin().sum(), (x * x).prod()])
     >>> report = check_jvps(f, torch.tensor([0.5, -1.0]), torch.eye(2))
