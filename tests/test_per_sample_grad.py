@@ -231,3 +231,9 @@ def test_opacus_and_backpack_agree_with_the_references(layer):
     assert not report.mismatches
     assert (str(report["opacus"].status), str(report["backpack"].status)) == LAYERS[layer]
     assert report["batched_grad"].status == Status.AGREE
+
+
+def test_the_fixture_checks_a_users_per_sample_grads(jacverify):
+    report = jacverify.check_method(per_sample_grads, _mlp(), (_x(B, 3), TARGETS),
+                                    quantity="per_sample_grad", methods=CORE)
+    assert report.quantity == "per_sample_grad" and report.passed
