@@ -32,6 +32,7 @@ _GROUPS: dict[str, dict[str, str]] = {
         "check_per_sample_jvps": "jacverify.quantities",
         "check_hessians": "jacverify.quantities",
         "check_hessian_diagonals": "jacverify.quantities",
+        "check_per_sample_grads": "jacverify.per_sample_grad",
         "target": "jacverify.discover",
         "make_case": "jacverify.case",
         "Case": "jacverify.case",
@@ -66,6 +67,7 @@ _GROUPS: dict[str, dict[str, str]] = {
         "unregister_method": "jacverify.methods",
         "registered_methods": "jacverify.methods",
         "get_methods": "jacverify.methods",
+        "user_method": "jacverify.user_methods",
     },
     "errors": {
         "JacverifyError": "jacverify.errors",
@@ -116,6 +118,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; a test keeps
     )
     from jacverify.fuzzing import FuzzFailure, FuzzResult, fuzz
     from jacverify.judge import MethodResult, Status, Verdict
+    from jacverify.per_sample_grad import check_per_sample_grads
     from jacverify.methods import (
         Method,
         get_methods,
@@ -133,3 +136,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; a test keeps
     from jacverify.references import DEFAULT_MAX_MEMORY, DEFAULT_TIME_BUDGET
     from jacverify.report import Report
     from jacverify.rules import RuleFailure, RuleReport, fuzz_batching_rule
+    from jacverify.user_methods import user_method

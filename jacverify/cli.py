@@ -27,7 +27,7 @@ from jacverify.cli_common import (
     writable_path,
 )
 
-from jacverify.quantity_table import QUANTITY_NAMES as QUANTITIES  # no torch import for --help
+from jacverify.quantity_table import STANDALONE as QUANTITIES  # no torch import for --help
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--batch-size", type=int, default=4, metavar="B",
                        help="batch size of inferred inputs (default: 4)")
     check.add_argument("--eval", action="store_true", help="check modules in eval mode")
+    check.add_argument("--config", metavar="TOML", default=None,
+                       help="constructor arguments and example inputs per target, a "
+                       "[tool.jacverify.targets] table (default: the pyproject.toml nearest each "
+                       "FILE; NOTE [target configuration] in jacverify/config.py)")
     check.add_argument("--quantity", default="batch_jacobian", choices=QUANTITIES,
                        help="what to check (default: batch_jacobian); the JVP/VJP sets use the "
                        "first sample as the point and 3 random vectors, per_sample_jvp one "
@@ -266,12 +270,13 @@ def _check(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from jacverify.discover import LoadError, discover, load
-    from jacverify.outcomes import session_document, write_json
+    from jacverify.errors import InvalidArgument
+    from jacverify.outcomes import Outcome, session_document, write_json
 
     # soft_wrap: a line stays one line (greppable, pasteable) whatever the terminal's width.
     out = Console(highlight=False, soft_wrap=True, width=max(Console().width, 120))
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    usage_errors, candidates = [], []
+    usage_errors, candidates, passed_over = [], [], []
     for spec in args.files:
         try:
             module = load(spec)
@@ -279,16 +284,23 @@ def _check(args: argparse.Namespace) -> int:
             usage_errors.append(str(e))
             err.print(f"jacverify: error: {e}", markup=False)
             continue
-        targets, skipped = discover(module, spec)
+        try:
+            configs = _target_configs(args.config, spec)
+        except InvalidArgument as e:
+            raise Usage(str(e)) from None
+        targets, skipped = discover(module, spec, configs)
         for line in skipped:
             out.print(line, markup=False)
+        passed_over += [Outcome(line.partition(": skipped")[0], "module class",
+                                error=line.partition(": skipped, ")[2], error_status="skipped")
+                        for line in skipped]
         if not targets:
             msg = (f"{spec}: nothing to check (define an nn.Module subclass constructible with no "
                    "arguments, a module instance at top level, or mark a function @jacverify.target)")
             usage_errors.append(msg)
             err.print(f"jacverify: error: {msg}", markup=False)
         candidates += targets
-    outcomes = _run_all(candidates, args, kwargs, out, err)
+    outcomes = _run_all(candidates, args, kwargs, out, err) + passed_over
     if args.json:
         write_json(args.json, session_document(outcomes, device=kwargs.get("device", "cpu"),
                                                dtype=args.dtype, seed=kwargs.get("seed", 0)))
@@ -303,6 +315,21 @@ def _check(args: argparse.Namespace) -> int:
     if usage_errors:
         return EXIT_USAGE
     return exit_status(statuses)
+
+
+def _target_configs(config: str | None, spec: str) -> dict:
+    """The target configuration for FILE ``spec``: ``--config``, else its nearest pyproject.toml
+    (NOTE [target configuration])."""
+    from pathlib import Path
+
+    from jacverify.config import find_pyproject, load_config
+
+    if config:
+        if not Path(config).is_file():
+            raise Usage(f"--config={config}: no such file")
+        return load_config(config)
+    found = find_pyproject(spec) if Path(spec).exists() else None
+    return load_config(found) if found else {}
 
 
 def _check_run_options(quantity: str, kwargs: dict) -> None:

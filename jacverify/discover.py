@@ -17,7 +17,7 @@ from torch import nn
 
 from jacverify.errors import InvalidArgument, JacverifyError
 
-__all__ = ["target", "Target", "load", "discover", "LoadError"]
+__all__ = ["target", "Target", "load", "discover", "LoadError", "forward_arity"]
 
 
 class LoadError(JacverifyError):
@@ -55,9 +55,14 @@ class Target:
     obj: Any
     example_input: Any = None
     batch_axis: int = 0
+    args: tuple[Any, ...] = ()  # the constructor's (from the configuration: jacverify.config)
+    kwargs: Any = None
+    input_shapes: tuple[tuple[int, ...], ...] | None = None  # configured example inputs
 
     def build(self) -> Callable:
-        return self.obj() if self.kind == "module class" else self.obj
+        if self.kind == "module class":
+            return self.obj(*self.args, **(self.kwargs or {}))
+        return self.obj
 
 
 def load(spec: str) -> ModuleType:
@@ -103,25 +108,41 @@ def _no_arg_constructible(cls: type) -> bool:
                for p in params)
 
 
-def discover(module: ModuleType, label: str) -> tuple[list[Target], list[str]]:
-    """The targets defined in ``module``, and a line for each candidate that was passed over."""
+def discover(module: ModuleType, label: str,
+             configs: Any = None) -> tuple[list[Target], list[str]]:
+    """The targets defined in ``module``, and a line for each candidate that was passed over.
+
+    ``configs`` (name -> :class:`~jacverify.config.TargetConfig`) gives constructor arguments and
+    example inputs (NOTE [target configuration]).
+    """
+    from jacverify.config import config_for
+
     targets: list[Target] = []
     skipped: list[str] = []
     for name, obj in vars(module).items():
         if name.startswith("_"):
             continue
         where = f"{label}::{name}"
+        conf = config_for(configs or {}, label, name)
+        extra: dict[str, Any] = {} if conf is None else dict(
+            args=conf.args, kwargs=conf.kwargs, input_shapes=conf.inputs,
+            batch_axis=conf.batch_axis)
         if inspect.isclass(obj) and issubclass(obj, nn.Module) and obj.__module__ == module.__name__:
-            if _no_arg_constructible(obj):
-                targets.append(Target(where, "module class", obj))
+            if _no_arg_constructible(obj) or (conf is not None and (conf.args or conf.kwargs)):
+                targets.append(Target(where, "module class", obj, **extra))
             else:
                 skipped.append(f"{where}: skipped, its constructor needs arguments "
-                               "(add defaults, or create an instance at top level)")
+                               f"(add defaults, create an instance at top level, or give them "
+                               f"in pyproject.toml: [tool.jacverify.targets.{name}] args = [...])")
         elif isinstance(obj, nn.Module):
-            targets.append(Target(where, "module instance", obj))
+            targets.append(Target(where, "module instance", obj, **extra))
         elif callable(obj) and hasattr(obj, "__jacverify_target__"):
             marks = obj.__jacverify_target__
-            targets.append(Target(where, "function", obj, marks["example_input"], marks["batch_axis"]))
+            extra.setdefault("batch_axis", marks["batch_axis"])
+            targets.append(Target(where, "function", obj, marks["example_input"], **extra))
+        elif callable(obj) and conf is not None and conf.inputs and \
+                getattr(obj, "__module__", None) == module.__name__:
+            targets.append(Target(where, "function", obj, **extra))
     return targets, skipped
 
 
@@ -139,6 +160,10 @@ def example_input(tgt: Target, fn: Callable, batch_size: int, seed: int,
     Raises:
         NoInput: neither is available; the message says what to add.
     """
+    if tgt.input_shapes is not None:  # configured (NOTE [target configuration])
+        gen = torch.Generator().manual_seed(seed)
+        return tuple(torch.randn(s, generator=gen, dtype=dtype or torch.float32)
+                     for s in tgt.input_shapes), tgt.batch_axis
     given = tgt.example_input if tgt.example_input is not None else getattr(fn, "example_input", None)
     if given is not None:
         value = given() if callable(given) else given
@@ -151,7 +176,56 @@ def example_input(tgt: Target, fn: Callable, batch_size: int, seed: int,
         raise NoInput(f"cannot infer an input for {tgt.name}: add an example_input attribute or "
                       "method returning a tensor (or tuple of tensors)")
     gen = torch.Generator().manual_seed(seed)
+    arity = forward_arity(fn)
+    if arity > 1:
+        return _one_per_argument(tgt, fn, shape, arity, gen, dtype or torch.float32), axis
     return (torch.randn(shape, generator=gen, dtype=dtype or torch.float32),), axis
+
+
+def forward_arity(fn: Callable) -> int:
+    """How many tensors ``fn`` (a module's forward) takes: its required positional parameters.
+
+    >>> class Pair(nn.Module):
+    ...     def forward(self, x, y, scale=1.0):
+    ...         return x * y * scale
+    >>> forward_arity(Pair()), forward_arity(nn.Linear(2, 2))
+    (2, 1)
+    """
+    try:
+        params = inspect.signature(fn.forward if isinstance(fn, nn.Module) else fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                and p.default is p.empty]
+    return max(1, len(required))
+
+
+def _one_per_argument(tgt: Target, fn: Callable, shape: tuple[int, ...], arity: int,
+                      gen: torch.Generator, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """An input per forward argument: the first layer's input shape for each (``forward(x, y)``
+    adding or gating them), or that shape's features split evenly (``torch.cat([x, y], -1)``); the
+    first the forward runs on is kept.
+
+    Raises:
+        NoInput: the forward runs on none; the message asks for ``inputs`` in the configuration.
+    """
+    b, *rest = shape
+    candidates = [[tuple(shape)] * arity]
+    if rest and rest[-1] % arity == 0:
+        candidates.append([(b, *rest[:-1], rest[-1] // arity)] * arity)
+    errors = []
+    for shapes in candidates:
+        xs = tuple(torch.randn(s, generator=gen, dtype=dtype) for s in shapes)
+        try:
+            with torch.no_grad():
+                fn(*xs)
+            return xs
+        except Exception as e:  # noqa: BLE001 - the user's forward: try the next guess
+            errors.append(f"{shapes}: {type(e).__name__}")
+    raise NoInput(f"cannot infer inputs for {tgt.name}: its forward takes {arity} tensors and ran "
+                  f"on none of the guesses ({'; '.join(errors)}); give their shapes in "
+                  f"pyproject.toml: [tool.jacverify.targets.{tgt.name.rpartition('::')[2]}] "
+                  "inputs = [[B, ...], ...]")
 
 
 def _infer(module: nn.Module, b: int) -> tuple[tuple[int, ...] | None, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from functools import partial
 
 import torch
@@ -160,43 +161,64 @@ def _projected(compute: Callable[[Flat], torch.Tensor], drawn: Probes, flat: Fla
 
 
 def check_method(
-    method: Callable[..., torch.Tensor | Sequence[torch.Tensor]],
-    fn: Callable[..., torch.Tensor],
+    method: Callable[..., Any],
+    fn: Callable[..., Any],
     inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
-    methods: Sequence[str] = (),
+    quantity: str = "batch_jacobian",
+    vectors: torch.Tensor | None = None,
+    layout: str | None = None,
+    calls: str | None = None,
+    methods: Sequence[str] | None = (),
     **options,
 ) -> Report:
-    """Check a user's own per-sample Jacobian implementation against the references.
+    """Check a user's own derivative code against the references, for any quantity.
 
-    ``method(fn, *inputs)`` must return the per-sample Jacobian with the batch first, shaped
-    (B, *out, *in) or (B, out, in), or a tuple of them, one per input. Takes the options of
-    :func:`check`; ``methods`` (none by default) adds registered methods beside it.
+    ``method`` is called the way people write it: ``method(fn, *inputs)``, or ``method(*inputs)``
+    with ``fn`` closed over (read from its signature; ``calls=`` decides). For ``jvp_set`` and
+    ``vjp_set`` it gets ``(x, vectors)`` at one point ``inputs``, for ``per_sample_jvp`` the batch
+    and one tangent per sample, for ``per_sample_grad`` ``(model, x, y)`` (see
+    :func:`~jacverify.check_per_sample_grads`). Its result may come in any layout
+    :func:`jacverify.user_methods.layouts` lists (batch first, the sum trick's (*out, B, *in), a
+    tuple per input or per coordinate, ...): the one its shapes fit is read and stated in the
+    report's notes (NOTE [layout detection]).
+
+    Args:
+        method: the user's code.
+        fn: the function (or ``nn.Module``) it differentiates.
+        inputs: the batch (a tensor or a tuple of them); for the sets, the point; for
+            ``per_sample_grad``, ``(x, y)``.
+        quantity: one of ``batch_jacobian`` (B, *out, *in), ``jvp_set`` (K, *out), ``vjp_set``
+            (K, *in), ``per_sample_jvp`` (B, *out), ``hessian`` (B, *out, *in, *in),
+            ``hessian_diagonal`` (B, *out, *in), ``jacobian_and_hessian_diagonal`` (a pair
+            ``(u_x, u_xx)``), ``per_sample_grad`` ({name: (B, *p.shape)}).
+        vectors: tangents or cotangents for the JVP/VJP quantities; random (from ``seed``) if None.
+        layout: a layout name, when the shapes leave it ambiguous.
+        calls: ``"with_fn"`` or ``"inputs_only"``, when the signature leaves it ambiguous.
+        methods: registered methods of the quantity to run beside it (none by default).
+        **options: the options of the quantity's check (``dtype``, ``seed``, ``rtol``, ...).
+
+    Returns:
+        A :class:`~jacverify.Report` in which ``method`` is required: it passes only when the
+        user's code itself agrees. A mismatch names the worst entry in the user's own layout (for a
+        Hessian diagonal also the mixed partial it equals, when it is one), and the hint blames the
+        user's code when the references agree with each other.
+
+    Raises:
+        InvalidArgument: a bad argument, or a result whose layout is ambiguous (pass ``layout=``).
 
     >>> net = torch.nn.Linear(3, 2)
     >>> mine = lambda f, x: f.weight.expand(x.shape[0], 2, 3)
     >>> check_method(mine, net, torch.randn(4, 3)).passed
     True
+    >>> sum_trick = lambda x: torch.func.jacrev(lambda z: net(z).sum(0))(x)  # (out, B, in)
+    >>> check_method(sum_trick, net, torch.randn(4, 3)).passed
+    True
     """
-    if not callable(method):
-        raise validation.invalid("method", method, "callable",
-                                 "pass a function called as method(fn, *inputs) -> Jacobian")
-    name = getattr(method, "__name__", None) or type(method).__name__
-    holder: list[Case] = []
+    from jacverify.user_methods import check_user_method
 
-    def compute(flat: Flat) -> torch.Tensor:
-        out = method(holder[0].fn, *holder[0].inputs)
-        parts = out if isinstance(out, (tuple, list)) else (out,)
-        if not parts or not all(isinstance(p, torch.Tensor) for p in parts):
-            return out  # the judge reports what came back instead of a tensor
-        try:
-            return torch.cat([p.reshape(flat.batch_size, flat.n_out, -1) for p in parts], dim=2)
-        except RuntimeError:  # a wrong number of entries: judged as a wrong shape
-            return parts[0] if len(parts) == 1 else out
-
-    user = Method(name, compute, "user", vectorized=False, assumes_independent=False)  # type: ignore[arg-type]
-    options["extra_methods"] = (*options.get("extra_methods", ()), user)
-    return _bound(fn, inputs, methods=methods, required=(name,), on_case=holder.append, **options)
+    return check_user_method(method, fn, inputs, quantity=quantity, vectors=vectors, layout=layout,
+                             calls=calls, methods=methods, **options)
 
 
 def _bound(fn, inputs, *, required: tuple[str, ...] = (),

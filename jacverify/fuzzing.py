@@ -11,7 +11,7 @@ from typing import Any
 from jacverify.campaign import DEFAULT_SHRINK_SECONDS, Campaign, Trial
 from jacverify.judge import Verdict
 from jacverify.errors import NonFiniteOutput
-from jacverify.quantity_table import get_quantity
+from jacverify.quantity_table import get_standalone
 from jacverify.report import Report
 from jacverify.specs import CaseSpec
 
@@ -100,7 +100,7 @@ def fuzz(
 
     campaign = Campaign(max_examples=max_examples, seconds=seconds, seed=seed, database=database,
                         shrink_seconds=shrink_seconds, shrink_examples=shrink_examples)
-    get_quantity(quantity)
+    get_standalone(quantity)
     if methods is not None:
         jacverify.get_methods(methods, quantity)  # validates names before any example runs
     strategy = cases if cases is not None else default_cases(quantity=quantity)

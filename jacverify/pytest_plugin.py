@@ -158,11 +158,16 @@ class JacverifyFixture:
         return self._quantity("check_hessian_diagonals", fn, x, **kwargs)
 
     def check_method(self, method: Any, fn: Any, inputs: Any, **kwargs: Any):
-        """``jacverify.check_method``: the user's own implementation against the references."""
+        """``jacverify.check_method``: the user's own code against the references, for any
+        ``quantity=`` (the session's options that quantity does not take are left out)."""
         import jacverify
+
+        from jacverify.user_methods import accepted_options
 
         merged, asked = self._options(kwargs)
         merged.setdefault("methods", list(self._marker.get("methods") or ()))
+        known = accepted_options(kwargs.get("quantity", "batch_jacobian"))
+        merged = {k: v for k, v in merged.items() if k in known or k in kwargs}
         report = jacverify.check_method(method, fn, inputs, **merged)
         name = getattr(method, "__name__", None) or type(method).__name__
         return self._verdict(report, asked | {name})

@@ -18,7 +18,7 @@ from jacverify.case import Flat, call, make_case
 from jacverify.compare import Reference, Scales, tolerances
 from jacverify.errors import InvalidArgument, JacobianTooLarge
 from jacverify.judge import MethodResult, Status, judge, timed
-from jacverify.methods import get_methods
+from jacverify.methods import Method, get_methods
 from jacverify.oracles import directional_differences, finite_differences
 from jacverify.references import (
     DEFAULT_MAX_MEMORY,
@@ -27,7 +27,7 @@ from jacverify.references import (
     verify,
     within_time_budget,
 )
-from jacverify.quantity_table import get_quantity
+from jacverify.quantity_table import get_quantity, get_standalone
 from jacverify.report import Report
 from jacverify import validation
 
@@ -104,8 +104,8 @@ def _scaling(chosen, results, flat: Flat, sizes: Sequence[int], seed: int):
 def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
                   expected: Callable[[Flat], tuple[int, ...]], labels: tuple[str, ...], direction: str | None,
                   methods, rtol, max_memory: int, warm_timing: bool, time_budget: float | None,
-                  scaling: Sequence[int] = ()) -> Report:
-    chosen = _chosen(methods, quantity)
+                  scaling: Sequence[int] = (), extra_methods: Sequence = ()) -> Report:
+    chosen = _chosen(methods, quantity, extra_methods)
     rtols = tolerances(rtol)
     max_memory = _memory(max_memory)
     with isolated(case.fn):
@@ -130,8 +130,8 @@ def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
                   findings=v.findings)
 
 
-def _chosen(methods, quantity: str):
-    chosen = get_methods(methods, get_quantity(quantity).name)
+def _chosen(methods, quantity: str, extra_methods: Sequence = ()):
+    chosen = get_methods(methods, get_quantity(quantity).name) + tuple(extra_methods)
     validation.check_methods_selected(methods, chosen)
     return chosen
 
@@ -164,12 +164,14 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
                rtol: Mapping[torch.dtype, float] | None = None,
                max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True,
                time_budget: float | None = DEFAULT_TIME_BUDGET,
-               scaling: Sequence[int] = SCALING) -> Report:
+               scaling: Sequence[int] = SCALING, extra_methods: Sequence[Method] = ()) -> Report:
     """Check every way to compute ``J v_i`` at one point ``x`` for K vectors, shape (K, out).
 
     ``fn`` maps ``x`` (any shape, no batch axis) to one output tensor; ``vectors`` is (K, *x.shape).
     References: the verified Jacobian times each vector, and directional finite differences.
     ``report.scaling`` times every agreeing method on K = 1, 4, 16 random vectors (``scaling=``).
+    ``extra_methods`` (every check here takes it) adds methods beside the registered ones, e.g. a
+    user's own from :func:`jacverify.user_method` (``check_method`` does this for you).
 
     >>> f = lambda x: torch.stack([x.sin().sum(), (x * x).prod()])
     >>> report = check_jvps(f, torch.tensor([0.5, -1.0]), torch.eye(2))
@@ -183,8 +185,7 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     return _run_quantity(case, "jvp_set", vec, _linear("bmn,kn->km"),
                          lambda flat: (len(vec), flat.n_out),
                          ("vector", "output"), "set", methods, rtol, max_memory, warm_timing,
-                         time_budget,
-                         scaling)
+                         time_budget, scaling, extra_methods)
 
 
 def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
@@ -193,7 +194,7 @@ def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
                rtol: Mapping[torch.dtype, float] | None = None,
                max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True,
                time_budget: float | None = DEFAULT_TIME_BUDGET,
-               scaling: Sequence[int] = SCALING) -> Report:
+               scaling: Sequence[int] = SCALING, extra_methods: Sequence[Method] = ()) -> Report:
     """Check every way to compute ``vᵀ_i J`` at one point ``x`` for K cotangents, shape (K, in).
 
     ``vectors`` is (K, *out_shape). The reference is the adjoint identity through the verified
@@ -212,7 +213,7 @@ def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     vec = vector_rows("vectors", vectors, out_shape, "cotangent")
     return _run_quantity(case, "vjp_set", vec, _linear("bmn,km->kn"),
                          lambda flat: (len(vec), flat.n_in), ("vector", "input"), None, methods,
-                         rtol, max_memory, warm_timing, time_budget, scaling)
+                         rtol, max_memory, warm_timing, time_budget, scaling, extra_methods)
 
 
 def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
@@ -222,7 +223,8 @@ def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, 
                           rtol: Mapping[torch.dtype, float] | None = None,
                           max_memory: int = DEFAULT_MAX_MEMORY,
                           warm_timing: bool = True,
-                          time_budget: float | None = DEFAULT_TIME_BUDGET) -> Report:
+                          time_budget: float | None = DEFAULT_TIME_BUDGET,
+                          extra_methods: Sequence[Method] = ()) -> Report:
     """Check every way to compute per-sample ``J_b v_b`` for a batch, shape (B, out).
 
     ``vectors`` has the shape of ``x``: one tangent per sample. References: the verified
@@ -242,7 +244,7 @@ def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, 
     vec = vectors.movedim(case.batch_axis, 0).reshape(case.batch_size, -1)
     return _run_quantity(case, "per_sample_jvp", vec, _linear("bmn,bn->bm"),
                          lambda flat: (flat.batch_size, flat.n_out), ("sample", "output"), "per_sample", methods, rtol,
-                         max_memory, warm_timing, time_budget)
+                         max_memory, warm_timing, time_budget, extra_methods=extra_methods)
 
 
 # --- per-sample second derivatives ---
@@ -291,8 +293,8 @@ def _asymmetry(tolerance: float) -> Callable[[torch.Tensor], str | None]:
 
 def _second_order(fn, x, quantity: str, diagonal: bool, batch_axis: int, methods, dtype, device,
                   seed: int, rtol, max_memory: int, warm_timing: bool,
-                  time_budget: float | None) -> Report:
-    chosen = _chosen(methods, quantity)
+                  time_budget: float | None, extra_methods: Sequence = ()) -> Report:
+    chosen = _chosen(methods, quantity, extra_methods)
     rtols = tolerances(rtol)
     max_memory = _memory(max_memory)
     case = make_case(fn, x, batch_axis=batch_axis, dtype=dtype, device=device, seed=seed)
@@ -361,7 +363,8 @@ def check_hessians(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
                    device: str | torch.device | None = None, seed: int = 0,
                    rtol: Mapping[torch.dtype, float] | None = None,
                    max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True,
-                   time_budget: float | None = DEFAULT_TIME_BUDGET) -> Report:
+                   time_budget: float | None = DEFAULT_TIME_BUDGET,
+                   extra_methods: Sequence[Method] = ()) -> Report:
     """Check every way to compute per-sample Hessians of each output, shape (B, out, in, in).
 
     Reference: finite differences of the first derivative, itself verified against finite
@@ -375,7 +378,7 @@ def check_hessians(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
     (True, torch.Size([4, 1, 2, 2]))
     """
     return _second_order(fn, x, "hessian", False, batch_axis, methods, dtype, device, seed, rtol,
-                         max_memory, warm_timing, time_budget)
+                         max_memory, warm_timing, time_budget, extra_methods=extra_methods)
 
 
 def check_hessian_diagonals(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
@@ -385,7 +388,8 @@ def check_hessian_diagonals(fn: Callable, x: torch.Tensor, *, batch_axis: int = 
                             rtol: Mapping[torch.dtype, float] | None = None,
                             max_memory: int = DEFAULT_MAX_MEMORY,
                             warm_timing: bool = True,
-                            time_budget: float | None = DEFAULT_TIME_BUDGET) -> Report:
+                            time_budget: float | None = DEFAULT_TIME_BUDGET,
+                          extra_methods: Sequence[Method] = ()) -> Report:
     """Check ``d²y_m / dx_k²`` per sample, shape (B, out, in): the loop physics-informed training
     code writes (``loop``: ``autograd.grad(..., grad_outputs=ones, create_graph=True)`` per output
     column and input entry) side by side with its vectorized replacements.
@@ -396,7 +400,7 @@ def check_hessian_diagonals(fn: Callable, x: torch.Tensor, *, batch_axis: int = 
     (True, ['loop', 'vmap_hessian', 'forward_over_reverse'])
     """
     return _second_order(fn, x, "hessian_diagonal", True, batch_axis, methods, dtype, device, seed,
-                         rtol, max_memory, warm_timing, time_budget)
+                         rtol, max_memory, warm_timing, time_budget, extra_methods)
 
 
 RANDOM_VECTORS = 3  # vectors drawn for the set quantities when none are given
@@ -415,7 +419,7 @@ def check_quantity(quantity: str, fn: Callable, inputs: torch.Tensor | Sequence[
     """
     import jacverify
 
-    q = get_quantity(quantity)
+    q = get_standalone(quantity)
     run = getattr(jacverify, q.check)  # the registry names each quantity's check function
     if q.name == "batch_jacobian":
         return run(fn, inputs, batch_axis=batch_axis, seed=seed, **options)

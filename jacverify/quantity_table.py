@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from jacverify.errors import InvalidArgument
 
-__all__ = ["Quantity", "QUANTITIES", "QUANTITY_NAMES", "get_quantity"]
+__all__ = ["Quantity", "QUANTITIES", "QUANTITY_NAMES", "STANDALONE", "get_quantity",
+           "get_standalone"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class Quantity:
         vectors: what vectors it needs: ``"tangent"`` (K, *in) at a point, ``"cotangent"``
             (K, *out) at a point, ``"per_sample_tangent"`` (one per sample, like x), or None.
         second_order: a second derivative (networks must be twice differentiable).
+        standalone: checked for any function and inputs (``jacverify check --quantity``, the
+            network fuzzer); False for quantities that need more (parameters and targets) or
+            exist only to check a user's own code.
     """
 
     name: str
@@ -38,6 +42,7 @@ class Quantity:
     check: str
     vectors: str | None = None
     second_order: bool = False
+    standalone: bool = True
 
     @property
     def at_point(self) -> bool:
@@ -63,8 +68,18 @@ QUANTITIES: dict[str, Quantity] = {q.name: q for q in (
     Quantity("hessian_diagonal", "d²y_m / dx_k² per sample (the u_xx of physics-informed code)",
              "(B, M, N)", "the diagonal of the finite-difference Hessian",
              "check_hessian_diagonals", second_order=True),
+    Quantity("jacobian_and_hessian_diagonal",
+             "(u_x, u_xx) returned together, as physics-informed code does",
+             "((B, M, N), (B, M, N))", "the verified Jacobian and the Hessian's diagonal",
+             "check_method", second_order=True, standalone=False),
+    Quantity("per_sample_grad",
+             "per-sample gradients of a per-sample loss with respect to every parameter",
+             "(B, *p.shape) per parameter",
+             "float64 finite differences per sample and parameter entry, and the loop",
+             "check_per_sample_grads", standalone=False),
 )}
 QUANTITY_NAMES: tuple[str, ...] = tuple(QUANTITIES)
+STANDALONE: tuple[str, ...] = tuple(q.name for q in QUANTITIES.values() if q.standalone)
 
 
 def get_quantity(name: object) -> Quantity:
@@ -82,3 +97,16 @@ def get_quantity(name: object) -> Quantity:
         raise InvalidArgument(f"quantity={name!r} (type={type(name).__name__}) is not one of "
                               f"{', '.join(QUANTITY_NAMES)}{hint}")
     return QUANTITIES[name]  # type: ignore[index]
+
+
+def get_standalone(name: object) -> Quantity:
+    """:func:`get_quantity`, refusing a quantity that cannot be checked from a function and inputs.
+
+    Raises:
+        InvalidArgument: unknown, or not standalone (the message says where it is checked).
+    """
+    q = get_quantity(name)
+    if not q.standalone:
+        raise InvalidArgument(f"quantity={name!r} is checked through jacverify.{q.check}, not from "
+                              f"a function and inputs alone; use one of {', '.join(STANDALONE)}")
+    return q

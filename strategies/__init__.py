@@ -21,7 +21,7 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 from jacverify.errors import InvalidArgument
-from jacverify.quantity_table import QUANTITY_NAMES, get_quantity
+from jacverify.quantity_table import STANDALONE, get_quantity
 from jacverify.validation import check_int
 from jacverify.specs import (
     BOUNDED_OPS,
@@ -280,7 +280,7 @@ def inputs(draw, network: Network, *, batch_size: int) -> tuple[float, ...]:
 
 # Second derivatives need C2 activations: ELU's second derivative jumps at 0.
 TWICE_DIFFERENTIABLE = tuple(a for a in SMOOTH_ACTIVATIONS if a != "elu")
-QUANTITIES = QUANTITY_NAMES  # the registry's (jacverify/quantity_table.py)
+QUANTITIES = STANDALONE  # the registry's (jacverify/quantity_table.py)
 
 
 @st.composite

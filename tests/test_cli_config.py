@@ -1,0 +1,148 @@
+"""`jacverify check` on real files: an input per forward argument, constructor arguments and
+example inputs from [tool.jacverify] (or --config), skipped targets counted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from jacverify import InvalidArgument
+from jacverify.config import load_config
+from jacverify.discover import Target, discover, example_input, load
+
+TWO_INPUTS = """
+    import torch
+    from torch import nn
+
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 3)
+
+        def forward(self, x, y):
+            return torch.tanh(self.proj(x)) * torch.sigmoid(self.proj(y))
+
+    class Concat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(6, 2)
+
+        def forward(self, a, b):
+            return self.lin(torch.cat([a, b], -1)).tanh()
+"""
+
+NEEDS_ARGS = """
+    import torch
+    from torch import nn
+
+    class Encoder(nn.Module):
+        def __init__(self, width, depth, act="tanh"):
+            super().__init__()
+            self.layers = nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)])
+
+        def forward(self, x, mask):
+            return torch.tanh(self.layers(x)) * mask.sigmoid()
+
+    class Unconfigured(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+"""
+
+CONFIG = """
+    [tool.jacverify.targets.Encoder]
+    args = [5, 2]
+    kwargs = { act = "tanh" }
+    inputs = [[4, 5], [4, 5]]
+"""
+
+
+def _write(folder: Path, name: str, body: str) -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jacverify", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_a_two_input_forward_gets_an_input_per_argument(tmp_path):
+    path = _write(tmp_path, "two.py", TWO_INPUTS)
+    targets, skipped = discover(load(str(path)), str(path))
+    shapes = {}
+    for tgt in targets:
+        inputs, _ = example_input(tgt, tgt.build(), 4, 0, None)
+        shapes[tgt.name.rpartition("::")[2]] = [tuple(t.shape) for t in inputs]
+    assert shapes == {"Gate": [(4, 4), (4, 4)], "Concat": [(4, 3), (4, 3)]} and not skipped
+
+
+def test_constructor_arguments_and_inputs_come_from_pyproject(tmp_path):
+    path = _write(tmp_path, "enc.py", NEEDS_ARGS)
+    configs = load_config(_write(tmp_path, "pyproject.toml", CONFIG))
+    targets, skipped = discover(load(str(path)), str(path), configs)
+    (enc,) = targets
+    assert enc.args == (5, 2) and enc.kwargs == {"act": "tanh"}
+    inputs, axis = example_input(enc, enc.build(), 4, 0, torch.float64)
+    assert [tuple(t.shape) for t in inputs] == [(4, 5), (4, 5)] and axis == 0
+    assert len(skipped) == 1 and "Unconfigured: skipped, its constructor needs arguments" in skipped[0]
+
+
+@pytest.mark.parametrize("body,match", [
+    ("[tool.jacverify.targets.Net]\nargz = [1]\n", "unknown key.*argz"),
+    ("[tool.jacverify.targets.Net]\ninputs = [4, 3]\n", r"inputs=\[4, 3\] .* must be a non-empty"),
+    ("[tool.jacverify.targets.Net\n", "cannot read it as TOML"),
+])
+def test_a_malformed_configuration_is_refused(tmp_path, body, match):
+    with pytest.raises(InvalidArgument, match=match):
+        load_config(_write(tmp_path, "pyproject.toml", body))
+
+
+def test_a_forward_that_runs_on_no_guess_asks_for_configured_inputs(tmp_path):
+    path = _write(tmp_path, "odd.py", """
+        import torch
+        from torch import nn
+
+        class Odd(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(4, 2)
+
+            def forward(self, x, y):
+                return self.lin(x) @ y.T  # y needs another shape
+    """)
+    (tgt,), _ = discover(load(str(path)), str(path))
+    from jacverify.discover import NoInput
+
+    with pytest.raises(NoInput, match=r"its forward takes 2 tensors.*inputs = \[\[B"):
+        example_input(tgt, tgt.build(), 4, 0, None)
+
+
+@pytest.mark.slow
+def test_cli_checks_both_files_without_edits(tmp_path):
+    two = _write(tmp_path, "two.py", TWO_INPUTS)
+    enc = _write(tmp_path, "enc.py", NEEDS_ARGS)
+    _write(tmp_path, "pyproject.toml", CONFIG)
+    result = _run("check", "--quiet", str(two), str(enc))
+    out = result.stdout
+    assert "two.py::Gate: PASSED" in out and "two.py::Concat: PASSED" in out
+    assert "enc.py::Encoder: PASSED" in out
+    assert "enc.py::Unconfigured: skipped, its constructor needs arguments" in out
+    assert "3 passed, 0 failed, 0 unverified, 1 skipped target(s)" in out
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_cli_config_option_names_another_file(tmp_path):
+    (tmp_path / "src").mkdir()
+    enc = _write(tmp_path / "src", "enc.py", NEEDS_ARGS)
+    config = _write(tmp_path, "jacverify.toml", "[targets.Encoder]\nargs = [3, 1]\n"
+                    "inputs = [[2, 3], [2, 3]]\n")
+    result = _run("check", "--quiet", "--config", str(config), str(enc))
+    assert "enc.py::Encoder: PASSED" in result.stdout and result.returncode == 0, result.stdout
+    assert _run("check", "--config", str(tmp_path / "none.toml"), str(enc)).returncode == 2
