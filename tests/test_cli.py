@@ -170,7 +170,7 @@ def test_forward_failing_and_slow_targets_get_a_line_and_the_rest_run(tmp_path):
     out = result.stdout
     assert "mixed.py::WrongShapes: FAILED: the function raised RuntimeError" in out
     assert "inputs of shape (4, 4)" in out
-    assert f"mixed.py::Slow: UNVERIFIED: mixed.py::Slow: abandoned" not in out
+    assert "mixed.py::Slow: UNVERIFIED: mixed.py::Slow: abandoned" not in out
     assert f"mixed.py::Slow: UNVERIFIED: abandoned after --timeout={TIMEOUT} s" in out
     assert "mixed.py::Fine: PASSED" in out
     assert "1 passed, 1 failed, 1 unverified, 0 skipped target(s)" in out
@@ -243,7 +243,7 @@ def test_seed_makes_a_check_reproducible(tmp_path):
 def test_output_paths_and_options_are_checked_before_any_work(args):
     result = run("check", "jacverify.examples.mlp", *args)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.startswith("jacverify: error: ")
+    assert "error: " in result.stderr  # jacverify's own, or argparse's naming the option
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 

@@ -13,7 +13,7 @@ import torch
 
 from jacverify import InvalidArgument
 from jacverify.config import load_config
-from jacverify.discover import Target, discover, example_input, load
+from jacverify.discover import discover, example_input, load
 
 TWO_INPUTS = """
     import torch
