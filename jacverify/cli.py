@@ -31,13 +31,18 @@ from jacverify.quantity_table import STANDALONE as QUANTITIES  # no torch import
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jacverify", description=__doc__,
+    import jacverify
+
+    parser = argparse.ArgumentParser(prog="jacverify", description=__doc__.replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"jacverify {jacverify.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="check every module and marked function in FILEs",
-                           description="Runs each FILE's code as `python FILE` would, then checks "
-                           "every nn.Module subclass constructible with no arguments, every module "
-                           "instance at top level, and every function marked @jacverify.target.")
+                           description="Imports each FILE as a module (its top-level code runs, "
+                           "its `if __name__ == \"__main__\":` block does not), then checks every "
+                           "nn.Module subclass constructible with no arguments (or configured in "
+                           "[tool.jacverify]), every module instance at top level, and every "
+                           "function marked @jacverify.target.")
     check.add_argument("files", nargs="+", metavar="FILE",
                        help="a .py file or a dotted module name (e.g. jacverify.examples.mlp)")
     options.add_to_argparse(check)
@@ -76,13 +81,18 @@ def _parser() -> argparse.ArgumentParser:
                     help="Hypothesis profile (default: JACVERIFY_PROFILE, else ci under CI, else dev)")
     fz.add_argument("--function", action="append", default=[], metavar="MODULE:CLASS",
                     help="put this custom autograd.Function in every network (repeatable)")
-    fz.add_argument("--families", metavar="NAMES", help="network families (default: all)")
+    fz.add_argument("--families", metavar="NAMES",
+                    help="comma-separated network families: mlp, residual, layernorm, conv1d, "
+                    "conv2d, attention, rnn, elementwise (default: all)")
     fz.add_argument("--coupled", action="store_true", help="also draw batch-coupled networks")
     fz.add_argument("--shrink-seconds", type=float, default=30.0, metavar="S",
                     help="how long to shrink a failure (default: 30)")
     fz.add_argument("--max-depth", type=int, default=3, metavar="D", help="max depth (default: 3)")
     fz.add_argument("--max-width", type=int, default=5, metavar="W", help="max width (default: 5)")
-    sub.add_parser("demo", help="check the README's network and print the report")
+    sub.add_parser("demo", help="check the README's network and print the report",
+                   description="Checks the README's example network (a 5-16-3 tanh MLP on a batch "
+                   "of 8) every registered way and prints the report: a first look at what "
+                   "jacverify shows, with no file of your own.")
     fr = sub.add_parser("fuzz-rules", help="fuzz the batching rules of custom ops and "
                         "autograd.Functions (in FILEs, or --op NS::NAME)",
                         description="Finds the torch.library custom ops and the autograd.Functions "
@@ -274,7 +284,8 @@ def _check(args: argparse.Namespace) -> int:
     from jacverify.outcomes import Outcome, session_document, write_json
 
     # soft_wrap: a line stays one line (greppable, pasteable) whatever the terminal's width.
-    out = Console(highlight=False, soft_wrap=True, width=max(Console().width, 120))
+    # the real width (COLUMNS, else 80 when piped): tables fold their cells to fit, never cut them
+    out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     usage_errors, candidates, passed_over = [], [], []
     for spec in args.files:
@@ -311,7 +322,8 @@ def _check(args: argparse.Namespace) -> int:
                    f"{kwargs.get('seed', 0)}, device {kwargs.get('device', 'cpu')})")
     statuses = [o.status for o in outcomes]
     counts = {s: statuses.count(s) for s in ("passed", "failed", "unverified", "skipped")}
-    out.print(", ".join(f"{n} {s}" for s, n in counts.items()) + " target(s)", markup=False)
+    if outcomes or not usage_errors:  # a run that checked nothing has no summary to give
+        out.print(", ".join(f"{n} {s}" for s, n in counts.items()) + " target(s)", markup=False)
     if usage_errors:
         return EXIT_USAGE
     return exit_status(statuses)
@@ -424,7 +436,9 @@ def _print_outcome(o, quiet: bool, out) -> None:
         out.print(line, markup=False)
         return
     out.rule(f"{o.name} ({o.kind})")
-    out.print(r.table())
+    for line in r.lead_lines():
+        out.print(line, markup=False)
+    out.print(r.table(width=out.width))
     for line in r.footer_lines():
         out.print(line, markup=False)
 

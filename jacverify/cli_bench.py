@@ -29,7 +29,7 @@ def run_bench(args: argparse.Namespace, usage: type[Exception]) -> int:
     from jacverify.bench import SUITES, SWEEPS, bench_suite
     from jacverify.bench_render import case_table, pathology_lines, summary_table
 
-    out = Console(highlight=False, soft_wrap=True, width=max(Console().width, 160))
+    out = Console(highlight=False, soft_wrap=True)  # the real width; tables fold to fit
     err = Console(stderr=True)
     device = str(kwargs.get("device", "cpu"))
     common = dict(methods=kwargs.get("methods"), memory=not args.no_memory,

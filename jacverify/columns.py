@@ -40,6 +40,8 @@ class Column:
     status: bool = False
     terminal: bool = True  # shown in the terminal table
     page: bool = True  # shown in the HTML table
+    wrap: bool = False  # may fold onto several lines in a narrow terminal (names never do)
+    optional: bool = False  # left out of a terminal table too narrow for every column
 
 
 def number(v: float | None) -> str:
@@ -67,15 +69,16 @@ def _where(r: Any, report: Any) -> str:
 # The columns of a check's results (rows: MethodResult; context: the Report).
 RESULT_COLUMNS: tuple[Column, ...] = (
     Column("method", lambda r, _: r.method),
-    Column("mode", lambda r, _: r.mode + (" vmap" if r.vectorized else "")),
+    Column("mode", lambda r, _: r.mode + (" vmap" if r.vectorized else ""), wrap=True,
+           optional=True),
     Column("status", lambda r, _: str(r.status), status=True),
-    Column("max abs err", lambda r, _: number(r.max_abs_error)),
-    Column("max rel err", lambda r, _: number(r.max_rel_error)),
+    Column("max abs err", lambda r, _: number(r.max_abs_error), wrap=True, optional=True),
+    Column("max rel err", lambda r, _: number(r.max_rel_error), wrap=True),
     Column("worst entry", lambda r, _: "" if r.worst_index is None else str(r.worst_index),
-           page=False),
+           page=False, wrap=True, optional=True),
     Column("worst entry (in your shapes)", _where, terminal=False),
     Column("time", lambda r, _: "" if r.time_s is None else f"{r.time_s * 1e3:.2f} ms", "right"),
-    Column("vs loop", _speed, "right"),
+    Column("vs loop", _speed, "right", optional=True),
     Column("reason", lambda r, _: r.reason or "", terminal=False),
 )
 
@@ -87,14 +90,21 @@ def styled_status(text: str) -> str:
 
 
 def rich_table(columns: Sequence[Column], rows: Sequence[Any], context: Any = None, *,
-               title: str | None = None):
-    """A ``rich.table.Table`` of ``rows`` under the terminal ``columns``."""
+               title: str | None = None, width: int | None = None):
+    """A ``rich.table.Table`` of ``rows`` under the terminal ``columns``; with the console's
+    ``width``, the optional columns are left out when every column would not fit unfolded."""
     from rich.table import Table
 
     shown = [c for c in columns if c.terminal]
+    widths = {c.header: max([len(c.header)] + [len(c.cell(r, context)) for r in rows])
+              for c in shown}
+    if width is not None and sum(widths.values()) + 3 * len(shown) + 1 > width:
+        shown = [c for c in shown if not c.optional]
     table = Table(title=title)
     for c in shown:
-        table.add_column(c.header, justify=c.justify, overflow="fold")  # type: ignore[arg-type]
+        table.add_column(c.header, justify=c.justify,  # type: ignore[arg-type]
+                         overflow="fold", no_wrap=not c.wrap,
+                         min_width=None if c.wrap else widths[c.header])
     for row in rows:
         table.add_row(*(styled_status(c.cell(row, context)) if c.status else c.cell(row, context)
                         for c in shown))
@@ -120,7 +130,10 @@ def html_table(columns: Sequence[Column], rows: Sequence[Any], context: Any = No
 
 def counts_table(counts: Mapping[str, Mapping[str, int]], statuses: Sequence[str], *,
                  first: str, title: str | None = None):
-    """A rich table of how often each name ended with each status (the fuzzers' summaries)."""
+    """A rich table of how often each name ended with each status (the fuzzers' summaries); a
+    status no name ended with is left out, but for agree and mismatch."""
+    statuses = [s for s in statuses if s in ("agree", "mismatch")
+                or any(c.get(s) for c in counts.values())]
     columns = [Column(first, lambda row, _: row[0])] + [
         Column(s, lambda row, _, s=s: str(row[1].get(s, 0)), "right") for s in statuses]
     return rich_table(columns, list(counts.items()), title=title)

@@ -9,6 +9,7 @@ verified (NOTE [earned verdict]).
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from jacverify.compare import Comparison, Reference, Scales, compare
 from jacverify.errors import NotApplicable
 
 __all__ = ["Status", "Verdict", "MethodResult", "judge", "timed", "verdict", "first_line",
-           "raised", "describe_worst", "RETIME_BELOW_S"]
+           "raised", "describe_worst", "warm_up_transforms", "RETIME_BELOW_S"]
 
 
 class _Named(str, enum.Enum):
@@ -167,17 +168,38 @@ def raised(e: BaseException, limit: int = 200) -> str:
 
 
 # NOTE [check timings]
-# A check times each method on its own result run, and once more when that run took under a
-# second, keeping the faster: the first call of a transform pays one-off set-up (forward AD took
-# 600 ms on its first call here) that would otherwise decide "fastest". `jacverify bench` measures
-# properly.
+# Every transform is warmed up once per process before anything is timed (`warm_up_transforms`):
+# forward AD's first use cost 3-10 s here, and was charged to whichever forward method ran first
+# (dual_loop at "0.0x vs loop"). A check then times each method on its own result run, and once
+# more when that run took under a second, keeping the faster. `jacverify bench` measures properly.
 RETIME_BELOW_S = 1.0
+
+
+@functools.cache
+def warm_up_transforms() -> None:
+    """Run every transform a method uses once, on a 2x2 tensor, so their one-off set-up (forward
+    AD's first use took 3-10 s on a loaded machine here) is paid outside any timed region
+    (NOTE [check timings]). Once per process."""
+    from torch.autograd import forward_ad
+    from torch.func import jacfwd, jacrev, jvp, vjp, vmap
+
+    x = torch.ones(2, 2, dtype=torch.float64, requires_grad=True)
+    with forward_ad.dual_level():
+        forward_ad.unpack_dual(torch.sin(forward_ad.make_dual(x.detach(), torch.ones_like(x))))
+    vmap(jacfwd(torch.sin))(x.detach())
+    vmap(jacrev(torch.sin))(x.detach())
+    jvp(torch.sin, (x.detach(),), (torch.ones_like(x),))
+    vjp(torch.sin, x.detach())[1](torch.ones_like(x))
+    torch.autograd.grad(torch.sin(x).sum(), x, create_graph=True)
+    torch.autograd.functional.jacobian(torch.sin, x.detach(), vectorize=True,
+                                       strategy="forward-mode")
 
 
 def timed(compute: Callable[[Flat], torch.Tensor], flat: Flat,
           runs: int) -> tuple[torch.Tensor, float]:
     """``compute(flat)`` and its best time over ``runs`` calls (NOTE [check timings]), in seconds,
     synchronised on CUDA."""
+    warm_up_transforms()
     sync = torch.cuda.synchronize if flat.x.is_cuda else (lambda: None)
     best, value = float("inf"), None
     for _ in range(runs):

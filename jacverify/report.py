@@ -157,15 +157,41 @@ class Report:
             f"{c.max_rel_error:.3g}; {describe_worst(c, where)}\n  tolerance: {c.rule}"
         )
 
-    def failure_message(self) -> str:
-        """What a failing test shows: each mismatch in full, the case, the seed, the hint."""
+    def describe_groups(self, results: tuple[MethodResult, ...] | list[MethodResult]) -> list[str]:
+        """:meth:`describe` for each group of methods that ended the same way (same status, same
+        reason, same worst entry and values): one paragraph per group, its methods named."""
+        groups: dict[tuple, list[MethodResult]] = {}
+        for r in results:
+            c = r.worst
+            key = (str(r.status), r.reason, None if c is None else (
+                c.reference, c.worst_index, f"{c.value_at_worst:.6g}", f"{c.reference_at_worst:.6g}"))
+            groups.setdefault(key, []).append(r)
+        out = []
+        for members in groups.values():
+            text = self.describe(members[0])
+            if len(members) > 1:
+                first, _, rest = text.partition(": ")
+                modes = sorted({m.mode for m in members})
+                text = (f"{len(members)} methods ({', '.join(modes)}) ended the same way -- "
+                        f"{', '.join(m.method for m in members)}: {rest}")
+            out.append(text)
+        return out
+
+    def lead_lines(self) -> list[str]:
+        """The diagnosis, before any table: the verdict, the likely culprit, the findings."""
         lines = [f"jacverify: {self.quantity}: {self.headline()}"]
-        lines += [f"finding: {f}" for f in self.findings]
-        lines += [self.describe(r) for r in self.mismatches]
-        if self.verdict == Verdict.UNVERIFIED:
-            lines += [self.describe(r) for r in self.results if r.status not in WRONG]
         if self.hint:
             lines.append(f"hint: {self.hint}")
+        lines += [f"finding: {f}" for f in self.findings]
+        return lines
+
+    def failure_message(self) -> str:
+        """What a failing test shows: the diagnosis first, then each group of methods that went
+        wrong the same way in full, the notes, a runnable case and the seed."""
+        lines = self.lead_lines()
+        lines += self.describe_groups(self.mismatches)
+        if self.verdict == Verdict.UNVERIFIED:
+            lines += self.describe_groups([r for r in self.results if r.status not in WRONG])
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"case: {self.case!r}")
         lines.append(f"seed: {self.case.seed}")
@@ -231,11 +257,12 @@ class Report:
             ],
         }
 
-    def table(self):
-        """The results as a ``rich.table.Table`` (the columns of :mod:`jacverify.columns`)."""
+    def table(self, width: int | None = None):
+        """The results as a ``rich.table.Table`` (the columns of :mod:`jacverify.columns`); a
+        ``width`` too narrow for every column drops the optional ones."""
         from jacverify.columns import RESULT_COLUMNS, rich_table
 
-        return rich_table(RESULT_COLUMNS, self.results, self,
+        return rich_table(RESULT_COLUMNS, self.results, self, width=width,
                           title=f"jacverify: {self.quantity} of {self._title()}")
 
     def _title(self) -> str:
@@ -245,31 +272,31 @@ class Report:
         return f"{name} on {shapes} {str(self.case.dtype).removeprefix('torch.')}"
 
     def render(self, width: int = 120, color: bool = False) -> str:
-        """The table, the notes and every mismatch in full, as text."""
+        """The diagnosis, the table, the notes and every group of mismatches in full, as text."""
         from rich.console import Console
 
         buf = io.StringIO()
         console = Console(file=buf, width=width, force_terminal=color, color_system="auto" if color else None)
-        console.print(self.table())
+        for line in self.lead_lines():
+            console.print(line, highlight=False, markup=False)
+        console.print(self.table(width=width))
         for line in self.footer_lines():
             console.print(line, highlight=False, markup=False)
         return buf.getvalue().rstrip()
 
     def footer_lines(self) -> list[str]:
-        """The lines under the table: references, coupling, notes, non-agreeing methods, verdict."""
-        lines = [f"reference: {' and '.join(self.trusted)} "
+        """The lines under the table: references, coupling, notes, the methods that did not agree
+        (grouped), the verdict again with the fastest method and the seed."""
+        lines = [f"reference: {' and '.join(self.trusted) or 'none'} "
                  f"(computed in {str(self.reference_dtype).removeprefix('torch.')})"]
         if self.coupling.coupled:
             lines.append(f"batch coupling: {self.coupling.reason}")
-        lines += [f"finding: {f}" for f in self.findings]
         lines += [f"note: {n}" for n in self.notes]
-        lines += [self.describe(r) for r in self.results if r.status != "agree"]
+        lines += self.describe_groups([r for r in self.results if r.status != "agree"])
         if self.scaling:
             lines.append("time against the number of vectors K:")
             lines += [f"  {m}: " + ", ".join(f"K={k} {t * 1e3:.2f} ms" for k, t in points)
                       for m, points in self.scaling]
-        if self.hint:
-            lines.append(f"hint: {self.hint}")
         lines.append(f"{self.headline()}; fastest agreeing method: {self.fastest}; "
                      f"seed={self.case.seed}")
         return lines
