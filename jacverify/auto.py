@@ -13,6 +13,7 @@ import torch
 
 from jacverify.case import Flat, flatten, make_case
 from jacverify.errors import InvalidArgument, MismatchError
+from jacverify.judge import describe_worst
 from jacverify.validation import check_int, check_number
 from jacverify.measure import peak_memory, saved_activation_bytes, time_calls
 from jacverify.methods import get_methods
@@ -298,7 +299,6 @@ def _verify(fn, x: torch.Tensor, value: torch.Tensor, name: str, probes: int, se
     c = compare(project(value, drawn), ref, case.dtype, tolerances(), derivative_scale=scale)
     if not c.passed:
         raise MismatchError(
-            f"batch_jacobian via {name} failed its verification: probe {c.worst_index[0]} of "
-            f"{probes} gives uᵀJv = {c.value_at_worst:.6g}, finite differences "
-            f"{c.reference_at_worst:.6g} (allowed {c.allowed_at_worst:.3g}: {c.rule}); run "
+            f"batch_jacobian via {name} failed its verification (uᵀJv over {probes} random "
+            f"probes): {describe_worst(c, f'probe {c.worst_index[0]}')}; tolerance: {c.rule}; run "
             "jacverify.check(fn, x) to see which methods are wrong and where", None)  # type: ignore[arg-type]

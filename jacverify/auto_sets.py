@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from jacverify.judge import describe_worst
 from jacverify.auto import call_key, plan_table
 from jacverify.case import Flat, flatten, make_case
 from jacverify.compare import Reference, compare, tolerances
@@ -136,8 +137,6 @@ def _judge(name: str, quantity: str, value: torch.Tensor, ref: Reference, dtype)
     c = compare(value, Reference("finite_differences", ref.value, ref.error), dtype, tolerances())
     if not c.passed:
         raise MismatchError(
-            f"{quantity} via {name} failed its verification at {c.worst_index}: "
-            f"{c.value_at_worst:.6g} against finite differences {c.reference_at_worst:.6g} "
-            f"(allowed {c.allowed_at_worst:.3g}); run jacverify.check_"
-            f"{'jvps' if quantity == 'jvp_set' else 'hessians'} to see which methods are wrong",
-            None)  # type: ignore[arg-type]
+            f"{quantity} via {name} failed its verification: {describe_worst(c)}; run "
+            f"jacverify.check_{'jvps' if quantity == 'jvp_set' else 'hessians'} to see which "
+            "methods are wrong", None)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ from rich.table import Table
 
 from jacverify.bench import BenchRun, CaseBench
 
-from jacverify.columns import styled_status
+from jacverify.columns import Column, rich_table
 
 __all__ = ["case_table", "summary_table", "pathology_lines"]
 
@@ -20,25 +20,47 @@ def _kib(n: int | None) -> str:
     return "" if n is None else f"{n / 1024:,.0f}"
 
 
-def case_table(case: CaseBench) -> Table:
-    """Per method: status, median and IQR time, peak memory, vs one forward, vs loop."""
+def _note(r, _case) -> str:
+    t = r.timing
+    note = r.pathology or (r.reason if r.status != "agree" or r.method == "auto" else "") or ""
+    noisy = f"noisy: IQR {t.iqr / t.median:.1f}x median; " if t and t.noisy else ""
+    return ("SLOW " if r.pathology else "") + noisy + note
+
+
+# pytest-benchmark's statistics per method (times in ms), then jacverify's own
+BENCH_COLUMNS: tuple[Column, ...] = (
+    Column("method", lambda r, _: r.method),
+    Column("status", lambda r, _: str(r.status), status=True),
+    Column("min", lambda r, _: _ms(r.timing.min if r.timing else None), "right", optional=True),
+    Column("median", lambda r, _: _ms(r.time_s), "right"),
+    Column("mean", lambda r, _: _ms(r.timing.mean if r.timing else None), "right",
+           optional=True),
+    Column("stddev", lambda r, _: _ms(r.timing.stddev if r.timing else None), "right",
+           optional=True),
+    Column("IQR", lambda r, _: _ms(r.timing.iqr if r.timing else None), "right"),
+    Column("outliers", lambda r, _: r.timing.to_dict()["outliers"] if r.timing else "", "right",
+           optional=True),
+    Column("rounds", lambda r, _: str(r.timing.rounds) if r.timing else "", "right",
+           optional=True),
+    Column("peak KiB", lambda r, _: _kib(r.peak_bytes), "right", optional=True),
+    Column("x forward", lambda r, _: f"{r.forward_ratio:.1f}" if r.forward_ratio else "", "right",
+           optional=True),
+    Column("vs loop", lambda r, _: f"{r.speedup_vs_loop:.1f}x" if r.speedup_vs_loop else "",
+           "right"),
+    Column("note", _note, wrap=True),
+)
+
+
+def case_table(case: CaseBench, width: int | None = None) -> Table:
+    """Per method (fastest first): pytest-benchmark's statistics in ms (min, median, mean, stddev,
+    IQR, outliers as stddev;IQR counts, rounds), peak memory, vs one forward, vs loop, and a note:
+    SLOW with the likely cause (NOTE [pathology]), noisy when the IQR is over half the median."""
     best = case.fastest
     title = (f"{case.name}: forward {_ms(case.forward.median)} ms, Jacobian "
-             f"{_kib(case.jacobian_bytes)} KiB; fastest correct: {best.method if best else '-'}")
-    table = Table(title=title, title_justify="left")
-    for col in ("method", "status", "median ms", "IQR ms", "rounds", "peak KiB", "x forward",
-                "vs loop", "note"):
-        table.add_column(col, justify="left" if col in ("method", "status", "note") else "right")
-    for r in sorted(case.results, key=lambda r: (r.time_s is None, r.time_s or 0.0)):
-        t = r.timing
-        note = r.pathology or (r.reason if r.status != "agree" or r.method == "auto" else "") or ""
-        table.add_row(
-            r.method, styled_status(str(r.status)), _ms(r.time_s),
-            _ms(t.iqr) if t else "", str(t.rounds) if t else "", _kib(r.peak_bytes),
-            f"{r.forward_ratio:.1f}" if r.forward_ratio else "",
-            f"{r.speedup_vs_loop:.1f}x" if r.speedup_vs_loop else "",
-            ("[bold red]SLOW[/] " if r.pathology else "") + note.replace("[", "\\["))
-    return table
+             f"{_kib(case.jacobian_bytes)} KiB; fastest correct: {best.method if best else '-'} "
+             "(times in ms)")
+    rows = sorted(case.results, key=lambda r: (r.time_s is None, r.time_s or 0.0))
+    return rich_table(BENCH_COLUMNS, rows, case, title=title, width=width)
 
 
 def summary_table(run: BenchRun) -> Table:

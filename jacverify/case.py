@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,6 +229,7 @@ class Flat:
     out_shapes: tuple[tuple[int, ...], ...]
     vectors: torch.Tensor | None = None  # (K, N) or (K, M) for the JVP/VJP quantities
     differentiates: bool = False  # the forward itself takes derivatives (NOTE [values only])
+    out_names: tuple[str, ...] | None = None  # the keys of a dict output, in its order
 
     def values(self, x: torch.Tensor) -> torch.Tensor:
         """``fn(x)`` as values, for the references: no graph is kept (NOTE [values only])."""
@@ -264,16 +265,19 @@ class Flat:
         return ", ".join(parts)
 
     def describe_output(self, m: int) -> str:
-        """Name a flat output entry in the user's shapes, e.g. ``output[1, 2]``."""
-        return _unravel(m, self.out_shapes, "output")
+        """Name a flat output entry in the user's shapes, e.g. ``output[1, 2]``, or
+        ``output['mu'][1]`` for a dict output."""
+        return _unravel(m, self.out_shapes, "output", self.out_names)
 
 
-def _unravel(flat: int, shapes: Sequence[tuple[int, ...]], what: str) -> str:
+def _unravel(flat: int, shapes: Sequence[tuple[int, ...]], what: str,
+             names: Sequence[str] | None = None) -> str:
     for k, shape in enumerate(shapes):
         size = math.prod(shape)
         if flat < size:
             idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), shape)) if shape else ()
-            label = f"{what}[{k}]" if len(shapes) > 1 else what
+            label = (f"{what}[{names[k]!r}]" if names else
+                     f"{what}[{k}]" if len(shapes) > 1 else what)
             return f"{label}{list(idx)}"
         flat -= size
     raise IndexError(f"{what} index out of range")
@@ -299,16 +303,21 @@ def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = 
         out = fn(*xs)
         if isinstance(out, torch.Tensor):  # (the common case, kept free of a cat under vmap)
             return _moved(out, out_axis, 0).reshape(b, -1)
+        if isinstance(out, Mapping):  # flattened by key, in the dict's order
+            out = tuple(out.values())
         return torch.cat([_moved(o, out_axis, 0).reshape(b, -1) for o in out], dim=1)
 
     x = torch.cat(
         [t.to(dtype).movedim(axis, 0).reshape(case.batch_size, -1) for t in case.inputs], dim=1
     )
     out, differentiates = evaluate(fn, tuple(t.to(dtype, copy=True) for t in case.inputs))
-    outs = out if isinstance(out, (tuple, list)) else (out,)
+    names = tuple(str(k) for k in out) if isinstance(out, Mapping) else None
+    outs = tuple(out.values()) if isinstance(out, Mapping) else \
+        out if isinstance(out, (tuple, list)) else (out,)
     out_shapes = []
     for i, o in enumerate(outs):
-        where = f"output[{i}]" if len(outs) > 1 else "the output"
+        where = f"output[{names[i]!r}]" if names else f"output[{i}]" if len(outs) > 1 \
+            else "the output"
         if not isinstance(o, torch.Tensor):
             raise InvalidArgument(
                 f"{where} is {_describe(o)}, not a tensor; return a tensor or a tuple of tensors"
@@ -324,7 +333,8 @@ def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = 
                 f"{where} has dtype {o.dtype}, which has no derivative; return floating values"
             )
         out_shapes.append(_drop(o.shape, out_axis))
-    return Flat(g, x.detach(), in_shapes, tuple(out_shapes), differentiates=differentiates)
+    return Flat(g, x.detach(), in_shapes, tuple(out_shapes), differentiates=differentiates,
+                out_names=names)
 
 
 def _moved(t: torch.Tensor, source: int, destination: int) -> torch.Tensor:

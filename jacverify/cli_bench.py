@@ -60,7 +60,7 @@ def run_bench(args: argparse.Namespace, usage: type[Exception]) -> int:
         else:
             run = _bench_files(args, kwargs, device, common, usage, progress)
     for case in run.cases:
-        out.print(case_table(case))
+        out.print(case_table(case, width=out.width))
     if run.suite != "files":
         out.print(summary_table(run))
     for line in pathology_lines(run):

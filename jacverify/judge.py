@@ -253,13 +253,22 @@ def judge(method, flat: Flat, coupled: str | None, max_memory: int,
     expected = expected or (flat.batch_size, flat.n_out, flat.n_in)
     if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected:
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        swapped = len(expected) == 3 and got == (expected[0], expected[2], expected[1])
         return MethodResult(**meta, status=Status.MISMATCH, time_s=seconds,
-                            reason=f"returned {got}, expected shape {expected}")
+                            reason=f"returned {got}, expected shape {expected}" + (
+                                "; it looks transposed: (B, in, out) rather than (B, out, in)"
+                                if swapped else ""))
     trusted = tuple(compare(value, r, dtype, rtols, scales.rounding, scales.derivative)
                     for r in refs)
     shown = () if loop_ref is None or loop_ref in refs else (
         compare(value, loop_ref, dtype, rtols, derivative_scale=scales.derivative),)
     status = Status.AGREE if trusted and all(c.passed for c in trusted) else (
         Status.MISMATCH if trusted else Status.SKIPPED)
+    reason = finding(value) if finding else None
+    if status == Status.MISMATCH and value.ndim == 3 and value.shape[1] == value.shape[2] > 1 \
+            and all(compare(value.transpose(1, 2), r, dtype, rtols, scales.rounding,
+                            scales.derivative).passed for r in refs):
+        reason = ("it looks transposed: its transpose agrees with the reference, so it returned "
+                  "(B, in, out) where (B, out, in) is expected")
     return MethodResult(**meta, status=status, comparisons=trusted, time_s=seconds, untrusted=shown,
-                        reason=finding(value) if finding else None)
+                        reason=reason)

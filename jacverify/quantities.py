@@ -347,7 +347,8 @@ def _second_order_fits(case, max_memory: int) -> None:
     n = sum(math.prod(s) for s in case.sample_shapes)
     with torch.no_grad():
         out = call(case.fn, case.inputs)
-    outs = out if isinstance(out, (tuple, list)) else (out,)
+    outs = tuple(out.values()) if isinstance(out, dict) else \
+        out if isinstance(out, (tuple, list)) else (out,)
     m = sum(o.numel() for o in outs) // max(b, 1)
     need = 3 * b * m * n * n * 8
     if need > max_memory:

@@ -366,3 +366,33 @@ def test_a_fuzz_campaign_that_verifies_nothing_does_not_pass():
     result = jacverify.fuzz(cases=strategy, methods=["vmap_jacrev"], max_examples=3, seed=0)
     assert result.failure is None and result.verified == 0
     assert not result.passed
+
+
+def test_a_transposed_jacobian_gets_a_hint():
+    def transposed(f, x):
+        return torch.func.vmap(torch.func.jacrev(lambda xi: f(xi[None])[0]))(x).transpose(1, 2)
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh()).double()
+    report = jacverify.check_method(transposed, net, _x(4, 3), layout="batch_first")
+    assert report.verdict == Verdict.FAILED
+    assert "looks transposed" in report["transposed"].reason
+
+
+class _VAEHead(torch.nn.Module):
+    def __init__(self, wrong: bool = False) -> None:
+        super().__init__()
+        self.a, self.wrong = torch.nn.Linear(3, 4), wrong
+
+    def forward(self, x):
+        h = self.a(x)
+        logvar = _ThreeTimesBackward.apply(h[:, 2:]) if self.wrong else h[:, 2:].sin()
+        return {"mu": h[:, :2].tanh(), "logvar": logvar}
+
+
+def test_dict_outputs_are_flattened_by_key_and_named_by_key():
+    torch.manual_seed(0)
+    assert jacverify.check(_VAEHead().double(), _x(4, 3)).passed
+    assert jacverify.check_hessians(_VAEHead().double(), _x(4, 3)).passed
+    report = jacverify.check(_VAEHead(wrong=True).double(), _x(4, 3), methods=["vmap_vjp"])
+    assert report.verdict == Verdict.FAILED
+    assert "output['logvar']" in report.describe(report["vmap_vjp"])

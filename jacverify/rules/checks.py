@@ -12,7 +12,7 @@ import torch
 from torch.func import jacfwd, jacrev, jvp, vjp, vmap
 
 from jacverify.compare import Reference, compare
-from jacverify.judge import Status, raised
+from jacverify.judge import Status, describe_worst, raised
 from jacverify.rules.targets import RuleTarget
 
 __all__ = ["RuleExample", "CheckOutcome", "run_checks", "CHECKS", "build_args", "differ",
@@ -132,8 +132,7 @@ def differ(got, want) -> str | None:
         w64 = torch.where(both_nan, 0.0, w.detach().double())
         c = compare(g64, Reference("loop", w64), w.dtype)
         if not c.passed:
-            return (f"{where}values differ: at {c.worst_index} vmap gives {c.value_at_worst:.6g}, "
-                    f"the loop {c.reference_at_worst:.6g} (allowed {c.allowed_at_worst:.2g})")
+            return f"{where}values differ from the loop's: {describe_worst(c)} (value: vmap's)"
     return None
 
 
