@@ -300,5 +300,5 @@ def _verify(fn, x: torch.Tensor, value: torch.Tensor, name: str, probes: int, se
     if not c.passed:
         raise MismatchError(
             f"batch_jacobian via {name} failed its verification (uᵀJv over {probes} random "
-            f"probes): {describe_worst(c, f'probe {c.worst_index[0]}')}; tolerance: {c.rule}; run "
+            f"probes): {describe_worst(c, f'probe {c.worst_index[0]}')}; tolerance: {c.tolerance}; run "
             "jacverify.check(fn, x) to see which methods are wrong and where", None)  # type: ignore[arg-type]

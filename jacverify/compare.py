@@ -147,7 +147,7 @@ class Comparison:
     value_at_worst: float
     reference_at_worst: float
     allowed_at_worst: float
-    rule: str
+    tolerance: str  # the rule applied, with its numbers (NOTE [tolerances])
 
 
 def _lower(a: torch.dtype, b: torch.dtype) -> torch.dtype:
@@ -208,5 +208,5 @@ def compare(
         value_at_worst=float(v[worst]),
         reference_at_worst=float(r[worst]),
         allowed_at_worst=float(allowed[worst]),
-        rule=rule,
+        tolerance=rule,
     )

@@ -154,7 +154,7 @@ class Report:
                  else str(c.worst_index))
         return (
             f"{head}\n  against {c.reference}: max abs error {c.max_abs_error:.3g}, max rel error "
-            f"{c.max_rel_error:.3g}; {describe_worst(c, where)}\n  tolerance: {c.rule}"
+            f"{c.max_rel_error:.3g}; {describe_worst(c, where)}\n  tolerance: {c.tolerance}"
         )
 
     def describe_groups(self, results: tuple[MethodResult, ...] | list[MethodResult]) -> list[str]:

@@ -165,5 +165,6 @@ def test_a_method_with_the_wrong_shape_is_a_mismatch():
     report = jacverify.check(lambda x: x[:, :1] * x[:, 1:].expand(-1, 4), _randn(3, 2),
                              methods=[], extra_methods=[method])
     assert report["transposed"].status == "mismatch"
-    assert report["transposed"].reason == "returned (3, 2, 4), expected shape (3, 4, 2)"
+    assert report["transposed"].reason == ("returned (3, 2, 4), expected shape (3, 4, 2); it looks "
+                                           "transposed: (B, in, out) rather than (B, out, in)")
     assert not report.passed

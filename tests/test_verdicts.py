@@ -290,7 +290,7 @@ def test_projection_respects_max_memory_for_each_methods_result():
 
 def test_a_float_rtol_applies_to_every_dtype():
     report = jacverify.check(torch.sin, _x(3, 2), methods=["loop"], rtol=1e-3)
-    assert "rtol=0.001 (override" in report["loop"].worst.rule
+    assert "rtol=0.001 (override" in report["loop"].worst.tolerance
 
 
 def test_a_function_that_modifies_its_input_is_named_and_the_callers_tensor_is_untouched():

@@ -135,4 +135,4 @@ def get_methods(names: Iterable[str] | None, quantity: str = "batch_jacobian") -
 
 
 # Importing the families registers them, in the order reports list them.
-from jacverify.methods import loops, functional, func, tricks, directional, second_order, param_grads  # noqa: E402,F401,I001
+from jacverify.methods import loops, autograd_functional, torch_func, batched, directional, second_order, param_grads  # noqa: E402,F401,I001

@@ -1,4 +1,5 @@
-"""Copy tricks: the input copied once per output (reverse) or input (forward) entry, one pass."""
+"""Many rows in one pass: the input copied once per output (reverse) or input (forward) entry,
+and `autograd.grad(..., is_grads_batched=True)` with its per-sample and double-backward variants."""
 
 from __future__ import annotations
 
