@@ -113,7 +113,8 @@ def rich_table(columns: Sequence[Column], rows: Sequence[Any], context: Any = No
 
 def html_table(columns: Sequence[Column], rows: Sequence[Any], context: Any = None,
                css_class: str = "results") -> str:
-    """The same rows as an HTML table (the page's columns; statuses styled by :data:`STATUS_CSS`)."""
+    """The same rows as an HTML table (the page's columns; a status cell has its status as its
+    class, which the page styles from :data:`STATUS_CSS`)."""
     e = html.escape
     columns = [c for c in columns if c.page]
     head = "".join(f"<th>{e(c.header)}</th>" for c in columns)
@@ -122,8 +123,8 @@ def html_table(columns: Sequence[Column], rows: Sequence[Any], context: Any = No
         cells = []
         for c in columns:
             text = c.cell(row, context)
-            style = f" style='{STATUS_CSS[text]}'" if c.status and text in STATUS_CSS else ""
-            cells.append(f"<td{style}>{e(text)}</td>")
+            css = f" class='{text}'" if c.status and text in STATUS_CSS else ""
+            cells.append(f"<td{css}>{e(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table class='{css_class}'><tr>{head}</tr>" + "".join(body) + "</table>"
 

@@ -8,7 +8,7 @@ import io
 import math
 from pathlib import Path
 
-from jacverify.columns import RESULT_COLUMNS, html_table
+from jacverify.columns import RESULT_COLUMNS, STATUS_CSS, html_table
 from jacverify.outcomes import Outcome
 from jacverify.report import Report
 
@@ -19,11 +19,9 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-size: 13px; }
 th { background: #f0f0f0; }
-.agree { color: #11772d; } .mismatch { color: #b00020; font-weight: bold; }
-.not_applicable { color: #9a6700; } .unsupported { color: #7a3db8; }
 pre { background: #f7f7f7; padding: 8px; white-space: pre-wrap; }
 img { max-width: 100%; }
-"""
+""" + "".join(f".{status} {{ {css}; }}\n" for status, css in STATUS_CSS.items())
 
 
 def _png(fig) -> str:
