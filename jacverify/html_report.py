@@ -8,7 +8,7 @@ import io
 import math
 from pathlib import Path
 
-from jacverify.columns import RESULT_COLUMNS, STATUS_CSS, html_table
+from jacverify.columns import RESULT_COLUMNS, STATUS_CSS, Column, html_table
 from jacverify.outcomes import Outcome
 from jacverify.report import Report
 
@@ -45,6 +45,11 @@ def _plots(report: Report, title: str) -> list[tuple[str, str]]:
         fig, ax = plt.subplots(figsize=(7, 0.3 * len(timed) + 1))
         colors = ["#b00020" if r.status == "mismatch" else "#2c7be5" for r in timed]
         ax.barh([r.method for r in timed], [r.time_s * 1e3 for r in timed], color=colors)
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color="#2c7be5", label="agrees"),
+                           Patch(color="#b00020", label="wrong (mismatch)")],
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("time (ms, log scale)")
         ax.invert_yaxis()
@@ -62,7 +67,7 @@ def _plots(report: Report, title: str) -> list[tuple[str, str]]:
         ax.set_yticks(list(y), [r.method for r in compared])
         ax.set_xscale("log")
         ax.invert_yaxis()
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: hides no point
         ax.set_title(f"{title}: error against tolerance")
         out.append((f"error against tolerance for {title}", _png(fig)))
     return out
@@ -80,13 +85,7 @@ def _section(o: Outcome) -> str:
         return "".join(parts)
     r = o.report
     parts.append(html_table(RESULT_COLUMNS, r.results, r))
-    details = [r.describe(x) for x in r.results if x.status == "mismatch"]
-    extra = [f"reference: {' and '.join(r.trusted)}"] + [f"note: {n}" for n in r.notes]
-    if r.coupling.coupled:
-        extra.append(f"batch coupling: {r.coupling.reason}")
-    if r.hint:
-        extra.append(f"hint: {r.hint}")
-    parts.append("<pre class='details'>" + e("\n".join(extra + details)) + "</pre>")
+    parts.append("<pre class='details'>" + e("\n".join(r.footer_lines())) + "</pre>")
     for alt, src in _plots(r, o.name):
         parts.append(f"<img alt='{e(alt)}' src='{src}'>")
     parts.append("</section>")
@@ -101,13 +100,31 @@ _MARK_RENDERED = (
 )
 
 
+_SUMMARY_COLUMNS = (
+    Column("target", lambda o, _: o.name),
+    Column("verdict", lambda o, _: o.status, status=True),
+    Column("why", lambda o, _: (o.report.headline() if o.report else o.error or ""), wrap=True),
+    Column("hint", lambda o, _: (o.report.hint or "") if o.report else "", wrap=True),
+)
+
+
+def _summary(outcomes: list[Outcome]) -> str:
+    """The verdict of every target, first: what a reader wants before any detail."""
+    counts = {s: sum(o.status == s for o in outcomes)
+              for s in ("passed", "failed", "unverified", "skipped")}
+    line = ", ".join(f"<span class='{s}'>{n} {s}</span>" for s, n in counts.items())
+    return (f"<section class='summary'><h2>Summary</h2><p>{line}</p>"
+            + html_table(_SUMMARY_COLUMNS, outcomes, css_class="summary") + "</section>")
+
+
 def write_html(path: str | Path, outcomes: list[Outcome], header: str) -> None:
     """Write the page; images are inline, so the file stands alone."""
     body = "".join(_section(o) for o in outcomes)
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>jacverify report</title>"
         f"<style>{_CSS}</style></head><body><h1>jacverify report</h1>"
-        f"<p>{html.escape(header)}</p>{body}<script>{_MARK_RENDERED}</script></body></html>\n"
+        f"<p>{html.escape(header)}</p>{_summary(outcomes)}{body}"
+        f"<script>{_MARK_RENDERED}</script></body></html>\n"
     )
     Path(path).write_text(page)
 

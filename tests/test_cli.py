@@ -299,6 +299,8 @@ def test_html_report_renders_tables_and_images_in_a_real_browser(tmp_path):
          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert 'data-images-rendered="6"' in dom and 'data-images-total="6"' in dom
     assert dom.count("<table class=\"results\">") == 3
+    assert "<h2>Summary</h2>" in dom and "<table class=\"summary\">" in dom  # verdicts first
+    assert dom.index("<h2>Summary</h2>") < dom.index("<table class=\"results\">")
     assert dom.count("<td class=\"mismatch\">mismatch</td>") == N_REVERSE
     assert "sample " in dom and "tolerance: |value - ref|" in dom
 
