@@ -225,7 +225,8 @@ class BenchRun:
                                    "speedup_vs_loop": r.speedup_vs_loop,
                                    "pathology": r.pathology, "forward_median_s": case.forward.median,
                                    "jacobian_bytes": case.jacobian_bytes},
-                    "options": {"timer": "perf_counter", "warmup": 1, "device": self.device},
+                    "options": {"timer": "process_time" if self.device == "cpu" else "perf_counter",
+                                "warmup": 1, "device": self.device},
                     "stats": stats,
                 })
         return {"machine_info": self.machine, "commit_info": {}, "benchmarks": benchmarks,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import torch
 from jacverify.case import Flat
 from jacverify.compare import Comparison, Reference, Scales, compare
 from jacverify.errors import NotApplicable
+from jacverify.measure import timer
 
 __all__ = ["Status", "Verdict", "MethodResult", "judge", "timed", "verdict", "first_line",
            "raised", "describe_worst", "warm_up_transforms", "RETIME_BELOW_S"]
@@ -201,13 +201,14 @@ def timed(compute: Callable[[Flat], torch.Tensor], flat: Flat,
     synchronised on CUDA."""
     warm_up_transforms()
     sync = torch.cuda.synchronize if flat.x.is_cuda else (lambda: None)
+    clock = timer(flat.x.device)  # NOTE [which clock]
     best, value = float("inf"), None
     for _ in range(runs):
         sync()
-        start = time.perf_counter()
+        start = clock()
         result = compute(flat)
         sync()
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         value = result if value is None else value
         best = min(best, elapsed)
         if elapsed >= RETIME_BELOW_S:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Timing", "stats", "time_call", "time_calls", "peak_memory", "saved_activation_bytes"]
+__all__ = ["Timing", "stats", "timer", "time_call", "time_calls", "peak_memory", "saved_activation_bytes"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,17 @@ class Timing:
                 "ops": 1.0 / self.mean if self.mean else 0.0}
 
 
+# NOTE [which clock]
+# On CPU every time is the process's CPU time (time.process_time: all of its threads, torch's
+# intra-op threads included), not the wall clock: on a shared 2-core machine another process
+# preempts this one, and wall-clock times there came in multiples of the scheduler's 15 ms slice
+# for methods that take 0.2 ms. CPU time does not count the time this process was not running.
+# On CUDA it is the wall clock around a synchronised call (the device's time; the CPU waits).
+def timer(device: torch.device | str) -> Callable[[], float]:
+    """The clock of NOTE [which clock] for ``device``, in seconds."""
+    return time.perf_counter if torch.device(device).type == "cuda" else time.process_time
+
+
 def _sync(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -86,14 +97,15 @@ def time_calls(fns: dict[str, Callable[[], object]], device: torch.device | str 
                warmup: int = 1, min_seconds: float = MIN_SECONDS) -> dict[str, Timing]:
     """Time each of ``fns`` round-robin per NOTE [benchmark rounds]: {name: Timing}."""
     sync = _sync(torch.device(device))
+    clock = timer(device)
     first: dict[str, float] = {}
     for name, fn in fns.items():
         for _ in range(max(1, warmup)):
             sync()
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync()
-            first[name] = time.perf_counter() - start
+            first[name] = clock() - start
     wanted = {name: SLOW_ROUNDS if t > SLOW_CALL_S else
               max(MIN_ROUNDS, min(MAX_ROUNDS, math.ceil(min_seconds / max(t, 1e-9))))
               for name, t in first.items()}
@@ -103,10 +115,10 @@ def time_calls(fns: dict[str, Callable[[], object]], device: torch.device | str 
             if r >= wanted[name]:
                 continue
             sync()
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: stats(t) for name, t in times.items()}
 
 
