@@ -330,3 +330,9 @@ def test_fuzz_rules_on_an_op_with_keyword_only_arguments_runs():
     result = run("fuzz-rules", "--op", "aten::linalg_cross", "--examples", "5", "--seed", "0")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "aten::linalg_cross: PASSED" in result.stdout
+
+
+def test_a_target_too_large_for_the_budget_is_unverified_and_says_which_option():
+    result = run("check", "--quiet", "--max-memory", "1000", "jacverify.examples.mlp")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "UNVERIFIED" in result.stdout and "raise max_memory" in result.stdout
