@@ -57,7 +57,10 @@ class Plan:
 #   functional_vectorized (autograd.functional.jacobian, vectorized) or loop_rows (M plain
 #   backward passes: with M = 4 they beat every vectorized way here);
 # - M > N: forward mode, N tangent rows: batched_double_backward (J v out of two reverse passes,
-#   tangents batched; needs no forward-AD formula) or forward_broadcast (vmap over jvp).
+#   tangents batched; needs no forward-AD formula), forward_broadcast (vmap over jvp) or the plain
+#   double_backward (N passes, no vmap: it won the 4 -> 64 bench case by 1.1-1.5x);
+# - M and N within CLOSE_SHAPES of each other: both families are timed (the shape rule is a guess
+#   there).
 # Within the family the first call times each candidate for PLAN_TIMING_S and keeps the fastest:
 # which one wins depends on the device and the shape (vmap_vjp beat batched_grad by 1.25x at
 # B=16, 64-64-64 here; batched_grad won by 1.15x at B=64, 8-64-8). A candidate that raises (no
@@ -74,7 +77,8 @@ class Plan:
 # and measurements run on the first call only.
 MEMORY_FLOOR = 2**24  # 16 MiB
 REVERSE_FAMILY = ("batched_grad", "vmap_vjp", "repeat_trick", "functional_vectorized", "loop_rows")
-FORWARD_FAMILY = ("batched_double_backward", "forward_broadcast")
+FORWARD_FAMILY = ("batched_double_backward", "forward_broadcast", "double_backward")
+CLOSE_SHAPES = 2.0  # both families are timed when M and N are within this factor of each other
 PLAN_TIMING_S = 0.1  # per candidate, on the first call (after two warm-up calls)
 
 
@@ -210,20 +214,24 @@ def _make_plan(flat: Flat, max_memory: int | None) -> Plan:
     b, m, n = flat.batch_size, flat.n_out, flat.n_in
     coupling = check_coupling(flat, seed=0, noise=check_determinism(flat))
     if coupling.coupled:
-        family, rows = ("batched_grad_per_sample",), b * m
-        why = f"samples interact ({coupling.reason}): rows of the full Jacobian, B*M = {rows}"
+        family = {"batched_grad_per_sample": b * m}
+        why = f"samples interact ({coupling.reason}): rows of the full Jacobian, B*M = {b * m}"
+    elif max(m, n) <= CLOSE_SHAPES * min(m, n):
+        family = {**dict.fromkeys(REVERSE_FAMILY, m), **dict.fromkeys(FORWARD_FAMILY, n)}
+        why = (f"independent samples, outputs M={m} and inputs N={n} within {CLOSE_SHAPES:g}x: "
+               "both modes timed")
     elif m <= n:
-        family, rows = REVERSE_FAMILY, m
+        family = dict.fromkeys(REVERSE_FAMILY, m)
         why = f"independent samples, outputs M={m} <= inputs N={n}: reverse mode, M rows"
     else:
-        family, rows = FORWARD_FAMILY, n
+        family = dict.fromkeys(FORWARD_FAMILY, n)
         why = f"independent samples, outputs M={m} > inputs N={n}: forward mode, N rows"
     saved = saved_activation_bytes(flat.fn, flat.x)
     jac_bytes = b * m * n * flat.x.element_size()
     budget = max_memory or max(2 * jac_bytes + saved, MEMORY_FLOOR)
-    chunk = rows if rows * saved + jac_bytes <= budget else None
     chunks, failed = {}, []
-    for name in family:
+    for name, rows in family.items():
+        chunk = rows if rows * saved + jac_bytes <= budget else None
         if name in _ONE_PASS and chunk is None:
             failed.append(f"{name} does not fit in one pass")
             continue
@@ -234,16 +242,16 @@ def _make_plan(flat: Flat, max_memory: int | None) -> Plan:
         except Exception as e:  # noqa: BLE001 - no double backward, forward AD or batching rule
             failed.append(f"{name} raised {type(e).__name__}")
     if chunks:  # round-robin, so drift on a busy machine does not pick the winner
-        calls = {n: (lambda n=n, k=k: chunked_compute(n)(flat, _passes(k, rows)))
+        calls = {n: (lambda n=n, k=k: chunked_compute(n)(flat, _passes(k, family[n])))
                  for n, k in chunks.items()}
         timed = {n: (t.median, chunks[n]) for n, t in
                  time_calls(calls, flat.x.device, warmup=2, min_seconds=PLAN_TIMING_S).items()}
     else:  # the whole family failed: reverse mode over the outputs, which every op has
-        name, rows = "batched_grad", m
-        timed = {name: (0.0, rows if rows * saved + jac_bytes <= budget
-                        else _chunk_within(flat, name, rows, budget))}
+        name, family = "batched_grad", {"batched_grad": m}
+        timed = {name: (0.0, m if m * saved + jac_bytes <= budget
+                        else _chunk_within(flat, name, m, budget))}
     name = min(timed, key=lambda k: timed[k][0])
-    chunk = timed[name][1]
+    chunk, rows = timed[name][1], family[name]
     why += f"; {name} timed fastest of {', '.join(family)}" if len(timed) > 1 else f"; {name}"
     why += f" ({'; '.join(failed)})" if failed else ""
     if chunk < rows:
