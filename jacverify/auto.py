@@ -86,6 +86,17 @@ def plan(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
          max_memory: int | None = None) -> Plan:
     """The plan ``batch_jacobian(fn, x)`` would use (made and cached on first use).
 
+    Args:
+        fn: a function or module of one batched tensor (batch first).
+        x: the inputs, (B, *in).
+        max_memory: bytes a pass may use; the default is NOTE [auto plan]'s budget.
+
+    Returns:
+        A :class:`Plan`: the method, rows per pass, the number of rows, why, and the budget.
+
+    Raises:
+        InvalidArgument: ``fn`` or ``x`` is not usable, or ``max_memory`` is not a positive number.
+
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
     >>> p = plan(net, torch.randn(32, 8))
     >>> p.rows, "outputs M=2 <= inputs N=8: reverse mode" in p.reason  # the method: timed
@@ -114,6 +125,9 @@ def batch_jacobian(
             uᵀ J v (cost: 6 forward passes per probe, whatever the size); raise if it is wrong.
         max_memory: bytes the computation may use; the default is NOTE [auto plan]'s budget.
         seed: seeds the coupling probe and the projections.
+
+    Returns:
+        The Jacobian, (B, *out, *in), in ``x``'s dtype and device.
 
     Raises:
         InvalidArgument: ``fn``, ``x`` or ``method`` is not usable; the message says why.

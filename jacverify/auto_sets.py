@@ -63,6 +63,20 @@ def jvp_set(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, vectors
     call; ``verify=True`` compares the answer with directional finite differences (6 evaluations
     per vector) and raises ``MismatchError`` when it is wrong.
 
+    Args:
+        fn: maps ``x`` to one output tensor.
+        x: the point, any shape (no batch axis).
+        vectors: (K, *x.shape), one tangent per row.
+        method: "auto" or a registered ``jvp_set`` method.
+        verify: check the answer against directional finite differences.
+
+    Returns:
+        (K, *out): ``J v_i`` per row, in ``x``'s dtype.
+
+    Raises:
+        InvalidArgument: bad ``x``, ``vectors`` or ``method``.
+        MismatchError: ``verify=True`` and the answer is wrong.
+
     >>> f = lambda x: torch.stack([x.sin().sum(), (x * x).prod()])
     >>> x = torch.tensor([0.5, -1.0], dtype=torch.float64)
     >>> jvp_set(f, x, torch.eye(2, dtype=torch.float64), verify=True).shape
@@ -93,8 +107,18 @@ def batch_hessian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *
     differences of the first derivative along w (6 backward passes) and raises ``MismatchError``
     when it is wrong.
 
+    Args:
+        fn: a function or module of one batched tensor (batch first).
+        x: the inputs, (B, *in).
+        method: "auto" or a registered ``hessian`` method.
+        verify: check the answer against finite differences of the first derivative.
+
+    Returns:
+        (B, *out, *in, *in), in ``x``'s dtype.
+
     Raises:
         InvalidArgument: the samples interact (no per-sample Hessian method applies), or bad input.
+        MismatchError: ``verify=True`` and the answer is wrong.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
     >>> batch_hessian(net.double(), torch.randn(5, 3, dtype=torch.float64), verify=True).shape

@@ -58,6 +58,15 @@ def tolerances(overrides: Mapping[torch.dtype, float] | float | None = None
     """The rtol per dtype: the defaults with ``overrides`` merged in (a plain number, as
     ``gradcheck``'s ``rtol``, applies to every dtype).
 
+    Args:
+        overrides: None, a positive number, or {floating torch.dtype: positive number}.
+
+    Returns:
+        {dtype: rtol} for float64, float32, float16, bfloat16 and any dtype overridden.
+
+    Raises:
+        InvalidArgument: a key that is not a floating dtype, or a value that is not positive.
+
     >>> tolerances({torch.float32: 1e-3})[torch.float32]
     0.001
     >>> tolerances(1e-3)[torch.float64]

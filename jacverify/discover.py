@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from jacverify.validation import check_int
 from jacverify.errors import InvalidArgument, JacverifyError
 
 __all__ = ["target", "Target", "load", "discover", "LoadError", "forward_arity"]
@@ -28,8 +29,15 @@ def target(fn: Callable | None = None, *, example_input: Any, batch_axis: int = 
     """Mark a function for ``jacverify check``: it is checked on ``example_input``.
 
     Args:
+        fn: the function (when used as ``@target(...)``, given by the decorator).
         example_input: a tensor, a tuple of tensors, or a callable returning one.
         batch_axis: the batch axis of the inputs and outputs.
+
+    Returns:
+        ``fn`` itself, marked (or the decorator that marks it).
+
+    Raises:
+        InvalidArgument: ``batch_axis`` is not an int, or what is decorated is not callable.
 
     >>> @target(example_input=lambda: torch.ones(4, 3))
     ... def double(x):
@@ -37,6 +45,8 @@ def target(fn: Callable | None = None, *, example_input: Any, batch_axis: int = 
     >>> double(torch.ones(1)).item(), double.__jacverify_target__["batch_axis"]
     (2.0, 0)
     """
+    check_int("batch_axis", batch_axis)
+
     def mark(f: Callable) -> Callable:
         if not callable(f):
             raise InvalidArgument(f"@jacverify.target decorates a function, not {f!r}")

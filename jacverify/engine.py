@@ -239,6 +239,13 @@ def assert_jacobians_agree(
     """Like :func:`check`, but raise unless the check passed (NOTE [earned verdict]); a method
     named in ``methods`` must itself agree.
 
+    Args:
+        fn, inputs: as for :func:`check`.
+        **options: :func:`check`'s keywords.
+
+    Returns:
+        The :class:`~jacverify.Report`, when it passed.
+
     Raises:
         MismatchError: a method disagrees (or the function's derivative formula is wrong).
         NotVerified: nothing was verified, or a method named in ``methods`` could not run.

@@ -173,6 +173,28 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     ``extra_methods`` (every check here takes it) adds methods beside the registered ones, e.g. a
     user's own from :func:`jacverify.user_method` (``check_method`` does this for you).
 
+    Args:
+        fn: maps ``x`` to one output tensor.
+        x: the point, any shape (no batch axis).
+        vectors: (K, *x.shape), one tangent per row.
+        methods: registered method names for this quantity (all by default; ``[]`` is refused).
+        dtype, device: where the methods run (references run in float64 where possible).
+        seed: seeds the coupling probes; printed in the report.
+        rtol: a number for every dtype, or per-dtype overrides of NOTE [tolerances].
+        max_memory: bytes a method or reference may materialise.
+        warm_timing: time a quick method twice and keep the faster (NOTE [check timings]).
+        time_budget: seconds the references may be estimated to take (NOTE [cost estimate]).
+        scaling: the numbers of vectors each agreeing method is timed on.
+
+    Returns:
+        A :class:`~jacverify.Report` of quantity ``jvp_set``; ``report.verdict`` is passed only when
+        a method was verified and none was wrong (NOTE [earned verdict]).
+
+    Raises:
+        InvalidArgument: a bad argument (shapes of ``x`` and ``vectors``, ``methods=[]``, ...).
+        FunctionRaised, NondeterministicFunction, NonFiniteOutput: the case cannot be checked.
+        JacobianTooLarge: the references would not fit ``max_memory`` or ``time_budget``.
+
     >>> f = lambda x: torch.stack([x.sin().sum(), (x * x).prod()])
     >>> report = check_jvps(f, torch.tensor([0.5, -1.0]), torch.eye(2))
     >>> report.passed, report.reference.shape
@@ -200,6 +222,28 @@ def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     ``vectors`` is (K, *out_shape). The reference is the adjoint identity through the verified
     Jacobian: ``<vᵀJ, t> = <v, J t>`` for every tangent t, i.e. ``vᵀ J`` with J checked against
     loops and finite differences.
+
+    Args:
+        fn: maps ``x`` to one output tensor.
+        x: the point, any shape (no batch axis).
+        vectors: (K, *out_shape), one cotangent per row.
+        methods: registered method names for this quantity (all by default; ``[]`` is refused).
+        dtype, device: where the methods run (references run in float64 where possible).
+        seed: seeds the coupling probes; printed in the report.
+        rtol: a number for every dtype, or per-dtype overrides of NOTE [tolerances].
+        max_memory: bytes a method or reference may materialise.
+        warm_timing: time a quick method twice and keep the faster (NOTE [check timings]).
+        time_budget: seconds the references may be estimated to take (NOTE [cost estimate]).
+        scaling: the numbers of vectors each agreeing method is timed on.
+
+    Returns:
+        A :class:`~jacverify.Report` of quantity ``vjp_set``; ``report.verdict`` is passed only when
+        a method was verified and none was wrong (NOTE [earned verdict]).
+
+    Raises:
+        InvalidArgument: a bad argument (shapes of ``x`` and ``vectors``, ``methods=[]``, ...).
+        FunctionRaised, NondeterministicFunction, NonFiniteOutput: the case cannot be checked.
+        JacobianTooLarge: the references would not fit ``max_memory`` or ``time_budget``.
 
     >>> f = lambda x: torch.stack([x.sin().sum(), (x * x).prod()])
     >>> check_vjps(f, torch.tensor([0.5, -1.0]), torch.eye(2)).passed
@@ -230,6 +274,27 @@ def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, 
     ``vectors`` has the shape of ``x``: one tangent per sample. References: the verified
     per-sample Jacobian applied to each sample's vector, and per-sample directional finite
     differences (one sample moved at a time when samples interact).
+
+    Args:
+        fn: maps a batch ``x`` to outputs with the same batch axis.
+        x: the batch; ``batch_axis`` says where the samples are.
+        vectors: one tangent per sample, the shape of ``x``.
+        methods: registered method names for this quantity (all by default; ``[]`` is refused).
+        dtype, device: where the methods run (references run in float64 where possible).
+        seed: seeds the coupling probes; printed in the report.
+        rtol: a number for every dtype, or per-dtype overrides of NOTE [tolerances].
+        max_memory: bytes a method or reference may materialise.
+        warm_timing: time a quick method twice and keep the faster (NOTE [check timings]).
+        time_budget: seconds the references may be estimated to take (NOTE [cost estimate]).
+
+    Returns:
+        A :class:`~jacverify.Report` of quantity ``per_sample_jvp``; ``report.verdict`` is passed only when
+        a method was verified and none was wrong (NOTE [earned verdict]).
+
+    Raises:
+        InvalidArgument: a bad argument (shapes of ``x`` and ``vectors``, ``methods=[]``, ...).
+        FunctionRaised, NondeterministicFunction, NonFiniteOutput: the case cannot be checked.
+        JacobianTooLarge: the references would not fit ``max_memory`` or ``time_budget``.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh())
     >>> check_per_sample_jvps(net, torch.randn(5, 3), torch.randn(5, 3)).passed
@@ -373,6 +438,26 @@ def check_hessians(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
     reason). Each method's result is also checked for symmetry in the two input axes; an
     asymmetric one has it as its ``reason``. Networks with ReLU-like layers are not applicable.
 
+    Args:
+        fn: maps a batch ``x`` to outputs with the same batch axis.
+        x: the batch; ``batch_axis`` says where the samples are.
+        methods: registered method names for this quantity (all by default; ``[]`` is refused).
+        dtype, device: where the methods run (references run in float64 where possible).
+        seed: seeds the coupling probes; printed in the report.
+        rtol: a number for every dtype, or per-dtype overrides of NOTE [tolerances].
+        max_memory: bytes a method or reference may materialise.
+        warm_timing: time a quick method twice and keep the faster (NOTE [check timings]).
+        time_budget: seconds the references may be estimated to take (NOTE [cost estimate]).
+
+    Returns:
+        A :class:`~jacverify.Report` of quantity ``hessian``; ``report.verdict`` is passed only when
+        a method was verified and none was wrong (NOTE [earned verdict]).
+
+    Raises:
+        InvalidArgument: a bad argument (shapes of ``x`` and ``vectors``, ``methods=[]``, ...).
+        FunctionRaised, NondeterministicFunction, NonFiniteOutput: the case cannot be checked.
+        JacobianTooLarge: the references would not fit ``max_memory`` or ``time_budget``.
+
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
     >>> report = check_hessians(net, torch.randn(4, 2), dtype=torch.float64)
     >>> report.passed, report.reference.shape
@@ -394,6 +479,26 @@ def check_hessian_diagonals(fn: Callable, x: torch.Tensor, *, batch_axis: int = 
     """Check ``d²y_m / dx_k²`` per sample, shape (B, out, in): the loop physics-informed training
     code writes (``loop``: ``autograd.grad(..., grad_outputs=ones, create_graph=True)`` per output
     column and input entry) side by side with its vectorized replacements.
+
+    Args:
+        fn: maps a batch ``x`` to outputs with the same batch axis.
+        x: the batch; ``batch_axis`` says where the samples are.
+        methods: registered method names for this quantity (all by default; ``[]`` is refused).
+        dtype, device: where the methods run (references run in float64 where possible).
+        seed: seeds the coupling probes; printed in the report.
+        rtol: a number for every dtype, or per-dtype overrides of NOTE [tolerances].
+        max_memory: bytes a method or reference may materialise.
+        warm_timing: time a quick method twice and keep the faster (NOTE [check timings]).
+        time_budget: seconds the references may be estimated to take (NOTE [cost estimate]).
+
+    Returns:
+        A :class:`~jacverify.Report` of quantity ``hessian_diagonal``; ``report.verdict`` is passed only when
+        a method was verified and none was wrong (NOTE [earned verdict]).
+
+    Raises:
+        InvalidArgument: a bad argument (shapes of ``x`` and ``vectors``, ``methods=[]``, ...).
+        FunctionRaised, NondeterministicFunction, NonFiniteOutput: the case cannot be checked.
+        JacobianTooLarge: the references would not fit ``max_memory`` or ``time_budget``.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
     >>> report = check_hessian_diagonals(net, torch.randn(4, 2))

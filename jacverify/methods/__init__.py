@@ -76,10 +76,25 @@ _REGISTRY: dict[tuple[str, str], Method] = {}  # (quantity, name) -> method
 
 
 def register_method(method: Method, *, replace: bool = False) -> Method:
-    """Add ``method`` to the registry so every later check runs it.
+    """Add ``method`` to the registry so every later check of its quantity runs it.
+
+    Args:
+        method: a :class:`Method` (its ``quantity`` must be a registered quantity).
+        replace: replace a method of the same name and quantity.
+
+    Returns:
+        ``method``.
 
     Raises:
-        InvalidArgument: the name is taken and ``replace`` is False.
+        InvalidArgument: not a Method, an unknown quantity, or the name is taken and ``replace``
+            is False.
+
+    >>> twice = Method("twice_loop", lambda flat: 2 * get_methods(["loop"])[0].compute(flat),
+    ...                "reverse", vectorized=False, assumes_independent=False)
+    >>> register_method(twice).name in [m.name for m in registered_methods()]
+    True
+    >>> unregister_method("twice_loop") is twice
+    True
     """
     if not isinstance(method, Method):
         raise InvalidArgument(f"method={method!r} must be a jacverify.Method")
@@ -96,8 +111,18 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
 def unregister_method(name: str, quantity: str = "batch_jacobian") -> Method:
     """Remove a method from the registry and return it.
 
+    Args:
+        name: the method's name.
+        quantity: the quantity it computes.
+
+    Returns:
+        The removed :class:`Method`.
+
     Raises:
         InvalidArgument: no method of that name is registered for ``quantity``.
+
+    >>> m = unregister_method("loop_rows"); register_method(m) is m
+    True
     """
     if (quantity, name) not in _REGISTRY:
         known = ", ".join(n for q, n in _REGISTRY if q == quantity)
@@ -106,15 +131,38 @@ def unregister_method(name: str, quantity: str = "batch_jacobian") -> Method:
 
 
 def registered_methods(quantity: str = "batch_jacobian") -> tuple[Method, ...]:
-    """Every registered method for ``quantity``, in registration order."""
+    """Every registered method for ``quantity``, in registration order.
+
+    Args:
+        quantity: a registered quantity name (``jacverify/quantity_table.py``).
+
+    Returns:
+        The methods, a tuple (empty for a quantity with none).
+
+    Raises:
+        InvalidArgument: never for a string; an unknown quantity simply has no methods.
+
+    >>> registered_methods()[0].name
+    'loop'
+    """
     return tuple(m for m in _REGISTRY.values() if m.quantity == quantity)
 
 
 def get_methods(names: Iterable[str] | None, quantity: str = "batch_jacobian") -> tuple[Method, ...]:
     """The methods named, or all of them for ``quantity``.
 
+    Args:
+        names: method names (a string is one name), or None for every registered method.
+        quantity: the quantity they compute.
+
+    Returns:
+        The :class:`Method` objects, in the order named.
+
     Raises:
         InvalidArgument: a name is unknown; the message gives the closest match.
+
+    >>> [m.mode for m in get_methods(["vmap_jacrev", "vmap_jacfwd"])]
+    ['reverse', 'forward']
     """
     known = {m.name: m for m in registered_methods(quantity)}
     if names is None:
