@@ -105,6 +105,8 @@ class OpFamily:
         process: applied to the op's output before it is compared (a gauge-invariant view of
             eigenvectors); None: the output as is.
         declared: ``declared(route) -> reason | None``: a mismatch PyTorch itself declares.
+        unclaimed: routes not run, each with why (a route torch itself cannot give for this
+            kind of op); they are ``not_applicable`` with that reason.
     """
 
     name: str
@@ -116,6 +118,7 @@ class OpFamily:
     imports: str = "from jacverify.rules.op_fuzzer import fuzz_op"
     process: Callable | None = None
     declared: Callable[[str], str | None] | None = None
+    unclaimed: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"OpFamily({self.name!r})"
@@ -312,6 +315,38 @@ def _vmap_route(s: _Sampled, outs: list, errors: list) -> OpCheck:
     return OpCheck("vmap", "vmap", Status.MISMATCH if bad else Status.AGREE, bad or "")
 
 
+# NOTE [reverse mode through torch.autograd]
+# Reverse-mode routes use torch.autograd.grad (create_graph for second order), as users do:
+# torch.func.vjp refuses a torch.library custom op's registered backward ("must override the
+# setup_context staticmethod", torch 2.13), and would leave such ops' reverse mode untested. Forward
+# mode uses torch.func.jvp, after a probe with torch.autograd.forward_ad: an op with no
+# forward-mode formula gives no tangent there, which torch.func.jvp silently turns into zeros (a
+# custom op with only register_autograd); such routes are unsupported, with that reason, rather
+# than a zero to be judged.
+NO_FORWARD = ("no forward-mode formula: forward AD gives no tangent for this op (torch.func.jvp "
+              "would silently return zeros)")
+
+
+def _autograd_vjp(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                  cotangent: torch.Tensor) -> torch.Tensor:
+    """``Jᵀ(x) cotangent`` by torch.autograd, differentiable again (create_graph)."""
+    with torch.enable_grad():
+        xx = x if x.requires_grad else x.detach().requires_grad_()
+        y = fn(xx)
+        (g,) = torch.autograd.grad(y, xx, cotangent, create_graph=True, allow_unused=True)
+    return torch.zeros_like(xx) if g is None else g
+
+
+def _has_forward_formula(p: _Point, z: torch.Tensor, v: torch.Tensor) -> bool:
+    import torch.autograd.forward_ad as fwad
+
+    with fwad.dual_level():
+        outs = _real_outputs(p.s.call(*p.assemble(fwad.make_dual(z, v))))
+        keep = p.differentiable()
+        return all(fwad.unpack_dual(o).tangent is not None
+                   for o, k in zip(outs, keep) if k)
+
+
 def _derivative_routes(p: _Point, gen: torch.Generator) -> list[OpCheck]:
     z = p.z
     if not z.numel():
@@ -327,10 +362,14 @@ def _derivative_routes(p: _Point, gen: torch.Generator) -> list[OpCheck]:
     fd = directional_differences(p.flat(p.outputs), v[None], per_sample=True, independent=True)
     fd = Reference("finite_differences", fd.value[0], fd.error[0])
     scale = float(center.abs().max()) / max(1.0, float(z.abs().max())) * float(v.abs().max())
-    checks = [judge_route("forward_ad", "", lambda: jvp(p.outputs, (z,), (v,))[1], fd, scale)]
+    forward = _has_forward_formula(p, z, v) or not bool(fd.value.abs().gt(fd.error * 2).any())
+    if forward:
+        checks = [judge_route("forward_ad", "", lambda: jvp(p.outputs, (z,), (v,))[1], fd, scale)]
+    else:
+        checks = [OpCheck("forward_ad", "", Status.UNSUPPORTED, NO_FORWARD)]
     adjoint = Reference("finite_differences", (u * fd.value).sum()[None],
                         (u.abs() * fd.error).sum()[None])
-    checks.append(judge_route("reverse_ad", "", lambda: (vjp(p.outputs, z)[1](u)[0] * v).sum(),
+    checks.append(judge_route("reverse_ad", "", lambda: (_autograd_vjp(p.outputs, z, u) * v).sum(),
                               adjoint, scale * float(u.abs().sum())))
     first = next((c for c in checks if c.status == Status.AGREE), None)
     if first is None:
@@ -341,28 +380,49 @@ def _derivative_routes(p: _Point, gen: torch.Generator) -> list[OpCheck]:
         return (u * jvp(p.outputs, (x,), (v,))[1]).sum()
 
     def rev(x):  # (Jᵀ(x) u) · v by reverse mode
-        return (vjp(p.outputs, x)[1](u)[0] * v).sum()
+        return (_autograd_vjp(p.outputs, x, u) * v).sum()
 
     verified = rev if first.check == "reverse_ad" else fwd
     try:
-        second = directional_differences(p.flat(lambda x: verified(x)[None]), w[None],
+        second = directional_differences(p.flat(lambda x: verified(x).detach()[None]), w[None],
                                          per_sample=True, independent=True)
     except Exception as e:  # noqa: BLE001 - the first derivative fails off the sample
         return checks + [OpCheck(c, "", Status.SKIPPED, raised(e)) for c in SECOND]
     ref = Reference("finite_differences", second.value[0], second.error[0])
     one = torch.ones((), dtype=z.dtype)
-    for label, inner in (("fwd_over_fwd", fwd), ("rev_over_fwd", fwd),
-                         ("fwd_over_rev", rev), ("rev_over_rev", rev)):
-        if label.startswith("fwd"):
-            run = (lambda g: lambda: jvp(g, (z,), (w,))[1])(inner)
-        else:
-            run = (lambda g: lambda: (vjp(g, z)[1](one)[0] * w).sum())(inner)
-        checks.append(judge_route(label, "", run, ref,
+
+    def fwd_over_rev():
+        import torch.autograd.forward_ad as fwad
+
+        with fwad.dual_level(), torch.enable_grad():
+            x = fwad.make_dual(z.detach().clone().requires_grad_(), w)
+            return fwad.unpack_dual(rev(x)).tangent
+
+    runs = {"fwd_over_fwd": lambda: jvp(fwd, (z,), (w,))[1],
+            "rev_over_fwd": lambda: (_autograd_vjp(fwd, z, one) * w).sum(),
+            "fwd_over_rev": fwd_over_rev,
+            "rev_over_rev": lambda: (_autograd_vjp(rev, z, one) * w).sum()}
+    for label, run in runs.items():
+        if "over_fwd" in label and not forward:
+            checks.append(OpCheck(label, "", Status.UNSUPPORTED, NO_FORWARD))
+            continue
+        checks.append(judge_route(label, "", _defined(run), ref,
                                   scale * float(u.abs().sum() * w.abs().max())))
     return checks
 
 
-def _vmapped_derivatives(s: _Sampled, p: _Point, gen: torch.Generator) -> list[OpCheck]:
+def _defined(run: Callable[[], torch.Tensor | None]) -> Callable[[], torch.Tensor]:
+    """``run``, with "no tangent" (an output that does not depend on the input) as an error."""
+    def go():
+        value = run()
+        if value is None:
+            raise RuntimeError("no tangent: forward mode did not reach this derivative")
+        return value
+    return go
+
+
+def _vmapped_derivatives(s: _Sampled, p: _Point, gen: torch.Generator,
+                         forward: bool | None = None) -> list[OpCheck]:
     """vmap of jvp / vjp over every differentiable argument, under the example's partial
     batching, with a tangent (cotangent) per sample, against loops of them."""
     if not p.z.numel():
@@ -388,6 +448,9 @@ def _vmapped_derivatives(s: _Sampled, p: _Point, gen: torch.Generator) -> list[O
     out = []
     dims = (*s.ex.in_dims, 0)
     for label, per, extra in (("vmap_jvp", per_jvp, tangents), ("vmap_vjp", per_vjp, cotangents)):
+        if label == "vmap_jvp" and forward is False:
+            out.append(OpCheck(label, "", Status.UNSUPPORTED, NO_FORWARD))
+            continue
         try:
             want = torch.stack([per(*s.samples[i], extra[i]) for i in range(b)])
         except Exception as e:  # noqa: BLE001
@@ -425,14 +488,17 @@ def check_example(family: OpFamily, ex: OpExample) -> tuple[OpCheck, ...]:
     gen = torch.Generator().manual_seed(ex.seed + 1)
     p = _Point(s, s.samples[valid[0]])
     try:
-        checks += _derivative_routes(p, gen)
-        checks += ([] if errors else _vmapped_derivatives(s, p, gen))
+        routes = _derivative_routes(p, gen)
+        forward = not any(c.detail == NO_FORWARD for c in routes)
+        checks += routes + ([] if errors else _vmapped_derivatives(s, p, gen, forward))
     except _Skip as e:
         checks += [OpCheck(r, "", Status.SKIPPED, str(e)) for r in ROUTES[2:]]
     return tuple(_classify(family, s, c) for c in checks)
 
 
 def _classify(family: OpFamily, s: _Sampled, c: OpCheck) -> OpCheck:
+    if c.check in family.unclaimed:
+        return OpCheck(c.check, c.sample, Status.NOT_APPLICABLE, family.unclaimed[c.check])
     if c.status != Status.MISMATCH:
         return c
     if s.undefined and c.check in ROUTES[2:8]:
@@ -577,8 +643,8 @@ def snippet(family: OpFamily, ex: OpExample, checks=()) -> str:
                          + [f"{k}={_literal(v)}" for k, v in c0.kwargs.items()])
         lines.append(f"print({family.code}({args}))  # sample 0, as users call it")
         if bad and bad[0] in ("vmap", "errors", "vmap_jvp", "vmap_vjp"):
-            lines.append("batched = [" + ", ".join(_literal(t) for t in s.batched) + "]  "
-                         f"# in_dims={ex.in_dims}")
+            lines.append("# what vmap receives, per tensor argument (in_dims="
+                         f"{ex.in_dims}): " + ", ".join(_literal(t) for t in s.batched))
     lines.append("from jacverify.rules.op_fuzzer import OpExample, check_example")
     lines.append(f"family = {family.ref}")
     lines.append(f"example = {ex!r}")
