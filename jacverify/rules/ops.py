@@ -55,12 +55,15 @@ class OpCheck:
 
 @dataclass(frozen=True)
 class OpResult:
-    """Every check of one operator; ``status`` is the worst of them, mismatch first."""
+    """Every check of one operator; ``status`` is the worst of them, mismatch first. ``fuzz`` is
+    the operator fuzzer's campaign (:func:`jacverify.rules.op_fuzzer.fuzz_op`), whose shrunk
+    failure's wrong routes are among ``checks`` (sample "fuzzed")."""
 
     name: str
     checks: tuple[OpCheck, ...]
     seconds: float
     reason: str = ""
+    fuzz: object | None = None
 
     @property
     def status(self) -> Status:
