@@ -321,8 +321,9 @@ def _vmap_route(s: _Sampled, outs: list, errors: list) -> OpCheck:
 # setup_context staticmethod", torch 2.13), and would leave such ops' reverse mode untested. Forward
 # mode uses torch.func.jvp, after a probe with torch.autograd.forward_ad: an op with no
 # forward-mode formula gives no tangent there, which torch.func.jvp silently turns into zeros (a
-# custom op with only register_autograd); such routes are unsupported, with that reason, rather
-# than a zero to be judged.
+# custom op with only register_autograd); for a custom op such routes are unsupported, with that
+# reason, rather than a zero to be judged. torch's own ops raise where they have no formula, so a
+# missing tangent there is a formula that dropped it: the zero is judged like any value.
 NO_FORWARD = ("no forward-mode formula: forward AD gives no tangent for this op (torch.func.jvp "
               "would silently return zeros)")
 
@@ -335,6 +336,13 @@ def _autograd_vjp(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
         y = fn(xx)
         (g,) = torch.autograd.grad(y, xx, cotangent, create_graph=True, allow_unused=True)
     return torch.zeros_like(xx) if g is None else g
+
+
+def _is_custom_op(fn: object) -> bool:
+    """A torch.library custom op (it has no way to register a forward-mode formula)."""
+    from torch._library.custom_ops import CustomOpDef
+
+    return isinstance(fn, CustomOpDef)
 
 
 def _has_forward_formula(p: _Point, z: torch.Tensor, v: torch.Tensor) -> bool:
@@ -362,7 +370,8 @@ def _derivative_routes(p: _Point, gen: torch.Generator) -> list[OpCheck]:
     fd = directional_differences(p.flat(p.outputs), v[None], per_sample=True, independent=True)
     fd = Reference("finite_differences", fd.value[0], fd.error[0])
     scale = float(center.abs().max()) / max(1.0, float(z.abs().max())) * float(v.abs().max())
-    forward = _has_forward_formula(p, z, v) or not bool(fd.value.abs().gt(fd.error * 2).any())
+    forward = (not _is_custom_op(p.s.family.fn) or _has_forward_formula(p, z, v)
+               or not bool(fd.value.abs().gt(fd.error * 2).any()))
     if forward:
         checks = [judge_route("forward_ad", "", lambda: jvp(p.outputs, (z,), (v,))[1], fd, scale)]
     else:
@@ -499,6 +508,8 @@ def check_example(family: OpFamily, ex: OpExample) -> tuple[OpCheck, ...]:
 def _classify(family: OpFamily, s: _Sampled, c: OpCheck) -> OpCheck:
     if c.check in family.unclaimed:
         return OpCheck(c.check, c.sample, Status.NOT_APPLICABLE, family.unclaimed[c.check])
+    if c.status == Status.SKIPPED and s.undefined and c.check in ROUTES[2:8]:
+        return OpCheck(c.check, c.sample, c.status, f"{c.detail} (at this point: {s.undefined})")
     if c.status != Status.MISMATCH:
         return c
     if s.undefined and c.check in ROUTES[2:8]:
