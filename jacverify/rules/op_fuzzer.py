@@ -483,9 +483,9 @@ def check_example(family: OpFamily, ex: OpExample) -> tuple[OpCheck, ...]:
         raised (the example is outside the op's domain).
 
     >>> from jacverify.rules.op_args import op_family
-    >>> checks = check_example(op_family("cholesky_solve"),
-    ...     OpExample("cholesky_solve", form(k=1, n=2, upper=False), 2, (0, None), 0))
-    >>> sorted({c.status for c in checks})
+    >>> example = OpExample("linalg.solve_triangular",
+    ...     form(k=1, n=2, upper=False, left=True, unitriangular=True), 2, (0, None), 0)
+    >>> sorted({str(c.status) for c in check_example(op_family(example.op), example)})
     ['agree']
     """
     s = _Sampled(family, ex)
@@ -589,8 +589,11 @@ def fuzz_op(family: OpFamily, *, max_examples: int = 50, seconds: float | None =
         An :class:`OpFuzzReport`; ``report.snippet`` replays a failure.
 
     >>> from jacverify.rules.op_args import op_family
-    >>> fuzz_op(op_family("cholesky_solve"), max_examples=3, seed=0).passed
+    >>> fuzz_op(op_family("linalg.solve_triangular"), max_examples=3, seed=0).passed
     True
+    >>> report = fuzz_op(op_family("cholesky_solve"), max_examples=20, seed=0)
+    >>> report.failure.form, sorted(c.check for c in report.wrong)
+    ((('k', 1), ('n', 2), ('upper', False)), ['forward_ad', 'reverse_ad'])
     """
     if budget is not None and not budget > 0:
         raise InvalidArgument(f"budget={budget!r} must be a positive number of seconds or None")

@@ -409,7 +409,7 @@ def check_op(op, *, samples: int = 2, seed: int = 0) -> OpResult:
 
     >>> from jacverify.rules.ops import select_ops
     >>> result = check_op(select_ops(["sin"])[0], samples=1)
-    >>> result.status, sorted({c.check for c in result.checks}) == sorted(OP_CHECKS)
+    >>> str(result.status), sorted({c.check for c in result.checks}) == sorted(OP_CHECKS)
     ('agree', True)
     """
     start = time.perf_counter()
