@@ -440,9 +440,11 @@ def opinfo_family(op) -> OpFamily:
     through the raw op, not its gradcheck wrapper), with values drawn per :data:`VALUE_MODES`:
     the sample's own scaled per entry, general ones (new magnitudes, signs kept), exact zeros, or
     ties (some entries equal to the first: a point where the derivative may not be defined)."""
-    from jacverify.rules.ops import declared, full_name
+    from jacverify.rules.ops import declared, full_name, incomparable
 
     name = full_name(op)
+    if incomparable(op):
+        raise InvalidArgument(f"OpInfo {name!r} cannot be fuzzed: {incomparable(op)}")
     samples = _opinfo_samples(op)
     if not samples:
         raise InvalidArgument(f"OpInfo {name!r} has no sample with a floating tensor input")

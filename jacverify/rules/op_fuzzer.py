@@ -493,6 +493,9 @@ def check_example(family: OpFamily, ex: OpExample) -> tuple[OpCheck, ...]:
     valid = [i for i, o in enumerate(outs) if o is not None]
     if not valid:
         return ()
+    if _random(s, s.samples[valid[0]]):
+        return tuple(OpCheck(r, "", Status.SKIPPED, "random: two seeds give different outputs")
+                     for r in ROUTES[1:])
     checks = [_vmap_route(s, outs, errors)]
     gen = torch.Generator().manual_seed(ex.seed + 1)
     p = _Point(s, s.samples[valid[0]])
@@ -503,6 +506,17 @@ def check_example(family: OpFamily, ex: OpExample) -> tuple[OpCheck, ...]:
     except _Skip as e:
         checks += [OpCheck(r, "", Status.SKIPPED, str(e)) for r in ROUTES[2:]]
     return tuple(_classify(family, s, c) for c in checks)
+
+
+def _random(s: _Sampled, tensors: list) -> bool:
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(0)
+        first = s.call(*tensors)
+        torch.manual_seed(1)
+        return differ(first, s.call(*tensors)) is not None
+    finally:
+        torch.random.set_rng_state(state)
 
 
 def _classify(family: OpFamily, s: _Sampled, c: OpCheck) -> OpCheck:

@@ -20,7 +20,7 @@ from jacverify.judge import Status, raised
 from jacverify.rules.checks import differ, stack_outputs
 
 __all__ = ["OpCheck", "OpResult", "check_op", "op_database", "select_ops", "judge_route",
-           "declared", "full_name", "DEFAULT_OPS", "OP_CHECKS"]
+           "declared", "full_name", "incomparable", "DEFAULT_OPS", "OP_CHECKS"]
 
 DEFAULT_OPS = ("sin", "tanh", "exp", "mul", "div", "matmul", "sum", "mean", "cumsum",
                "softmax", "nn.functional.relu", "nn.functional.layer_norm", "where",
@@ -436,18 +436,25 @@ def check_op(op, *, samples: int = 2, seed: int = 0) -> OpResult:
     return OpResult(full_name(op), tuple(checks), time.perf_counter() - start, reason)
 
 
+def incomparable(op) -> str | None:
+    """Why an operator's derivatives and batching cannot be compared with loops and finite
+    differences (a nondeterministic or seeded random output, storage addressing), or None."""
+    if op.has_nondeterministic_output:
+        return "the database marks its output nondeterministic"
+    if op.name in INCOMPARABLE:
+        return INCOMPARABLE[op.name]
+    if "wrapper_set_seed" in getattr(getattr(op.op, "__code__", None), "co_names", ()):
+        return ("a random op made repeatable by a fixed seed (OpInfo's wrapper_set_seed): by "
+                "convention its derivatives are not those of the seeded function")
+    return None
+
+
 def _sample_checks(op, sample, name: str, gen) -> list[OpCheck]:
     s = _Sample(op, sample)
     if not s.tensors:
         return []
-    if op.has_nondeterministic_output:
-        return [OpCheck("vmap", name, "skipped", "the database marks its output nondeterministic")]
-    if op.name in INCOMPARABLE:
-        return [OpCheck("vmap", name, "skipped", INCOMPARABLE[op.name])]
-    if "wrapper_set_seed" in getattr(getattr(op.op, "__code__", None), "co_names", ()):
-        return [OpCheck("vmap", name, "skipped", "a random op made repeatable by a fixed seed "
-                        "(OpInfo's wrapper_set_seed): by convention its derivatives are not "
-                        "those of the seeded function")]
+    if incomparable(op):
+        return [OpCheck("vmap", name, "skipped", incomparable(op))]
     try:
         torch.manual_seed(0)
         first = s.call(*s.tensors)
