@@ -617,11 +617,17 @@ def fuzz_op(family: OpFamily, *, max_examples: int = 50, seconds: float | None =
                         shrink_examples=shrink_examples)
     start = time.perf_counter()
     state = {"failed": False}
+    refusals: list[str] = []  # why jacverify could not run drawn examples (the first three)
 
     def check(ex: OpExample) -> Trial:
         if budget is not None and not state["failed"] and time.perf_counter() - start > budget:
             return Trial(Verdict.REJECTED)  # past the budget: not run (see ``budget``)
-        checks = check_example(family, ex)
+        try:
+            checks = check_example(family, ex)
+        except Exception as e:  # noqa: BLE001 - jacverify cannot run this example: say why
+            if len(refusals) < 3 and raised(e) not in refusals:
+                refusals.append(raised(e))
+            return Trial(Verdict.REJECTED)
         if not checks:
             return Trial(Verdict.REJECTED, checks)
         if any(c.status in WRONG for c in checks):
@@ -636,14 +642,17 @@ def fuzz_op(family: OpFamily, *, max_examples: int = 50, seconds: float | None =
                               replay=lambda t: snippet(family, t.example, t.outcome or ()),
                               tally=lambda checks: ((c.check, str(c.status)) for c in checks))
     except Unsatisfiable:
+        why = f": jacverify could not run them ({'; '.join(refusals)})" if refusals else ""
         return OpFuzzReport(family.name, 0, 0, 0, time.perf_counter() - start, campaign.seed,
-                            reason="every drawn example was rejected (each sample raised) or the "
-                            "budget was spent before one ran")
+                            reason="every drawn example was rejected (each sample raised, or "
+                            f"jacverify could not run it) or the budget was spent before one "
+                            f"ran{why}")
     f = result.failure
+    why = f"some examples could not be run: {'; '.join(refusals)}" if refusals else ""
     return OpFuzzReport(family.name, result.examples, result.verified, result.rejected,
                         result.seconds, result.seed, result.counts,
                         f.example if f else None, tuple(f.outcome or ()) if f else (),
-                        result.snippet, f.error if f else None)
+                        result.snippet, f.error if f else None, why)
 
 
 def _literal(x: Any) -> str:
@@ -661,9 +670,12 @@ def _literal(x: Any) -> str:
 def snippet(family: OpFamily, ex: OpExample, checks=()) -> str:
     """Code that replays ``ex``: the op called on its first sample's values (when small enough
     to print), the vmap call when a batching route failed, and the routes re-run."""
-    s = _Sampled(family, ex)
     lines = ["import torch", family.imports]
-    size = sum(t.numel() for t in s.batched)
+    try:
+        s = _Sampled(family, ex)
+        size = sum(t.numel() for t in s.batched)
+    except Exception:  # noqa: BLE001 - no literal call, the replay lines still replay it
+        size = LITERAL_LIMIT + 1
     bad = [c.check for c in checks if c.status in WRONG]
     if size <= LITERAL_LIMIT:
         c0 = s.calls[0]
