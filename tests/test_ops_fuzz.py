@@ -127,6 +127,7 @@ def test_undefined_point_is_said_not_judged():
                for c in checks)
 
 
+@pytest.mark.slow  # a subprocess
 def test_snippet_replays_the_failure():
     _, broken = LOWER_MATVEC
     ex = OpExample(broken.name, form(n=2), 1, (0, 0), 0)
@@ -146,6 +147,7 @@ def test_budget_is_validated_and_bounds_the_campaign():
     assert report.examples == 0 and report.reason and str(report.verdict) == "unverified"
 
 
+@pytest.mark.slow  # torch's OpInfo database
 def test_unknown_operator_is_refused():
     pytest.importorskip("expecttest")
     with pytest.raises(InvalidArgument, match="did you mean"):
