@@ -117,8 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     ops.add_argument("--budget", type=float, default=0.5, metavar="S",
                      help="seconds of fuzzing per operator before any failure (default: 0.5; "
                      "0 skips the fuzzer)")
-    ops.add_argument("--shrink-seconds", type=float, default=3.0, metavar="S",
-                     help="seconds to shrink an operator's first failure (default: 3)")
+    ops.add_argument("--shrink-seconds", type=float, default=1.0, metavar="S",
+                     help="seconds to shrink an operator's first failure (default: 1)")
     ops.add_argument("--timeout", type=float, default=20.0, metavar="S",
                      help="seconds per operator before it is abandoned (default: 20)")
     ops.add_argument("--seed", type=int, default=0, help="seed of the drawn values (default: 0)")
