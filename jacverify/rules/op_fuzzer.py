@@ -58,11 +58,11 @@ SECOND = ROUTES[4:8]
 MAX_BATCH = 3
 DEFAULT_BUDGET_S = 0.5
 # NOTE [operator budget]
-# With a budget, the campaign runs in Hypothesis runs of BUDGET_RUN examples (consecutive seeds)
-# until the budget is spent or one fails; an example drawn past the budget is passed unrun (as
-# unverified, and not counted), which ends the run at once: rejecting it instead made Hypothesis
-# draw hundreds more (2-3 s per operator after a 0.25 s budget with the Campaign's own `seconds`).
-BUDGET_RUN = 4
+# With a budget, the campaign runs with `seconds=budget` (Hypothesis runs of CHUNK examples until it
+# is spent or one fails); an example drawn past the budget is passed unrun (as unverified, and not
+# counted), so the last run ends within milliseconds: rejecting it instead made Hypothesis draw
+# hundreds more (2-3 s per operator after a 0.25 s budget). Runs of 4 examples ended sooner but
+# restarted Hypothesis at its simplest examples each time, and missed cholesky_solve's n = 2 bug.
 LITERAL_LIMIT = 64  # tensors up to this many entries are printed as literals in a reproducer
 
 Form = tuple  # ((key, value), ...): a plain, hashable, printable argument structure
@@ -618,8 +618,8 @@ def fuzz_op(family: OpFamily, *, max_examples: int = 50, seconds: float | None =
     """
     if budget is not None and not budget > 0:
         raise InvalidArgument(f"budget={budget!r} must be a positive number of seconds or None")
-    campaign = Campaign(max_examples=max_examples if budget is None else BUDGET_RUN,
-                        seconds=seconds if budget is None else None, seed=seed,
+    campaign = Campaign(max_examples=max_examples, seconds=seconds if budget is None else budget,
+                        seed=seed,
                         database=database, shrink_seconds=shrink_seconds,
                         shrink_examples=shrink_examples)
     start = time.perf_counter()
@@ -646,43 +646,18 @@ def fuzz_op(family: OpFamily, *, max_examples: int = 50, seconds: float | None =
 
     key = f"jacverify.fuzz_op {family.name} {family.ref}"
     examples = op_examples(family, max_batch_size=max_batch_size)
-    runs, run = [], 0
     try:
-        while True:  # with a budget: runs of BUDGET_RUN examples until it is spent (see NOTE)
-            this = campaign if run == 0 else Campaign(
-                max_examples=BUDGET_RUN, seed=campaign.seed + 1000 * run, database=database,
-                shrink_seconds=shrink_seconds, shrink_examples=shrink_examples)
-            try:
-                runs.append(this.run(examples, check, key=key,
-                                     replay=lambda t: snippet(family, t.example, t.outcome or ()),
-                                     tally=lambda checks: ((c.check, str(c.status))
-                                                           for c in checks)))
-            except Unsatisfiable:
-                if not runs and (budget is None or time.perf_counter() - start > budget):
-                    raise
-            run += 1
-            if (budget is None or (runs and runs[-1].failure)
-                    or time.perf_counter() - start > budget):
-                break
-        if not runs:
-            raise Unsatisfiable("no example ran")
+        result = campaign.run(examples, check, key=key,
+                              replay=lambda t: snippet(family, t.example, t.outcome or ()),
+                              tally=lambda checks: ((c.check, str(c.status)) for c in checks))
     except Unsatisfiable:
         why = f": jacverify could not run them ({'; '.join(refusals)})" if refusals else ""
         return OpFuzzReport(family.name, 0, 0, 0, time.perf_counter() - start, campaign.seed,
                             reason="every drawn example was rejected (each sample raised, or "
                             f"jacverify could not run it) or the budget was spent before one "
                             f"ran{why}")
-    result = runs[-1]
-    counts: dict[str, dict[str, int]] = {}
-    for r in runs:
-        for name, per in r.counts.items():
-            for status, k in per.items():
-                counts.setdefault(name, {})[status] = counts.get(name, {}).get(status, 0) + k
-    total = dataclasses.replace(result, examples=sum(r.examples for r in runs) - state["unrun"],
-                                rejected=sum(r.rejected for r in runs),
-                                verified=sum(r.verified for r in runs),
-                                seconds=time.perf_counter() - start, counts=counts)
-    result = total
+    result = dataclasses.replace(result, examples=result.examples - state["unrun"],
+                                 seconds=time.perf_counter() - start)
     if not result.examples and not result.failure:
         refusals.insert(0, "the budget was spent before any example ran")
     f = result.failure
