@@ -112,18 +112,27 @@ def _parser() -> argparse.ArgumentParser:
     fr.add_argument("--shrink-seconds", type=float, default=30.0, metavar="S",
                     help="how long to shrink a failure (default: 30)")
     fr.add_argument("--json", metavar="PATH", help="write every rule's counts and failure as JSON")
-    ops = sub.add_parser("ops", help="sweep torch's own operators (OpInfo database): vmap, "
-                         "forward AD, reverse AD and second derivatives against loops and FD",
+    ops = sub.add_parser("ops", help="sweep and fuzz torch's own operators: vmap, forward and "
+                         "reverse AD, second derivatives, batching, against loops and FD",
                          description="Runs torch's OpInfo sample inputs (needs expecttest) "
-                         "through vmap (distinct values per sample, several in_dims), forward and "
-                         "reverse AD against float64 finite differences, and the four "
-                         "forward/reverse compositions of second derivatives against finite "
-                         "differences of the verified first derivative.")
+                         "through vmap, forward and reverse AD against float64 finite "
+                         "differences and the four forward/reverse compositions (the sweep), "
+                         "then fuzzes each operator for --budget seconds: arguments drawn beyond "
+                         "the database (built valid, every keyword variant, duplicates, ties, "
+                         "partial batching), every route against finite differences of the raw "
+                         "op, the first wrong value shrunk to a minimal call printed as code.")
     ops.add_argument("--op", action="append", default=[], metavar="NAME",
-                     help="an OpInfo name, e.g. sin or nn.functional.relu (repeatable)")
-    ops.add_argument("--all", action="store_true", help="every operator of the database")
+                     help="an OpInfo name, e.g. sin or nn.functional.relu, or a fuzzer family "
+                     "such as pool (repeatable)")
+    ops.add_argument("--all", action="store_true", help="every operator of the database, and "
+                     "every fuzzer family")
     ops.add_argument("--samples", type=int, default=2, metavar="K",
-                     help="database samples per operator (default: 2), plus one drawn sample")
+                     help="database samples per operator in the sweep (default: 2), plus one drawn")
+    ops.add_argument("--budget", type=float, default=0.5, metavar="S",
+                     help="seconds of fuzzing per operator before any failure (default: 0.5; "
+                     "0 skips the fuzzer)")
+    ops.add_argument("--shrink-seconds", type=float, default=1.0, metavar="S",
+                     help="seconds to shrink an operator's first failure (default: 1)")
     ops.add_argument("--timeout", type=float, default=20.0, metavar="S",
                      help="seconds per operator before it is abandoned (default: 20)")
     options.add_to_argparse(ops, ("seed",), helps={"seed": "seed of the drawn values (default: 0)"})

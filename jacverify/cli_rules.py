@@ -84,18 +84,24 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
         raise usage("give --op NAME or --all, not both")
     if args.samples < 1 or not args.timeout > 0:
         raise usage("--samples must be at least 1 and --timeout positive")
+    if args.budget < 0 or not args.shrink_seconds > 0:
+        raise usage(f"--budget {args.budget:g} must be >= 0 (0 skips the fuzzer) and "
+                    f"--shrink-seconds {args.shrink_seconds:g} positive")
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     import jacverify
     from jacverify.references import warnings_recorded
-    from jacverify.rules.ops import DEFAULT_OPS, OP_CHECKS, OpCheck, OpResult, check_op, select_ops
+    from jacverify.rules.op_args import FAMILIES
+    from jacverify.rules.op_fuzzer import ROUTES
+    from jacverify.rules.ops import DEFAULT_OPS, OP_CHECKS, OpCheck, OpResult, full_name, select_ops
 
     out = Console(highlight=False, soft_wrap=True, width=max(Console().width, 160))
     err = Console(stderr=True)
     try:
-        ops = select_ops(None if args.all else (args.op or DEFAULT_OPS))
+        targets = _op_targets(None if args.all else (args.op or DEFAULT_OPS), select_ops,
+                              full_name, FAMILIES)
     except jacverify.InvalidArgument as e:
         raise usage(str(e)) from None
     start = time.perf_counter()
@@ -103,50 +109,125 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn()]
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task("ops", total=len(ops))
-        for op in ops:
-            progress.update(task, description=op.name)
+        task = progress.add_task("ops", total=len(targets))
+        for name, op in targets:
+            progress.update(task, description=name)
             began = time.perf_counter()
             try:
                 with time_limit(args.timeout), warnings_recorded():
-                    result = check_op(op, samples=args.samples, seed=args.seed)
+                    result = _one_op(name, op, args, FAMILIES)
             except Timeout:
-                result = OpResult(op.name, (OpCheck("vmap", "", "skipped", "timed out"),),
+                result = OpResult(name, (OpCheck("vmap", "", "skipped", "timed out"),),
                                   time.perf_counter() - began, f"abandoned after {args.timeout:g} s")
             results.append(result)
             progress.advance(task)
     seconds = time.perf_counter() - start
-    statuses = ("agree", "mismatch", "known", "unsupported", "skipped")
+    statuses = ("agree", "mismatch", "known", "unsupported", "skipped", "not_applicable")
     per_check = Table(title=f"jacverify ops: {len(results)} operators, {seconds:.0f} s "
-                      "(checks per status, over samples and in_dims)")
-    per_check.add_column("check")
-    for s in statuses:
-        per_check.add_column(s, justify="right")
-    for check in OP_CHECKS:
-        row = [sum(c.check == check and c.status == s for r in results for c in r.checks)
-               for s in statuses]
+                      "(sweep checks + fuzzed examples, per route and status)")
+    per_check.add_column("route")
+    for st_ in statuses:
+        per_check.add_column(st_, justify="right")
+    for check in dict.fromkeys((*OP_CHECKS, *ROUTES)):
+        row = [sum(c.check == check and c.status == st_ for r in results for c in r.checks
+                   if c.sample != "fuzzed")
+               + sum((r.fuzz.counts.get(check, {}).get(st_, 0) if r.fuzz else 0) for r in results)
+               for st_ in statuses]
         per_check.add_row(check, *map(str, row))
     out.print(per_check)
     wrong = [r for r in results if r.status in ("mismatch", "known")]
     if wrong:
-        table = Table(title="wrong values (mismatch), by operator")
-        for col in ("operator", "check", "sample", "what differs"):
+        table = Table(title="wrong values (mismatch, known), by operator; fuzzed ones replay "
+                      "from the snippet below the table")
+        for col in ("operator", "check", "sample", "status", "what differs"):
             table.add_column(col)
         for r in wrong:
-            for c in r.mismatches:
-                table.add_row(r.name, c.check, c.sample, c.detail)
+            for c in r.checks:
+                if c.status in ("mismatch", "known"):
+                    table.add_row(r.name, c.check, c.sample, str(c.status), c.detail)
         out.print(table)
+        for r in wrong:
+            if r.fuzz is not None and r.fuzz.failure is not None:
+                out.print(r.fuzz.describe(), markup=False)
     counts = {s: sum(r.status == s for r in results) for s in statuses}
     out.print(f"operators: {counts['agree']} agree, {counts['mismatch']} with wrong values, "
               f"{counts['known']} with wrong values torch declares, {counts['unsupported']} "
               f"unsupported only, {counts['skipped']} skipped; {seconds:.0f} s", markup=False)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(document("ops", seconds=seconds, counts=counts, operators=[
-                {"name": r.name, "status": r.status, "seconds": r.seconds, "reason": r.reason,
-                 "checks": [{"check": c.check, "sample": c.sample, "status": c.status,
-                             "detail": c.detail} for c in r.checks]} for r in results]),
+            json.dump(document("ops", seconds=seconds, counts=counts, budget=args.budget,
+                               seed=args.seed, operators=[_op_json(r) for r in results]),
                       f, indent=2)
     if wrong:
         return EXIT_MISMATCH
     return EXIT_OK if counts["agree"] else EXIT_UNVERIFIED
+
+
+def _op_targets(names, select_ops, full_name, families) -> list:
+    """(name, OpInfo or None) per operator: OpInfo entries by name (every one for None), and the
+    fuzzer's own families that are not OpInfo names."""
+    if names is None:
+        ops = select_ops(None)
+        seen = {full_name(o) for o in ops}
+        return [(full_name(o), o) for o in ops] + [(n, None) for n in families if n not in seen]
+    targets = []
+    for name in names:
+        try:
+            targets += [(full_name(o), o) for o in select_ops([name])]
+        except Exception:
+            if name not in families:
+                raise
+            targets.append((name, None))
+    return targets
+
+
+def _one_op(name: str, op, args: argparse.Namespace, families):
+    """The sweep over OpInfo's samples (when there is an entry) and the fuzzer's campaign."""
+    import dataclasses
+
+    import jacverify
+    from jacverify.rules.op_args import opinfo_family
+    from jacverify.rules.op_fuzzer import fuzz_op
+    from jacverify.rules.ops import OpCheck, OpResult, check_op
+
+    began = time.perf_counter()
+    result = (check_op(op, samples=args.samples, seed=args.seed) if op is not None
+              else OpResult(name, (), 0.0))
+    if not args.budget:
+        return result
+    try:
+        family = families[name] if name in families else opinfo_family(op)
+    except jacverify.InvalidArgument as e:
+        return dataclasses.replace(result, reason=result.reason or f"not fuzzed: {e}")
+    try:
+        report = fuzz_op(family, budget=args.budget, seed=args.seed, database=None,
+                         shrink_seconds=args.shrink_seconds)
+    except Exception as e:  # noqa: BLE001 - the fuzzer could not run this op: say so, go on
+        from jacverify.judge import raised
+
+        return dataclasses.replace(result, reason=result.reason or f"not fuzzed: {raised(e)}")
+    fuzzed = tuple(OpCheck(c.check, "fuzzed", c.status, f"{c.detail} [{report.failure!r}]")
+                   for c in report.wrong)
+    if report.error:
+        fuzzed += (OpCheck("errors", "fuzzed", "skipped",
+                           f"jacverify could not run it: {report.error}"),)
+    if report.verified and not fuzzed:
+        fuzzed += (OpCheck("fuzz", "fuzzed", "agree", f"{report.verified} examples verified"),)
+    return dataclasses.replace(result, checks=result.checks + fuzzed, fuzz=report,
+                               seconds=time.perf_counter() - began)
+
+
+def _op_json(r) -> dict:
+    doc = {"name": r.name, "status": r.status, "seconds": r.seconds, "reason": r.reason,
+           "checks": [{"check": c.check, "sample": c.sample, "status": c.status,
+                       "detail": c.detail} for c in r.checks]}
+    f = r.fuzz
+    if f is not None:
+        doc["fuzz"] = {"verdict": str(f.verdict), "examples": f.examples,
+                       "verified": f.verified, "rejected": f.rejected, "seconds": f.seconds,
+                       "seed": f.seed, "counts": f.counts, "reason": f.reason,
+                       "failure": None if f.failure is None else {
+                           "example": repr(f.failure), "snippet": f.snippet,
+                           "wrong": [{"check": c.check, "status": str(c.status),
+                                      "detail": c.detail} for c in f.wrong]}}
+    return doc

@@ -19,8 +19,8 @@ from jacverify.oracles.finite_differences import directional_differences
 from jacverify.judge import Status, raised
 from jacverify.rules.checks import differ, stack_outputs
 
-__all__ = ["OpCheck", "OpResult", "check_op", "op_database", "select_ops", "DEFAULT_OPS",
-           "OP_CHECKS"]
+__all__ = ["OpCheck", "OpResult", "check_op", "op_database", "select_ops", "judge_route",
+           "declared", "full_name", "incomparable", "DEFAULT_OPS", "OP_CHECKS"]
 
 DEFAULT_OPS = ("sin", "tanh", "exp", "mul", "div", "matmul", "sum", "mean", "cumsum",
                "softmax", "nn.functional.relu", "nn.functional.layer_norm", "where",
@@ -55,12 +55,15 @@ class OpCheck:
 
 @dataclass(frozen=True)
 class OpResult:
-    """Every check of one operator; ``status`` is the worst of them, mismatch first."""
+    """Every check of one operator; ``status`` is the worst of them, mismatch first. ``fuzz`` is
+    the operator fuzzer's campaign (:func:`jacverify.rules.op_fuzzer.fuzz_op`), whose shrunk
+    failure's wrong routes are among ``checks`` (sample "fuzzed")."""
 
     name: str
     checks: tuple[OpCheck, ...]
     seconds: float
     reason: str = ""
+    fuzz: object | None = None
 
     @property
     def status(self) -> Status:
@@ -89,7 +92,7 @@ def op_database() -> list:
     return op_db
 
 
-def _full_name(op) -> str:
+def full_name(op) -> str:
     return f"{op.name}.{op.variant_test_name}" if op.variant_test_name else op.name
 
 
@@ -100,11 +103,11 @@ def select_ops(names: Iterable[str] | None) -> list:
         return db
     chosen = []
     for name in names:
-        found = [op for op in db if _full_name(op) == name or op.name == name]
+        found = [op for op in db if full_name(op) == name or op.name == name]
         if not found:
             import difflib
 
-            close = difflib.get_close_matches(name, [_full_name(o) for o in db], n=1)
+            close = difflib.get_close_matches(name, [full_name(o) for o in db], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise InvalidArgument(f"op {name!r} is not in torch's OpInfo database with float64 "
                                   f"support{hint}")
@@ -217,8 +220,12 @@ def _vmap_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
     return out
 
 
-def _judge(check: str, sample: str, run: Callable[[], torch.Tensor], ref: Reference,
-           scale: float = 0.0) -> OpCheck:
+def judge_route(check: str, sample: str, run: Callable[[], torch.Tensor], ref: Reference,
+                scale: float = 0.0) -> OpCheck:
+    """One AD route against its finite-difference reference: ``skipped`` where FD cannot decide
+    (empty, not finite, too uncertain: a kink within the step), ``unsupported`` where the route
+    raised, else ``agree`` or ``mismatch`` under NOTE [tolerances] with ``scale`` as the
+    derivative scale."""
     if not ref.value.numel():
         return OpCheck(check, sample, "skipped", "empty output")
     if not (torch.isfinite(ref.value).all() and torch.isfinite(ref.error).all()):
@@ -255,10 +262,10 @@ def _derivative_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
     fd = directional_differences(s.flat(s.of_z), v[None], per_sample=True, independent=True)
     fd = Reference("finite_differences", fd.value[0], fd.error[0])
     scale = float(s.of_z(z).abs().max()) / max(1.0, float(z.abs().max())) * float(v.abs().max())
-    checks = [_judge("forward_ad", name, lambda: jvp(s.of_z, (z,), (v,))[1], fd, scale)]
+    checks = [judge_route("forward_ad", name, lambda: jvp(s.of_z, (z,), (v,))[1], fd, scale)]
     adjoint = Reference("finite_differences", (u * fd.value).sum()[None],
                         (u.abs() * fd.error).sum()[None])
-    checks.append(_judge("reverse_ad", name,
+    checks.append(judge_route("reverse_ad", name,
                          lambda: (vjp(s.of_z, z)[1](u)[0] * v).sum(), adjoint,
                          scale * float(u.abs().sum())))
     checks += _vmapped_derivatives(s, name, gen)
@@ -292,7 +299,7 @@ def _derivative_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
             run = (lambda g: lambda: jvp(g, (z,), (w,))[1])(inner)
         else:
             run = (lambda g: lambda: (vjp(g, z)[1](torch.ones((), dtype=z.dtype))[0] * w).sum())(inner)
-        checks.append(_judge(label, name, run, ref, scale * float(u.abs().sum() * w.abs().max())))
+        checks.append(judge_route(label, name, run, ref, scale * float(u.abs().sum() * w.abs().max())))
     return checks
 
 
@@ -354,8 +361,9 @@ _TORCH_TEST = {"forward_ad": "test_forward_mode_AD", "reverse_ad": "test_fn_grad
                "rev_over_rev": "test_fn_gradgrad", "fwd_over_rev": "test_fn_fwgrad_bwgrad"}
 
 
-def _declared(op, check: str) -> str | None:
-    """Why torch's own test for this check is skipped or expected to fail on CPU float64."""
+def declared(op, check: str) -> str | None:
+    """Why torch's own test for this check is skipped or expected to fail on CPU float64, in
+    PyTorch's own words where its DecorateInfo carries them (``unittest.skip("...")``)."""
     test = _TORCH_TEST.get(check)
     for info in (*getattr(op, "skips", ()), *getattr(op, "decorators", ())):
         if test is None or getattr(info, "test_name", None) != test:
@@ -364,8 +372,22 @@ def _declared(op, check: str) -> str | None:
             continue
         dtypes = getattr(info, "dtypes", None)
         if dtypes is None or torch.float64 in dtypes:
-            return f"torch's OpInfo marks {test} as skipped or expected to fail"
+            return f"torch's OpInfo marks {test} as {_torch_reason(info)}"
     return None
+
+
+def _torch_reason(info) -> str:
+    """"expected to fail" or "skipped: <PyTorch's reason>" for one DecorateInfo."""
+    import unittest
+
+    for d in getattr(info, "decorators", ()):
+        if d is unittest.expectedFailure:
+            return "expected to fail"
+        words = [c.cell_contents for c in (getattr(d, "__closure__", None) or ())
+                 if isinstance(getattr(c, "cell_contents", None), str)]
+        if words:
+            return f"skipped ({words[0]!r})"
+    return "skipped or expected to fail"
 
 
 def _declared_support(op, checks: list[OpCheck]) -> list[OpCheck]:
@@ -375,8 +397,8 @@ def _declared_support(op, checks: list[OpCheck]) -> list[OpCheck]:
         if missing:
             out.append(OpCheck(c.check, c.sample, "skipped", f"the database declares no "
                                f"{missing[0].removeprefix('supports_')} support"))
-        elif c.status == "mismatch" and _declared(op, c.check):
-            out.append(OpCheck(c.check, c.sample, "known", f"{c.detail}; {_declared(op, c.check)}"))
+        elif c.status == "mismatch" and declared(op, c.check):
+            out.append(OpCheck(c.check, c.sample, "known", f"{c.detail}; {declared(op, c.check)}"))
         else:
             out.append(c)
     return out
@@ -387,7 +409,7 @@ def check_op(op, *, samples: int = 2, seed: int = 0) -> OpResult:
 
     >>> from jacverify.rules.ops import select_ops
     >>> result = check_op(select_ops(["sin"])[0], samples=1)
-    >>> result.status, sorted({c.check for c in result.checks}) == sorted(OP_CHECKS)
+    >>> str(result.status), sorted({c.check for c in result.checks}) == sorted(OP_CHECKS)
     ('agree', True)
     """
     start = time.perf_counter()
@@ -401,7 +423,7 @@ def check_op(op, *, samples: int = 2, seed: int = 0) -> OpResult:
             if isinstance(sample.input, torch.Tensor):
                 taken.append(sample)
     except Exception as e:  # noqa: BLE001 - the database's own sample generator failed
-        return OpResult(_full_name(op), (), time.perf_counter() - start, f"samples: {raised(e)}")
+        return OpResult(full_name(op), (), time.perf_counter() - start, f"samples: {raised(e)}")
     if taken:
         taken.append(_drawn(taken[0], gen))
     for k, sample in enumerate(taken):
@@ -411,21 +433,28 @@ def check_op(op, *, samples: int = 2, seed: int = 0) -> OpResult:
         except Exception as e:  # noqa: BLE001 - an input this harness cannot batch (say so)
             checks.append(OpCheck("vmap", name, "skipped", f"jacverify could not run it: {raised(e)}"))
     reason = "" if checks else "no sample with a floating tensor input"
-    return OpResult(_full_name(op), tuple(checks), time.perf_counter() - start, reason)
+    return OpResult(full_name(op), tuple(checks), time.perf_counter() - start, reason)
+
+
+def incomparable(op) -> str | None:
+    """Why an operator's derivatives and batching cannot be compared with loops and finite
+    differences (a nondeterministic or seeded random output, storage addressing), or None."""
+    if op.has_nondeterministic_output:
+        return "the database marks its output nondeterministic"
+    if op.name in INCOMPARABLE:
+        return INCOMPARABLE[op.name]
+    if "wrapper_set_seed" in getattr(getattr(op.op, "__code__", None), "co_names", ()):
+        return ("a random op made repeatable by a fixed seed (OpInfo's wrapper_set_seed): by "
+                "convention its derivatives are not those of the seeded function")
+    return None
 
 
 def _sample_checks(op, sample, name: str, gen) -> list[OpCheck]:
     s = _Sample(op, sample)
     if not s.tensors:
         return []
-    if op.has_nondeterministic_output:
-        return [OpCheck("vmap", name, "skipped", "the database marks its output nondeterministic")]
-    if op.name in INCOMPARABLE:
-        return [OpCheck("vmap", name, "skipped", INCOMPARABLE[op.name])]
-    if "wrapper_set_seed" in getattr(getattr(op.op, "__code__", None), "co_names", ()):
-        return [OpCheck("vmap", name, "skipped", "a random op made repeatable by a fixed seed "
-                        "(OpInfo's wrapper_set_seed): by convention its derivatives are not "
-                        "those of the seeded function")]
+    if incomparable(op):
+        return [OpCheck("vmap", name, "skipped", incomparable(op))]
     try:
         torch.manual_seed(0)
         first = s.call(*s.tensors)

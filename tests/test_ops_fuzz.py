@@ -1,0 +1,207 @@
+"""The operator fuzzer: each detector against a broken twin (flagged) and a correct op (not), the
+twins found and shrunk by a campaign, torch findings, the budget, the replay snippet, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jacverify.errors import InvalidArgument
+from jacverify.examples.op_twins import CHECKED_SQRT, LOWER_MATVEC, POWER, SCALE, TAKE_ROWS
+from jacverify.judge import WRONG
+from jacverify.rules.op_args import op_family
+from jacverify.rules.op_fuzzer import OpExample, check_example, form, fuzz_op, snippet
+
+
+def _statuses(family, example) -> dict[str, str]:
+    return {c.check: str(c.status) for c in check_example(family, example)}
+
+
+def _wrong(family, example) -> set[str]:
+    return {c.check for c in check_example(family, example) if c.status in WRONG}
+
+
+# One example per twin on which the broken one is wrong: (pair, example fields, wrong routes).
+TWIN_CASES = [
+    (LOWER_MATVEC, dict(form=form(n=2), batch_size=1, in_dims=(0, 0), seed=0), {"reverse_ad"}),
+    (POWER, dict(form=form(n=1, cube=True), batch_size=1, in_dims=(0,), seed=0),
+     {"forward_ad", "rev_over_fwd"}),
+    (TAKE_ROWS, dict(form=form(n=1, k=2, duplicates=True), batch_size=1, in_dims=(0, 0), seed=0),
+     {"reverse_ad"}),
+    (SCALE, dict(form=form(n=1), batch_size=2, in_dims=(0, 0), seed=0), {"vmap"}),
+    (CHECKED_SQRT, dict(form=form(n=1, shift=0.5), batch_size=2, in_dims=(0,), seed=1),
+     {"errors"}),
+]
+
+
+@pytest.mark.parametrize("pair, fields, routes", TWIN_CASES,
+                         ids=["triangle", "keyword_jvp", "duplicates", "batched_scalar", "errors"])
+def test_broken_twin_flagged_correct_twin_not(pair, fields, routes):
+    correct, broken = pair
+    assert _wrong(broken, OpExample(broken.name, **fields)) == routes
+    statuses = _statuses(correct, OpExample(correct.name, **fields))
+    assert not {c for c, s in statuses.items() if s in WRONG}, statuses
+    assert "agree" in statuses.values()
+
+
+def test_twins_are_right_where_their_bug_is_not_drawn():
+    """The keyword, the duplicate and the batched scale are what the bugs need."""
+    _, power = POWER
+    assert not _wrong(power, OpExample(power.name, form(n=2, cube=False), 1, (0,), 0))
+    _, take = TAKE_ROWS
+    assert not _wrong(take, OpExample(take.name, form(n=3, k=2, duplicates=False), 1, (0, 0), 0))
+    _, scale = SCALE
+    assert not _wrong(scale, OpExample(scale.name, form(n=2), 2, (0, None), 0))
+
+
+def test_custom_op_without_forward_formula_is_unsupported_not_zero():
+    """torch.func.jvp returns a zero tangent for a custom op with only register_autograd; the
+    fuzzer says unsupported (no formula) instead of judging the zero."""
+    correct, _ = SCALE
+    checks = {c.check: c for c in check_example(correct, OpExample(correct.name, form(n=2), 1,
+                                                                   (0, 0), 0))}
+    assert checks["forward_ad"].status == "unsupported"
+    assert "no forward-mode formula" in checks["forward_ad"].detail
+    assert checks["reverse_ad"].status == "agree"
+
+
+def test_frozen_running_statistics_let_batch_norm_reverse_mode_be_checked():
+    """Kind 6: running_mean/var never get requires_grad, so reverse mode and vmap of vjp run."""
+    family = op_family("nn.functional.batch_norm")
+    ex = OpExample(family.name, form(affine=True, channels=2, length=1, n=3, training=False),
+                   2, (0, None, None, 0, None), 3)
+    statuses = _statuses(family, ex)
+    assert statuses["reverse_ad"] == "agree" and statuses["vmap_vjp"] == "agree", statuses
+
+
+@pytest.mark.parametrize("name, fields", [
+    ("linalg.solve_triangular", dict(form=form(n=3, k=2, upper=True, left=False,
+                                               unitriangular=True), in_dims=(0, None))),
+    ("linalg.cholesky", dict(form=form(n=3, upper=True), in_dims=(0,))),
+    ("index_add", dict(form=form(n=3, m=2, k=4, dim=0, duplicates=True, alpha=-0.5),
+                       in_dims=(None, 0, 0))),
+    ("pool", dict(form=form(kind="max", dims=2, kernel=3, stride=1, padding=1, dilation=1,
+                            extra=1, channels=1, ceil_mode=True, count_include_pad=False,
+                            divisor_override=None), in_dims=(-1,))),
+    ("fft.rfft", dict(form=form(n=4, size=6, norm="ortho"), in_dims=(0,))),
+])
+def test_correct_torch_ops_agree_on_drawn_structure(name, fields):
+    family = op_family(name)
+    statuses = _statuses(family, OpExample(name, batch_size=2, seed=0, **fields))
+    assert not {c for c, s in statuses.items() if s in WRONG}, statuses
+    assert statuses["vmap"] == "agree" and statuses["reverse_ad"] == "agree"
+
+
+# torch 2.13 findings (README "Fuzzing torch's operators"), each checked independently there.
+FINDINGS = [
+    ("cholesky_solve", dict(form=form(k=1, n=2, upper=False), in_dims=(0, 0)),
+     {"forward_ad", "reverse_ad"}),
+    ("cholesky_inverse", dict(form=form(n=2, upper=False), in_dims=(0,)),
+     {"forward_ad", "reverse_ad"}),
+    ("triangular_solve", dict(form=form(k=1, n=2, transpose=False, unitriangular=False,
+                                        upper=False), in_dims=(0, 0)), {"forward_ad"}),
+    ("scatter_reduce", dict(form=form(dim=0, duplicates=False, include_self=False, k=1, m=1, n=1,
+                                      reduce="prod", zeros=False), in_dims=(0, 0, 0)),
+     {"forward_ad", "fwd_over_rev"}),
+    ("linalg.eigh", dict(form=form(UPLO="L", n=1, spectrum="spread"), in_dims=(0,)),
+     {"rev_over_fwd"}),
+]
+
+
+@pytest.mark.parametrize("name, fields, routes", FINDINGS, ids=[f[0] for f in FINDINGS])
+def test_torch_findings_are_flagged(name, fields, routes):
+    assert routes <= _wrong(op_family(name), OpExample(name, batch_size=1, seed=0, **fields))
+
+
+def test_undefined_point_is_said_not_judged():
+    """Repeated eigenvalues: the eigenvectors' derivative is not defined; a route there is skipped
+    (finite differences see the kink) or not_applicable, with the reason, never a mismatch."""
+    family = op_family("linalg.eigh")
+    checks = check_example(family, OpExample("linalg.eigh", form(UPLO="U", n=3,
+                                                                 spectrum="repeated"), 1, (0,), 0))
+    assert not [c for c in checks if c.status in WRONG]
+    assert any(c.status in ("skipped", "not_applicable") and "repeated" in c.detail
+               for c in checks)
+
+
+@pytest.mark.slow  # a subprocess
+def test_snippet_replays_the_failure():
+    _, broken = LOWER_MATVEC
+    ex = OpExample(broken.name, form(n=2), 1, (0, 0), 0)
+    code = snippet(broken, ex, check_example(broken, ex))
+    assert "LOWER_MATVEC[1].fn(torch.tensor([[" in code
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "reverse_ad" in proc.stdout and "mismatch" in proc.stdout
+
+
+def test_budget_is_validated_and_bounds_the_campaign():
+    correct, _ = SCALE
+    with pytest.raises(InvalidArgument, match="budget=0"):
+        fuzz_op(correct, budget=0)
+    report = fuzz_op(correct, budget=1e-9, seed=0)  # spent before the first example
+    assert report.examples == 0 and report.reason and str(report.verdict) == "unverified"
+
+
+@pytest.mark.slow  # torch's OpInfo database
+def test_unknown_operator_is_refused():
+    pytest.importorskip("expecttest")
+    with pytest.raises(InvalidArgument, match="did you mean"):
+        op_family("choleksy_solve")
+
+
+# -- campaigns: found and shrunk ------------------------------------------------------------------
+
+SHRUNK = [
+    (LOWER_MATVEC, {"reverse_ad"}, lambda ex: dict(ex.form) == {"n": 2} and ex.batch_size == 1),
+    (POWER, {"forward_ad", "rev_over_fwd"},
+     lambda ex: dict(ex.form) == {"n": 1, "cube": True} and ex.batch_size == 1),
+    (TAKE_ROWS, {"reverse_ad"},
+     lambda ex: dict(ex.form) == {"n": 1, "k": 2, "duplicates": True} and ex.batch_size == 1),
+    (SCALE, {"vmap"}, lambda ex: ex.batch_size == 2 and ex.in_dims[1] is not None),
+    (CHECKED_SQRT, {"errors"}, lambda ex: ex.batch_size == 2 and dict(ex.form)["n"] == 1),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair, routes, minimal", SHRUNK,
+                         ids=["triangle", "keyword_jvp", "duplicates", "batched_scalar", "errors"])
+def test_campaign_finds_and_shrinks_each_broken_twin(pair, routes, minimal):
+    correct, broken = pair
+    report = fuzz_op(broken, max_examples=100, seed=0, shrink_examples=300)
+    assert report.failure is not None, report.describe()
+    assert {c.check for c in report.wrong} == routes, report.describe()
+    assert minimal(report.failure), report.describe()
+    assert report.snippet and f"example = {report.failure!r}" in report.snippet
+    ok = fuzz_op(correct, max_examples=30, seed=0)
+    assert ok.passed, ok.describe()
+
+
+@pytest.mark.slow
+def test_campaign_passes_correct_torch_families():
+    for name in ("linalg.solve_triangular", "linalg.cholesky", "gather", "index_put", "pool",
+                 "nn.functional.cross_entropy", "fft.irfft", "polar"):
+        report = fuzz_op(op_family(name), max_examples=15, seed=0)
+        assert report.passed, report.describe()
+
+
+@pytest.mark.slow  # the CLI in a subprocess, torch's OpInfo database
+def test_cli_ops_budget_fuzzes_and_reports(tmp_path):
+    pytest.importorskip("expecttest")
+    out = tmp_path / "ops.json"
+    proc = subprocess.run([sys.executable, "-m", "jacverify", "ops", "--op", "cholesky_solve",
+                           "--op", "pool", "--budget", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    doc = {o["name"]: o for o in json.loads(out.read_text())["operators"]}
+    failure = doc["cholesky_solve"]["fuzz"]["failure"]
+    assert {w["check"] for w in failure["wrong"]} >= {"forward_ad", "reverse_ad"}
+    assert "torch.cholesky_solve(torch.tensor(" in failure["snippet"]
+    assert doc["pool"]["status"] == "agree" and doc["pool"]["fuzz"]["verdict"] == "passed"
+    bad = subprocess.run([sys.executable, "-m", "jacverify", "ops", "--op", "sin", "--budget",
+                          "-1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--budget -1 must be >= 0" in bad.stderr
