@@ -11,7 +11,6 @@ partial batching and seeds with Hypothesis, runs every route on each :class:`OpE
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
