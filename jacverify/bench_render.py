@@ -69,9 +69,10 @@ def summary_table(run: BenchRun) -> Table:
                   f"{run.machine.get('torch')}, {run.machine.get('torch_threads')} threads)",
                   title_justify="left")
     for col in ("case", "fastest correct", "ms", "auto ms", "auto / fastest", "loop / auto",
-                "auto plan"):
+                "auto plan"):  # headers never fold; the plan's text does
         table.add_column(col, justify="left" if col in ("case", "fastest correct", "auto plan")
-                         else "right")
+                         else "right", min_width=None if col == "auto plan" else len(col),
+                         no_wrap=col != "auto plan")
     for c in run.cases:
         best = c.fastest
         auto = next((r for r in c.results if r.method == "auto"), None)
