@@ -101,6 +101,37 @@ def _scaling(chosen, results, flat: Flat, sizes: Sequence[int], seed: int):
     return tuple(table)
 
 
+# The Args, Returns and Raises every quantity check shares, written once and put into each
+# docstring at import (so help(), doctest and the API test read the full text).
+_SHARED_DOC = {
+    "{COMMON_ARGS}": """methods: registered method names for this quantity (all by default; ``[]`` is refused).
+        dtype, device: where the methods run (references run in float64 where possible).
+        seed: seeds the coupling probes; printed in the report.
+        rtol: a number for every dtype, or per-dtype overrides of NOTE [tolerances].
+        max_memory: bytes a method or reference may materialise.
+        warm_timing: time a quick method twice and keep the faster (NOTE [check timings]).
+        time_budget: seconds the references may be estimated to take (NOTE [cost estimate]).""",
+    "{RAISES}": """Raises:
+        InvalidArgument: a bad argument (shapes of ``x`` and ``vectors``, ``methods=[]``, ...).
+        FunctionRaised, NondeterministicFunction, NonFiniteOutput: the case cannot be checked.
+        JacobianTooLarge: the references would not fit ``max_memory`` or ``time_budget``.""",
+}
+
+
+def _documented(fn: Callable) -> Callable:
+    doc = fn.__doc__ or ""
+    for marker, text in _SHARED_DOC.items():
+        doc = doc.replace(marker, text)
+    quantity = doc.split("{RETURNS:", 1)[1].split("}", 1)[0] if "{RETURNS:" in doc else None
+    if quantity:
+        doc = doc.replace("{RETURNS:" + quantity + "}", (
+            "Returns:\n        A :class:`~jacverify.Report` of quantity ``" + quantity + "``; "
+            "``report.verdict`` is passed only\n        when a method was verified and none was "
+            "wrong (NOTE [earned verdict])."))
+    fn.__doc__ = doc
+    return fn
+
+
 def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
                   expected: Callable[[Flat], tuple[int, ...]], labels: tuple[str, ...], direction: str | None,
                   methods, rtol, max_memory: int, warm_timing: bool, time_budget: float | None,
@@ -158,6 +189,7 @@ def _linear(spec: str) -> Callable:
     return derive
 
 
+@_documented
 def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
                methods: Sequence[str] | None = None, dtype: torch.dtype | None = None,
                device: str | torch.device | None = None, seed: int = 0,
@@ -177,23 +209,12 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
         fn: maps ``x`` to one output tensor.
         x: the point, any shape (no batch axis).
         vectors: (K, *x.shape), one tangent per row.
-        methods: registered method names for this quantity (all by default; ``[]`` is refused).
-        dtype, device: where the methods run (references run in float64 where possible).
-        seed: seeds the coupling probes; printed in the report.
-        rtol: a number for every dtype, or per-dtype overrides of NOTE [tolerances].
-        max_memory: bytes a method or reference may materialise.
-        warm_timing: time a quick method twice and keep the faster (NOTE [check timings]).
-        time_budget: seconds the references may be estimated to take (NOTE [cost estimate]).
+        {COMMON_ARGS}
         scaling: the numbers of vectors each agreeing method is timed on.
 
-    Returns:
-        A :class:`~jacverify.Report` of quantity ``jvp_set``; ``report.verdict`` is passed only when
-        a method was verified and none was wrong (NOTE [earned verdict]).
+    {RETURNS:jvp_set}
 
-    Raises:
-        InvalidArgument: a bad argument (shapes of ``x`` and ``vectors``, ``methods=[]``, ...).
-        FunctionRaised, NondeterministicFunction, NonFiniteOutput: the case cannot be checked.
-        JacobianTooLarge: the references would not fit ``max_memory`` or ``time_budget``.
+    {RAISES}
 
     >>> f = lambda x: torch.stack([x.sin().sum(), (x * x).prod()])
     >>> report = check_jvps(f, torch.tensor([0.5, -1.0]), torch.eye(2))
@@ -210,6 +231,7 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
                          time_budget, scaling, extra_methods)
 
 
+@_documented
 def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
                methods: Sequence[str] | None = None, dtype: torch.dtype | None = None,
                device: str | torch.device | None = None, seed: int = 0,
@@ -227,23 +249,12 @@ def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
         fn: maps ``x`` to one output tensor.
         x: the point, any shape (no batch axis).
         vectors: (K, *out_shape), one cotangent per row.
-        methods: registered method names for this quantity (all by default; ``[]`` is refused).
-        dtype, device: where the methods run (references run in float64 where possible).
-        seed: seeds the coupling probes; printed in the report.
-        rtol: a number for every dtype, or per-dtype overrides of NOTE [tolerances].
-        max_memory: bytes a method or reference may materialise.
-        warm_timing: time a quick method twice and keep the faster (NOTE [check timings]).
-        time_budget: seconds the references may be estimated to take (NOTE [cost estimate]).
+        {COMMON_ARGS}
         scaling: the numbers of vectors each agreeing method is timed on.
 
-    Returns:
-        A :class:`~jacverify.Report` of quantity ``vjp_set``; ``report.verdict`` is passed only when
-        a method was verified and none was wrong (NOTE [earned verdict]).
+    {RETURNS:vjp_set}
 
-    Raises:
-        InvalidArgument: a bad argument (shapes of ``x`` and ``vectors``, ``methods=[]``, ...).
-        FunctionRaised, NondeterministicFunction, NonFiniteOutput: the case cannot be checked.
-        JacobianTooLarge: the references would not fit ``max_memory`` or ``time_budget``.
+    {RAISES}
 
     >>> f = lambda x: torch.stack([x.sin().sum(), (x * x).prod()])
     >>> check_vjps(f, torch.tensor([0.5, -1.0]), torch.eye(2)).passed
@@ -260,6 +271,7 @@ def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
                          rtol, max_memory, warm_timing, time_budget, scaling, extra_methods)
 
 
+@_documented
 def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
                           batch_axis: int = 0, methods: Sequence[str] | None = None,
                           dtype: torch.dtype | None = None,
@@ -279,22 +291,11 @@ def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, 
         fn: maps a batch ``x`` to outputs with the same batch axis.
         x: the batch; ``batch_axis`` says where the samples are.
         vectors: one tangent per sample, the shape of ``x``.
-        methods: registered method names for this quantity (all by default; ``[]`` is refused).
-        dtype, device: where the methods run (references run in float64 where possible).
-        seed: seeds the coupling probes; printed in the report.
-        rtol: a number for every dtype, or per-dtype overrides of NOTE [tolerances].
-        max_memory: bytes a method or reference may materialise.
-        warm_timing: time a quick method twice and keep the faster (NOTE [check timings]).
-        time_budget: seconds the references may be estimated to take (NOTE [cost estimate]).
+        {COMMON_ARGS}
 
-    Returns:
-        A :class:`~jacverify.Report` of quantity ``per_sample_jvp``; ``report.verdict`` is passed only when
-        a method was verified and none was wrong (NOTE [earned verdict]).
+    {RETURNS:per_sample_jvp}
 
-    Raises:
-        InvalidArgument: a bad argument (shapes of ``x`` and ``vectors``, ``methods=[]``, ...).
-        FunctionRaised, NondeterministicFunction, NonFiniteOutput: the case cannot be checked.
-        JacobianTooLarge: the references would not fit ``max_memory`` or ``time_budget``.
+    {RAISES}
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh())
     >>> check_per_sample_jvps(net, torch.randn(5, 3), torch.randn(5, 3)).passed
@@ -424,6 +425,7 @@ def _second_order_fits(case, max_memory: int) -> None:
             "or raise max_memory")
 
 
+@_documented
 def check_hessians(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
                    methods: Sequence[str] | None = None, dtype: torch.dtype | None = None,
                    device: str | torch.device | None = None, seed: int = 0,
@@ -441,22 +443,11 @@ def check_hessians(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
     Args:
         fn: maps a batch ``x`` to outputs with the same batch axis.
         x: the batch; ``batch_axis`` says where the samples are.
-        methods: registered method names for this quantity (all by default; ``[]`` is refused).
-        dtype, device: where the methods run (references run in float64 where possible).
-        seed: seeds the coupling probes; printed in the report.
-        rtol: a number for every dtype, or per-dtype overrides of NOTE [tolerances].
-        max_memory: bytes a method or reference may materialise.
-        warm_timing: time a quick method twice and keep the faster (NOTE [check timings]).
-        time_budget: seconds the references may be estimated to take (NOTE [cost estimate]).
+        {COMMON_ARGS}
 
-    Returns:
-        A :class:`~jacverify.Report` of quantity ``hessian``; ``report.verdict`` is passed only when
-        a method was verified and none was wrong (NOTE [earned verdict]).
+    {RETURNS:hessian}
 
-    Raises:
-        InvalidArgument: a bad argument (shapes of ``x`` and ``vectors``, ``methods=[]``, ...).
-        FunctionRaised, NondeterministicFunction, NonFiniteOutput: the case cannot be checked.
-        JacobianTooLarge: the references would not fit ``max_memory`` or ``time_budget``.
+    {RAISES}
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
     >>> report = check_hessians(net, torch.randn(4, 2), dtype=torch.float64)
@@ -467,6 +458,7 @@ def check_hessians(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
                          max_memory, warm_timing, time_budget, extra_methods=extra_methods)
 
 
+@_documented
 def check_hessian_diagonals(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
                             methods: Sequence[str] | None = None,
                             dtype: torch.dtype | None = None,
@@ -483,22 +475,11 @@ def check_hessian_diagonals(fn: Callable, x: torch.Tensor, *, batch_axis: int = 
     Args:
         fn: maps a batch ``x`` to outputs with the same batch axis.
         x: the batch; ``batch_axis`` says where the samples are.
-        methods: registered method names for this quantity (all by default; ``[]`` is refused).
-        dtype, device: where the methods run (references run in float64 where possible).
-        seed: seeds the coupling probes; printed in the report.
-        rtol: a number for every dtype, or per-dtype overrides of NOTE [tolerances].
-        max_memory: bytes a method or reference may materialise.
-        warm_timing: time a quick method twice and keep the faster (NOTE [check timings]).
-        time_budget: seconds the references may be estimated to take (NOTE [cost estimate]).
+        {COMMON_ARGS}
 
-    Returns:
-        A :class:`~jacverify.Report` of quantity ``hessian_diagonal``; ``report.verdict`` is passed only when
-        a method was verified and none was wrong (NOTE [earned verdict]).
+    {RETURNS:hessian_diagonal}
 
-    Raises:
-        InvalidArgument: a bad argument (shapes of ``x`` and ``vectors``, ``methods=[]``, ...).
-        FunctionRaised, NondeterministicFunction, NonFiniteOutput: the case cannot be checked.
-        JacobianTooLarge: the references would not fit ``max_memory`` or ``time_budget``.
+    {RAISES}
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
     >>> report = check_hessian_diagonals(net, torch.randn(4, 2))
