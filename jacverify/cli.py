@@ -249,6 +249,8 @@ def _fuzz(args: argparse.Namespace) -> int:
              f"{result.verified} verified, {result.rejected} rejected, {result.seconds:.1f} s, "
              f"profile {profile}, seed {result.seed}; per method, how many examples ended how")
     out.print(counts_table(result.counts, [str(s) for s in Status], first="method", title=title))
+    for method, why in result.reasons.items():
+        out.print(f"{method}: {why}", markup=False)
     if result.failure is None:
         if not result.passed:
             out.print(f"UNVERIFIED: no failure, but none of the {result.examples} examples verified "

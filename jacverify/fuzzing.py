@@ -42,6 +42,7 @@ class FuzzResult:
     failure: FuzzFailure | None = None
     failed_at: int | None = None
     verified: int = 0  # cases whose check passed (NOTE [earned verdict])
+    reasons: Mapping[str, str] = field(default_factory=dict)  # method -> why it did not apply
 
     @property
     def passed(self) -> bool:
@@ -105,11 +106,18 @@ def fuzz(
         jacverify.get_methods(methods, quantity)  # validates names before any example runs
     strategy = cases if cases is not None else default_cases(quantity=quantity)
 
+    reasons: dict[str, str] = {}  # method -> why it first did not agree, and on what network
+
     def check(case: CaseSpec) -> Trial[CaseSpec, Report]:
         try:
             report = case.check(methods=methods, seed=campaign.seed, warm_timing=False)
         except NonFiniteOutput:
             return Trial(Verdict.REJECTED)
+        for r in report.results:
+            if r.status not in ("agree", "mismatch") and r.reason and r.method not in reasons:
+                layers = "-".join(type(layer).__name__ for layer in case.network.layers)
+                reasons[r.method] = f"{r.status}: {r.reason} (first on {layers}, batch " \
+                                    f"{case.batch_size}, {case.dtype})"
         return Trial(report.verdict, report)
 
     result = campaign.run(
@@ -121,4 +129,4 @@ def fuzz(
     f = result.failure
     failure = f and FuzzFailure(f.example, result.snippet or "", report=f.outcome, error=f.error)
     return FuzzResult(result.examples, result.rejected, result.seconds, result.seed, result.counts,
-                      failure, result.failed_at, result.verified)
+                      failure, result.failed_at, result.verified, reasons)
