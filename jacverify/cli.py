@@ -153,6 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--min-seconds", type=float, default=None, metavar="S",
                     help="timed work per method and case (default: 0.2)")
     bn.add_argument("--json", metavar="PATH", help="write pytest-benchmark-style JSON")
+    bn.add_argument("--compare", metavar="PATH",
+                    help="compare each median with a run saved by --json (ratio now / saved)")
     bn.add_argument("--html", metavar="PATH", help="write tables and sweep plots as HTML")
     return parser
 

@@ -22,6 +22,7 @@ def run_bench(args: argparse.Namespace, usage: type[Exception]) -> int:
         raise usage(f"--batch-size={args.batch_size} must be at least 1")
     if args.min_seconds is not None and args.min_seconds <= 0:
         raise usage(f"--min-seconds={args.min_seconds} must be positive")
+    saved = _saved_run(args.compare, usage) if args.compare else None
     from rich.console import Console
     from rich.progress import Progress
 
@@ -65,6 +66,8 @@ def run_bench(args: argparse.Namespace, usage: type[Exception]) -> int:
         out.print(summary_table(run))
     for line in pathology_lines(run):
         out.print(f"pathology: {line}", markup=False)
+    if saved is not None:
+        out.print(compare_table(saved, run.to_json(), args.compare))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(run.to_json(), f, indent=2)
@@ -114,3 +117,36 @@ def _bench_files(args, kwargs, device, common, usage, progress):
             print(f"{tgt.name}: skipped ({e})", file=sys.stderr)
         progress.advance(task)
     return bench_run("files", cases, device)
+
+
+def _saved_run(path: str, usage: type[Exception]) -> dict:
+    """A run saved by ``--json`` (pytest-benchmark's layout), read before any timing is done."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        saved["benchmarks"][0]["fullname"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise usage(f"--compare {path!r} is not a run saved by jacverify bench --json "
+                    f"({type(e).__name__}: {e})") from None
+    return saved
+
+
+def compare_table(saved: dict, now: dict, label: str):
+    """Per (case, method) in both runs: the saved median, this run's, and their ratio, as
+    pytest-benchmark's ``--benchmark-compare`` shows it (ratios over 1.0 are slower now)."""
+    from jacverify.columns import Column, rich_table
+
+    old = {b["fullname"]: b for b in saved["benchmarks"] if b.get("stats")}
+    rows = [(b["fullname"].removeprefix("jacverify bench::"), old[b["fullname"]]["stats"],
+             b["stats"]) for b in now["benchmarks"] if b.get("stats") and b["fullname"] in old]
+
+    def ms(x: float) -> str:
+        return f"{x * 1e3:.3f}"
+
+    columns = (
+        Column("case::method", lambda r, _: r[0]),
+        Column("saved median ms", lambda r, _: ms(r[1]["median"]), "right"),
+        Column("now median ms", lambda r, _: ms(r[2]["median"]), "right"),
+        Column("now / saved", lambda r, _: f"{r[2]['median'] / r[1]['median']:.2f}", "right"),
+    )
+    return rich_table(columns, rows, title=f"against {label} ({len(rows)} timings in both runs)")

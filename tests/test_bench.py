@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -251,3 +252,20 @@ def test_cli_bench_file_times_its_targets_and_marks_a_wrong_method():
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "fastest correct: forward_broadcast" in proc.stdout
     assert "mismatch: " in proc.stdout and ": loop disagrees with the references" in proc.stdout
+
+
+@pytest.mark.slow  # the CLI in two subprocesses
+def test_cli_bench_compares_against_a_saved_run(tmp_path):
+    saved = tmp_path / "saved.json"
+    base = [sys.executable, "-m", "jacverify", "bench", "jacverify.examples.mlp", "--batch-size",
+            "4", "--no-memory", "--min-seconds", "0.01", "--methods", "loop,vmap_jacrev"]
+    first = subprocess.run(base + ["--json", str(saved)], capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(base + ["--compare", str(saved)], capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert again.returncode == 0, again.stderr
+    assert "now / saved" in again.stdout and "MLP::vmap_jacrev" in again.stdout
+    bad = subprocess.run(base + ["--compare", str(tmp_path / "missing.json")], capture_output=True,
+                         text=True, timeout=600)
+    assert bad.returncode == 2 and "is not a run saved by jacverify bench" in bad.stderr
