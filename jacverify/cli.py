@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                         "dev 60, fuzz 5000)")
     budget.add_argument("--seconds", type=float, default=None, metavar="S",
                         help="fuzz for S seconds instead")
-    options.add_to_argparse(fz, ("methods", "dtype", "seed"), defaults={"seed": None},
+    options.add_to_argparse(fz, ("methods", "dtype", "seed", "database"), defaults={"seed": None},
                             helps={"seed": options.CAMPAIGN_SEED,
                                    "dtype": "float32 or float64 (default: both, drawn)"})
     fz.add_argument("--quantity", default="batch_jacobian", choices=QUANTITIES,
@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="an operator already registered (repeatable), e.g. aten::sin")
     fr.add_argument("--examples", type=int, default=100, metavar="N",
                     help="examples per rule (default: 100)")
-    options.add_to_argparse(fr, ("seed",), defaults={"seed": None},
+    options.add_to_argparse(fr, ("seed", "database"), defaults={"seed": None},
                             helps={"seed": options.CAMPAIGN_SEED})
     fr.add_argument("--max-batch-size", type=int, default=4, metavar="B",
                     help="largest batch drawn (default: 4)")
@@ -180,6 +180,7 @@ def _fuzz(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     import jacverify
+    from jacverify.databases import database_argument
     from jacverify.fuzzing import fuzz
     from jacverify.profiles import load_profile
     from jacverify.strategies import TWICE_DIFFERENTIABLE, cases, networks
@@ -220,7 +221,7 @@ def _fuzz(args: argparse.Namespace) -> int:
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("fuzz", total=total)
         result = fuzz(cases=strategy, methods=methods, quantity=args.quantity,
-                      max_examples=examples,
+                      max_examples=examples, database=database_argument(args.database),
                       seconds=args.seconds, seed=args.seed, shrink_seconds=args.shrink_seconds,
                       on_example=lambda case, report: progress.advance(task))
     from jacverify.columns import counts_table

@@ -41,10 +41,13 @@ def run_fuzz_rules(args: argparse.Namespace, usage: type[Exception]) -> int:
         targets += [as_target(op) for op in args.op]
     except (LoadError, jacverify.InvalidArgument) as e:
         raise usage(str(e)) from None
+    from jacverify.databases import database_argument
+
+    database = database_argument(args.database)  # NOTE [shared example database]
     reports = []
     for target in targets:
         report = fuzz_batching_rule(target, max_examples=args.examples, seed=args.seed,
-                                    max_batch_size=args.max_batch_size,
+                                    max_batch_size=args.max_batch_size, database=database,
                                     shrink_seconds=args.shrink_seconds)
         reports.append(report)
         out.print(report.describe(), markup=False)
@@ -72,7 +75,7 @@ def run_fuzz_rules(args: argparse.Namespace, usage: type[Exception]) -> int:
 def _rule_json(r) -> dict:
     return {"rule": r.target, "verdict": str(r.verdict), "passed": r.passed,
             "examples": r.examples, "verified": r.verified, "rejected": r.rejected,
-            "seconds": r.seconds, "seed": r.seed, "counts": r.counts,
+            "seconds": r.seconds, "seed": r.seed, "counts": r.counts, "failed_at": r.failed_at,
             "failure": None if r.failure is None else {
                 "example": repr(r.failure.example), "snippet": r.failure.snippet,
                 "mismatches": [{"check": o.check, "detail": o.detail}
