@@ -15,7 +15,7 @@ from jacverify.quantity_table import get_standalone
 from jacverify.report import Report
 from jacverify.specs import CaseSpec
 
-__all__ = ["fuzz", "FuzzResult", "FuzzFailure", "DEFAULT_SHRINK_SECONDS"]
+__all__ = ["fuzz", "case_trial", "FuzzResult", "FuzzFailure", "DEFAULT_SHRINK_SECONDS"]
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,7 @@ def fuzz(
     strategy = cases if cases is not None else default_cases(quantity=quantity)
 
     def check(case: CaseSpec) -> Trial[CaseSpec, Report]:
-        try:
-            report = case.check(methods=methods, seed=campaign.seed, warm_timing=False)
-        except NonFiniteOutput:
-            return Trial(Verdict.REJECTED)
-        return Trial(report.verdict, report)
+        return case_trial(case, methods=methods, seed=campaign.seed)
 
     result = campaign.run(
         strategy, check,
@@ -122,3 +118,14 @@ def fuzz(
     failure = f and FuzzFailure(f.example, result.snippet or "", report=f.outcome, error=f.error)
     return FuzzResult(result.examples, result.rejected, result.seconds, result.seed, result.counts,
                       failure, result.failed_at, result.verified)
+
+
+def case_trial(case: CaseSpec, *, methods: Sequence[str] | None = None,
+               seed: int = 0) -> Trial[CaseSpec, Report]:
+    """One drawn case, judged as :func:`fuzz` judges it (rejected when its output is not finite);
+    ``jacverify.campaign_tests`` runs the same judgement as a pytest-collected Hypothesis test."""
+    try:
+        report = case.check(methods=methods, seed=seed, warm_timing=False)
+    except NonFiniteOutput:
+        return Trial(Verdict.REJECTED)
+    return Trial(report.verdict, report)
