@@ -28,6 +28,7 @@ from jacverify.cli_common import (
 )
 
 from jacverify.quantity_table import STANDALONE as QUANTITIES  # no torch import for --help
+from jacverify.shards import parse_shard
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     fr.add_argument("--shrink-seconds", type=float, default=30.0, metavar="S",
                     help="how long to shrink a failure (default: 30)")
     fr.add_argument("--json", metavar="PATH", help="write every rule's counts and failure as JSON")
+    fr.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                    help="fuzz only shard I of N of the rules; combine the shards' --json with "
+                    "jacverify merge")
     ops = sub.add_parser("ops", help="sweep torch's own operators (OpInfo database): vmap, "
                          "forward AD, reverse AD and second derivatives against loops and FD",
                          description="Runs torch's OpInfo sample inputs (needs expecttest) "
@@ -118,6 +122,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="seconds per operator before it is abandoned (default: 20)")
     options.add_to_argparse(ops, ("seed",), helps={"seed": "seed of the drawn values (default: 0)"})
     ops.add_argument("--json", metavar="PATH", help="write per-operator results as JSON")
+    ops.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                     help="check only shard I of N of the operators (NOTE [shards] in "
+                     "jacverify/shards.py); combine the shards' --json with jacverify merge")
+    mg = sub.add_parser("merge", help="combine the JSON of a run's shards (ops or fuzz-rules "
+                        "--shard I/N --json ...) into one report and one exit status",
+                        description="Combines the JSON documents that the shards of one "
+                        "`jacverify ops` or `jacverify fuzz-rules` run wrote with --shard I/N "
+                        "--json into one document, and exits as the unsharded run would. Refuses "
+                        "missing or repeated shards and shards of different runs.")
+    mg.add_argument("files", nargs="+", metavar="SHARD.json", help="one JSON document per shard")
+    mg.add_argument("--json", metavar="PATH", help="write the merged document")
     bn = sub.add_parser("bench", help="time every method side by side (a FILE's targets or a suite)",
                         description="Checks, then times every method side by side in this process: "
                         "median and IQR over repeated runs after a warm-up, peak memory, the ratio "
@@ -154,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             from jacverify.cli_rules import run_ops
 
             return run_ops(args, Usage)
+        if args.command == "merge":
+            from jacverify.cli_merge import run_merge
+
+            return run_merge(args, Usage)
         if args.command == "bench":
             from jacverify.cli_bench import run_bench
 

@@ -7,10 +7,9 @@ import json
 import time
 
 from jacverify.outcomes import document
+from jacverify.cli_merge import ops_exit_status
+from jacverify.shards import select_shard, shard_body
 from jacverify.cli_common import (
-    EXIT_MISMATCH,
-    EXIT_OK,
-    EXIT_UNVERIFIED,
     Timeout,
     exit_status,
     time_limit,
@@ -43,6 +42,8 @@ def run_fuzz_rules(args: argparse.Namespace, usage: type[Exception]) -> int:
         raise usage(str(e)) from None
     from jacverify.databases import database_argument
 
+    total, targets = len(targets), select_shard(targets, args.shard, empty=usage)
+
     database = database_argument(args.database)  # NOTE [shared example database]
     reports = []
     for target in targets:
@@ -65,7 +66,8 @@ def run_fuzz_rules(args: argparse.Namespace, usage: type[Exception]) -> int:
     out.print(table)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(document("fuzz-rules", rules=[_rule_json(r) for r in reports]), f, indent=2)
+            json.dump(document("fuzz-rules", **shard_body(args.shard, total),
+                               rules=[_rule_json(r) for r in reports]), f, indent=2)
     verdicts = [str(r.verdict) for r in reports]
     out.print(f"{verdicts.count('passed')} passed, {verdicts.count('failed')} failed, "
               f"{verdicts.count('unverified')} unverified rule(s)", markup=False)
@@ -99,6 +101,7 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
     err = Console(stderr=True)
     try:
         ops = select_ops(None if args.all else (args.op or DEFAULT_OPS))
+        total, ops = len(ops), select_shard(ops, args.shard, empty=usage)  # NOTE [shards]
     except jacverify.InvalidArgument as e:
         raise usage(str(e)) from None
     start = time.perf_counter()
@@ -145,11 +148,10 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
               f"unsupported only, {counts['skipped']} skipped; {seconds:.0f} s", markup=False)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(document("ops", seconds=seconds, counts=counts, operators=[
+            json.dump(document("ops", **shard_body(args.shard, total), seconds=seconds,
+                               counts=counts, operators=[
                 {"name": r.name, "status": r.status, "seconds": r.seconds, "reason": r.reason,
                  "checks": [{"check": c.check, "sample": c.sample, "status": c.status,
                              "detail": c.detail} for c in r.checks]} for r in results]),
                       f, indent=2)
-    if wrong:
-        return EXIT_MISMATCH
-    return EXIT_OK if counts["agree"] else EXIT_UNVERIFIED
+    return ops_exit_status([str(r.status) for r in results])  # the rule merge applies too
