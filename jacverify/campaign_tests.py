@@ -21,7 +21,9 @@ rules and operators in your own test module::
 NOTE [campaign tests]
 Hypothesis keys a test's saved failures by a digest of its function's source; every test built
 here shares one body, so each adds its configuration to that digest (the attribute Hypothesis
-itself sets for pytest parametrizations). The tests leave ``max_examples`` and the database to the
+itself sets for pytest parametrizations). Under pytest, Hypothesis's plugin and HypoFuzz replace
+that addition with the test's node id, which is distinct per test too: workers that share a
+database share failures when they name the tests alike (the same ``--pyargs`` command). The tests leave ``max_examples`` and the database to the
 loaded profile (``--jacverify-profile``, ``--hypothesis-profile``) and to ``--jacverify-database``:
 HypoFuzz requires a test's database to be the default one. They count the same names and statuses
 as the fuzzers' tables as Hypothesis events (``--hypothesis-show-statistics``, HypoFuzz's
