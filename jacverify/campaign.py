@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import seed as seed_with
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
+from jacverify.databases import REDIS_SCHEMES, redis_database
 from jacverify.errors import InvalidArgument
 from jacverify.validation import check_int, check_number
 from jacverify.judge import Verdict
@@ -131,8 +132,10 @@ def resolve_database(database: Any) -> ExampleDatabase | None:
     Args:
         database: an ``ExampleDatabase`` or None (as Hypothesis's ``settings(database=...)``
             takes them), ``"profile"`` for the active Hypothesis profile's database
-            (``settings.default.database``: see :mod:`jacverify.profiles`), or a directory path
-            (a ``str`` or ``os.PathLike``) for a ``DirectoryBasedExampleDatabase`` there.
+            (``settings.default.database``: see :mod:`jacverify.profiles`), a Redis URL
+            (``redis://HOST:PORT/DB``, needs ``hypothesis[redis]``) for a ``RedisExampleDatabase``
+            shared by workers on several machines, or a directory path (a ``str`` or
+            ``os.PathLike``) for a ``DirectoryBasedExampleDatabase`` there.
 
     Returns:
         The database, or None for none.
@@ -149,6 +152,8 @@ def resolve_database(database: Any) -> ExampleDatabase | None:
         return database
     if isinstance(database, str) and database == "profile":
         return settings.default.database
+    if isinstance(database, str) and database.startswith(REDIS_SCHEMES):
+        return redis_database(database)  # NOTE [shared example database]
     if isinstance(database, (str, os.PathLike)):
         return DirectoryBasedExampleDatabase(os.fspath(database))
     raise InvalidArgument(f"database={database!r} (type={type(database).__name__}) must be a "

@@ -28,6 +28,7 @@ from jacverify.cli_common import (
 )
 
 from jacverify.quantity_table import STANDALONE as QUANTITIES  # no torch import for --help
+from jacverify.shards import parse_shard
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
                         "dev 60, fuzz 5000)")
     budget.add_argument("--seconds", type=float, default=None, metavar="S",
                         help="fuzz for S seconds instead")
-    options.add_to_argparse(fz, ("methods", "dtype", "seed"), defaults={"seed": None},
+    options.add_to_argparse(fz, ("methods", "dtype", "seed", "database"), defaults={"seed": None},
                             helps={"seed": options.CAMPAIGN_SEED,
                                    "dtype": "float32 or float64 (default: both, drawn)"})
     fz.add_argument("--quantity", default="batch_jacobian", choices=QUANTITIES,
@@ -105,13 +106,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="an operator already registered (repeatable), e.g. aten::sin")
     fr.add_argument("--examples", type=int, default=100, metavar="N",
                     help="examples per rule (default: 100)")
-    options.add_to_argparse(fr, ("seed",), defaults={"seed": None},
+    options.add_to_argparse(fr, ("seed", "database"), defaults={"seed": None},
                             helps={"seed": options.CAMPAIGN_SEED})
     fr.add_argument("--max-batch-size", type=int, default=4, metavar="B",
                     help="largest batch drawn (default: 4)")
     fr.add_argument("--shrink-seconds", type=float, default=30.0, metavar="S",
                     help="how long to shrink a failure (default: 30)")
     fr.add_argument("--json", metavar="PATH", help="write every rule's counts and failure as JSON")
+    fr.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                    help="fuzz only shard I of N of the rules; combine the shards' --json with "
+                    "jacverify merge")
     ops = sub.add_parser("ops", help="sweep and fuzz torch's own operators: vmap, forward and "
                          "reverse AD, second derivatives, batching, against loops and FD",
                          description="Runs torch's OpInfo sample inputs (needs expecttest) "
@@ -137,6 +141,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="seconds per operator before it is abandoned (default: 20)")
     options.add_to_argparse(ops, ("seed",), helps={"seed": "seed of the drawn values (default: 0)"})
     ops.add_argument("--json", metavar="PATH", help="write per-operator results as JSON")
+    ops.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                     help="check only shard I of N of the operators (NOTE [shards] in "
+                     "jacverify/shards.py); combine the shards' --json with jacverify merge")
+    mg = sub.add_parser("merge", help="combine the JSON of a run's shards (ops or fuzz-rules "
+                        "--shard I/N --json ...) into one report and one exit status",
+                        description="Combines the JSON documents that the shards of one "
+                        "`jacverify ops` or `jacverify fuzz-rules` run wrote with --shard I/N "
+                        "--json into one document, and exits as the unsharded run would. Refuses "
+                        "missing or repeated shards and shards of different runs.")
+    mg.add_argument("files", nargs="+", metavar="SHARD.json", help="one JSON document per shard")
+    mg.add_argument("--json", metavar="PATH", help="write the merged document")
     bn = sub.add_parser("bench", help="time every method side by side (a FILE's targets or a suite)",
                         description="Checks, then times every method side by side in this process: "
                         "median and IQR over repeated runs after a warm-up, peak memory, the ratio "
@@ -175,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             from jacverify.cli_rules import run_ops
 
             return run_ops(args, Usage)
+        if args.command == "merge":
+            from jacverify.cli_merge import run_merge
+
+            return run_merge(args, Usage)
         if args.command == "bench":
             from jacverify.cli_bench import run_bench
 
@@ -201,6 +220,7 @@ def _fuzz(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     import jacverify
+    from jacverify.databases import database_argument
     from jacverify.fuzzing import fuzz
     from jacverify.profiles import load_profile
     from jacverify.strategies import TWICE_DIFFERENTIABLE, cases, networks
@@ -241,7 +261,7 @@ def _fuzz(args: argparse.Namespace) -> int:
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("fuzz", total=total)
         result = fuzz(cases=strategy, methods=methods, quantity=args.quantity,
-                      max_examples=examples,
+                      max_examples=examples, database=database_argument(args.database),
                       seconds=args.seconds, seed=args.seed, shrink_seconds=args.shrink_seconds,
                       on_example=lambda case, report: progress.advance(task))
     from jacverify.columns import counts_table

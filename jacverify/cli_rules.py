@@ -7,10 +7,9 @@ import json
 import time
 
 from jacverify.outcomes import document
+from jacverify.cli_merge import ops_exit_status
+from jacverify.shards import select_shard, shard_body
 from jacverify.cli_common import (
-    EXIT_MISMATCH,
-    EXIT_OK,
-    EXIT_UNVERIFIED,
     Timeout,
     exit_status,
     time_limit,
@@ -41,10 +40,15 @@ def run_fuzz_rules(args: argparse.Namespace, usage: type[Exception]) -> int:
         targets += [as_target(op) for op in args.op]
     except (LoadError, jacverify.InvalidArgument) as e:
         raise usage(str(e)) from None
+    from jacverify.databases import database_argument
+
+    total, targets = len(targets), select_shard(targets, args.shard, empty=usage)
+
+    database = database_argument(args.database)  # NOTE [shared example database]
     reports = []
     for target in targets:
         report = fuzz_batching_rule(target, max_examples=args.examples, seed=args.seed,
-                                    max_batch_size=args.max_batch_size,
+                                    max_batch_size=args.max_batch_size, database=database,
                                     shrink_seconds=args.shrink_seconds)
         reports.append(report)
         out.print(report.describe(), markup=False)
@@ -62,7 +66,8 @@ def run_fuzz_rules(args: argparse.Namespace, usage: type[Exception]) -> int:
     out.print(table)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(document("fuzz-rules", rules=[_rule_json(r) for r in reports]), f, indent=2)
+            json.dump(document("fuzz-rules", **shard_body(args.shard, total),
+                               rules=[_rule_json(r) for r in reports]), f, indent=2)
     verdicts = [str(r.verdict) for r in reports]
     out.print(f"{verdicts.count('passed')} passed, {verdicts.count('failed')} failed, "
               f"{verdicts.count('unverified')} unverified rule(s)", markup=False)
@@ -72,7 +77,7 @@ def run_fuzz_rules(args: argparse.Namespace, usage: type[Exception]) -> int:
 def _rule_json(r) -> dict:
     return {"rule": r.target, "verdict": str(r.verdict), "passed": r.passed,
             "examples": r.examples, "verified": r.verified, "rejected": r.rejected,
-            "seconds": r.seconds, "seed": r.seed, "counts": r.counts,
+            "seconds": r.seconds, "seed": r.seed, "counts": r.counts, "failed_at": r.failed_at,
             "failure": None if r.failure is None else {
                 "example": repr(r.failure.example), "snippet": r.failure.snippet,
                 "mismatches": [{"check": o.check, "detail": o.detail}
@@ -102,6 +107,7 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
     try:
         targets = _op_targets(None if args.all else (args.op or DEFAULT_OPS), select_ops,
                               full_name, FAMILIES)
+        total, targets = len(targets), select_shard(targets, args.shard, empty=usage)  # NOTE [shards]
     except jacverify.InvalidArgument as e:
         raise usage(str(e)) from None
     start = time.perf_counter()
@@ -155,12 +161,11 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
               f"unsupported only, {counts['skipped']} skipped; {seconds:.0f} s", markup=False)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(document("ops", seconds=seconds, counts=counts, budget=args.budget,
-                               seed=args.seed, operators=[_op_json(r) for r in results]),
+            json.dump(document("ops", **shard_body(args.shard, total), seconds=seconds,
+                               counts=counts, budget=args.budget, seed=args.seed,
+                               operators=[_op_json(r) for r in results]),
                       f, indent=2)
-    if wrong:
-        return EXIT_MISMATCH
-    return EXIT_OK if counts["agree"] else EXIT_UNVERIFIED
+    return ops_exit_status([str(r.status) for r in results])  # the rule merge applies too
 
 
 def _op_targets(names, select_ops, full_name, families) -> list:

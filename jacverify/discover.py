@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -87,7 +88,10 @@ def load(spec: str) -> ModuleType:
             raise LoadError(f"{spec}: no such file")
         if path.is_dir() or path.suffix != ".py":
             raise LoadError(f"{spec}: not a Python file (expected FILE.py or a module name)")
-        name = f"_jacverify_target_{abs(hash(str(path.resolve())))}"
+        # named by the file's name and content, not its location or a per-process hash: a fuzz
+        # campaign's example-database key holds the module name (NOTE [shared example database])
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        name = f"_jacverify_target_{path.stem}_{digest}"
         module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
         sys.modules[name] = module

@@ -15,7 +15,7 @@ from jacverify.quantity_table import get_standalone
 from jacverify.report import Report
 from jacverify.specs import CaseSpec
 
-__all__ = ["fuzz", "FuzzResult", "FuzzFailure", "DEFAULT_SHRINK_SECONDS"]
+__all__ = ["fuzz", "case_trial", "FuzzResult", "FuzzFailure", "DEFAULT_SHRINK_SECONDS"]
 
 
 @dataclass(frozen=True)
@@ -109,16 +109,13 @@ def fuzz(
     reasons: dict[str, str] = {}  # method -> why it first did not agree, and on what network
 
     def check(case: CaseSpec) -> Trial[CaseSpec, Report]:
-        try:
-            report = case.check(methods=methods, seed=campaign.seed, warm_timing=False)
-        except NonFiniteOutput:
-            return Trial(Verdict.REJECTED)
-        for r in report.results:
+        trial = case_trial(case, methods=methods, seed=campaign.seed)
+        for r in (trial.outcome.results if trial.outcome is not None else ()):
             if r.status not in ("agree", "mismatch") and r.reason and r.method not in reasons:
                 layers = "-".join(type(layer).__name__ for layer in case.network.layers)
                 reasons[r.method] = f"{r.status}: {r.reason} (first on {layers}, batch " \
                                     f"{case.batch_size}, {case.dtype})"
-        return Trial(report.verdict, report)
+        return trial
 
     result = campaign.run(
         strategy, check,
@@ -130,3 +127,14 @@ def fuzz(
     failure = f and FuzzFailure(f.example, result.snippet or "", report=f.outcome, error=f.error)
     return FuzzResult(result.examples, result.rejected, result.seconds, result.seed, result.counts,
                       failure, result.failed_at, result.verified, reasons)
+
+
+def case_trial(case: CaseSpec, *, methods: Sequence[str] | None = None,
+               seed: int = 0) -> Trial[CaseSpec, Report]:
+    """One drawn case, judged as :func:`fuzz` judges it (rejected when its output is not finite);
+    ``jacverify.campaign_tests`` runs the same judgement as a pytest-collected Hypothesis test."""
+    try:
+        report = case.check(methods=methods, seed=seed, warm_timing=False)
+    except NonFiniteOutput:
+        return Trial(Verdict.REJECTED)
+    return Trial(report.verdict, report)

@@ -8,7 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Option", "OPTIONS", "add_to_argparse", "add_to_pytest", "parse_dtype", "parse_methods"]
+from jacverify.databases import DATABASE_HELP
+
+__all__ = ["Option", "OPTIONS", "CAMPAIGN_OPTIONS", "add_to_argparse", "add_to_pytest",
+           "parse_dtype", "parse_methods"]
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 
@@ -131,6 +134,12 @@ OPTIONS: tuple[Option, ...] = (
            metavar="K", parse=_probes),
 )
 
+# Options of the fuzz campaigns (CLI fuzz and fuzz-rules, the pytest-collected campaigns of
+# jacverify.campaign_tests), not keywords of check(): `resolve` leaves them out.
+CAMPAIGN_OPTIONS: tuple[Option, ...] = (
+    Option("database", DATABASE_HELP, metavar="DB"),
+)
+
 
 CAMPAIGN_SEED = "campaign seed: replays a campaign exactly and saves nothing (default: random, " \
     "printed; failures are saved in the example database and replayed first)"
@@ -139,12 +148,12 @@ CAMPAIGN_SEED = "campaign seed: replays a campaign exactly and saves nothing (de
 def add_to_argparse(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None, *,
                     defaults: dict[str, Any] | None = None,
                     helps: dict[str, str] | None = None) -> None:
-    """Add ``--NAME`` for every option (or those in ``names``) to ``parser``; a subcommand whose
-    meaning differs (a fuzz campaign's seed is random by default) overrides the default or help,
-    never the option's name or parser."""
+    """Add ``--NAME`` for every option of ``check`` (or those in ``names``, campaign options
+    included) to ``parser``; a subcommand whose meaning differs (a fuzz campaign's seed is random
+    by default) overrides the default or help, never the option's name or parser."""
     defaults, helps = defaults or {}, helps or {}
-    for opt in OPTIONS:
-        if names is not None and opt.name not in names:
+    for opt in OPTIONS + CAMPAIGN_OPTIONS:
+        if (opt.name not in names) if names is not None else opt in CAMPAIGN_OPTIONS:
             continue
         parser.add_argument(f"--{opt.name}", dest=opt.dest,
                             default=defaults.get(opt.name, opt.default), metavar=opt.metavar,
@@ -160,7 +169,7 @@ def _typed(opt: Option) -> Callable[[str], Any] | None:
 
 def add_to_pytest(group: Any, parser: Any) -> None:
     """Register every option in a pytest option group and as an ini key."""
-    for opt in OPTIONS:
+    for opt in OPTIONS + CAMPAIGN_OPTIONS:
         group.addoption(f"--jacverify-{opt.name}", dest=f"jacverify_{opt.dest}", default=None,
                         metavar=opt.metavar, help=opt.help)
         parser.addini(f"jacverify_{opt.dest}", opt.help, default=opt.default)

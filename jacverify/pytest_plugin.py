@@ -50,6 +50,15 @@ def pytest_configure(config: pytest.Config) -> None:
         from jacverify.profiles import load_profile
 
         load_profile(profile)
+    database = _option(config, "database")
+    if database:  # every Hypothesis test's default database (NOTE [shared example database])
+        from jacverify.databases import use_database
+        from jacverify.errors import InvalidArgument
+
+        try:
+            use_database(database)
+        except InvalidArgument as e:
+            raise pytest.UsageError(f"--jacverify-database: {e}") from None
 
 
 def _option(config: pytest.Config, name: str) -> Any:

@@ -16,7 +16,7 @@ from jacverify.judge import Verdict, raised
 from jacverify.rules.checks import CHECKS, LAYOUTS, CheckOutcome, RuleExample, build_args, run_checks
 from jacverify.rules.targets import RuleTarget, as_target
 
-__all__ = ["fuzz_batching_rule", "rule_examples", "RuleReport", "RuleFailure",
+__all__ = ["fuzz_batching_rule", "rule_examples", "rule_trial", "RuleReport", "RuleFailure",
            "DEFAULT_SHRINK_SECONDS"]
 
 
@@ -208,15 +208,7 @@ def fuzz_batching_rule(
     refusals: list[str] = []  # why the function refused drawn examples (the first three)
 
     def check(drawn: RuleExample) -> Trial[RuleExample, tuple[CheckOutcome, ...]]:
-        out = _unbatched(target, drawn, refusals)
-        if out is None:
-            return Trial(Verdict.REJECTED)
-        ex = _with_out_dims(drawn, out)
-        outcomes = tuple(run_checks(target, ex, checks))
-        failed = any(o.status == "mismatch" for o in outcomes)
-        agreed = any(o.status == "agree" for o in outcomes)
-        return Trial(Verdict.FAILED if failed else Verdict.PASSED if agreed else Verdict.UNVERIFIED,
-                     outcomes, example=ex)
+        return rule_trial(target, drawn, checks, refusals)
 
     def seen(trial: Trial) -> None:
         if trial.verdict is not Verdict.REJECTED:
@@ -241,6 +233,22 @@ def fuzz_batching_rule(
     failure = f and RuleFailure(f.example, f.outcome or (), result.snippet or "", f.error)
     return RuleReport(target.name, result.examples, result.rejected, result.seconds, result.seed,
                       result.counts, failure, result.failed_at, result.verified)
+
+
+def rule_trial(target: RuleTarget, drawn: RuleExample, checks: Sequence[str] = CHECKS,
+               refusals: list[str] | None = None) -> Trial[RuleExample, tuple[CheckOutcome, ...]]:
+    """One drawn example, judged as :func:`fuzz_batching_rule` judges it: rejected when the
+    function refuses it unbatched (why is appended to ``refusals``), failed on a mismatch;
+    ``jacverify.campaign_tests`` runs the same judgement as a pytest-collected Hypothesis test."""
+    out = _unbatched(target, drawn, refusals)
+    if out is None:
+        return Trial(Verdict.REJECTED)
+    ex = _with_out_dims(drawn, out)
+    outcomes = tuple(run_checks(target, ex, tuple(checks)))
+    failed = any(o.status == "mismatch" for o in outcomes)
+    agreed = any(o.status == "agree" for o in outcomes)
+    return Trial(Verdict.FAILED if failed else Verdict.PASSED if agreed else Verdict.UNVERIFIED,
+                 outcomes, example=ex)
 
 
 def _snippet(target: RuleTarget, ex: RuleExample, outcomes, checks: Sequence[str]) -> str:

@@ -414,6 +414,7 @@ def check_op(op, *, samples: int = 2, seed: int = 0) -> OpResult:
     """
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the database's samples draw from torch's generator: NOTE [shards]
     checks: list[OpCheck] = []
     taken = []
     try:

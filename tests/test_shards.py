@@ -1,0 +1,96 @@
+"""Sharded sweeps (NOTE [shards] in jacverify/shards.py): ``--shard I/N`` and ``jacverify merge``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jacverify.cli_merge import document_exit_status, merge_documents
+from jacverify.errors import InvalidArgument
+from jacverify.shards import Shard, parse_shard, select_shard, shard_body
+
+# a fixed subset, in the order given on the command line (the order shards are cut from)
+OPS = ("sin", "tanh", "exp", "mul", "matmul", "sum")
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shards_partition_in_order(count):
+    items = list(range(10))
+    parts = [Shard(i, count).select(items) for i in range(1, count + 1)]
+    assert sorted(x for p in parts for x in p) == items
+    assert all(p == sorted(p) for p in parts)
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1", "a/b", "1/0", "-1/2"])
+def test_malformed_shard(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="must be I/N"):
+        parse_shard(text)
+
+
+def test_shard_validates_and_empty_shard_is_refused():
+    with pytest.raises(InvalidArgument, match="1 <= index <= count"):
+        Shard(3, 2)
+    with pytest.raises(ValueError, match="leave nothing for shard 3; use at most 2 shards"):
+        select_shard(["a", "b"], Shard(3, 3), empty=ValueError)
+
+
+def _ops_doc(shard, names, status="agree"):
+    return {"schema_version": 2, "kind": "ops", "seconds": 1.0, **shard,
+            "operators": [{"name": n, "status": status, "checks": []} for n in names]}
+
+
+def test_merge_restores_the_unsharded_order_and_status():
+    names = list("abcde")
+    docs = [_ops_doc(shard_body(Shard(i, 2), len(names)), Shard(i, 2).select(names))
+            for i in (2, 1)]
+    merged = merge_documents(docs)
+    assert [o["name"] for o in merged["operators"]] == names
+    assert merged["counts"]["agree"] == 5 and merged["merged_from"] == ["2/2", "1/2"]
+    assert document_exit_status(merged) == 0
+    docs[0]["operators"][0]["status"] = "known"
+    assert document_exit_status(merge_documents(docs)) == 1
+
+
+@pytest.mark.parametrize(("docs", "match"), [
+    ([_ops_doc(shard_body(Shard(1, 2), 2), ["a"])], r"missing \[2\]"),
+    ([_ops_doc(shard_body(Shard(1, 2), 2), ["a"])] * 2, r"repeated \[1\]"),
+    ([_ops_doc(shard_body(Shard(1, 2), 2), ["a"]), _ops_doc(shard_body(Shard(2, 2), 3), ["b"])],
+     "shards of different runs"),
+    ([_ops_doc(shard_body(Shard(1, 2), 2), ["a"]), _ops_doc(shard_body(Shard(2, 2), 2), ["a"])],
+     "'a' is in both"),
+    ([_ops_doc({}, ["a"]), _ops_doc({}, ["b"])], "not a shard"),
+    ([_ops_doc({}, ["a"]), {"kind": "check"}], "of one kind"),
+])
+def test_merge_refuses_what_is_not_one_run(docs, match):
+    with pytest.raises(ValueError, match=match):
+        merge_documents(docs)
+
+
+def _jacverify(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "jacverify", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+@pytest.mark.slow
+def test_sharded_sweep_merges_to_the_unsharded_run(tmp_path):
+    ops = [a for op in OPS for a in ("--op", op)]
+    # a generous per-operator timeout: an operator abandoned on a loaded machine is not the point
+    common = [*ops, "--samples", "1", "--timeout", "300"]
+    whole = _jacverify("ops", *common, "--json", "all.json", cwd=tmp_path)
+    for i in (1, 2):
+        shard = _jacverify("ops", *common, "--shard", f"{i}/2", "--json", f"{i}.json",
+                           cwd=tmp_path)
+        assert shard.returncode == whole.returncode, shard.stdout + shard.stderr
+    merged = _jacverify("merge", "2.json", "1.json", "--json", "merged.json", cwd=tmp_path)
+    assert merged.returncode == whole.returncode, merged.stdout + merged.stderr
+    one = json.loads((tmp_path / "all.json").read_text())
+    both = json.loads((tmp_path / "merged.json").read_text())
+    assert [o["name"] for o in both["operators"]] == [o["name"] for o in one["operators"]]
+    # each operator's result, check by check, is the one the unsharded run gives
+    for a, b in zip(one["operators"], both["operators"]):
+        assert (a["status"], a["checks"]) == (b["status"], b["checks"]), a["name"]
+    assert both["counts"] == one["counts"]
