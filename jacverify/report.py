@@ -123,6 +123,16 @@ class Report:
             return self._vmap_hint()
         return None
 
+    @functools.cached_property
+    def culprit(self) -> str | None:
+        """Where the wrong formula lives, when a failed check's parts, checked on their own, say
+        so (NOTE [culprit bisection] in :mod:`jacverify.culprit`); None otherwise."""
+        if self.verdict != Verdict.FAILED:
+            return None
+        from jacverify.culprit import innermost_culprit
+
+        return innermost_culprit(self)
+
     def _vmap_hint(self) -> str:
         """vmap-based methods disagree: run the same torch.func transform on each sample without
         vmap; if that agrees the batching rule is to blame, if not the transform itself."""
@@ -182,6 +192,8 @@ class Report:
         lines = [f"jacverify: {self.quantity}: {self.headline()}"]
         if self.hint:
             lines.append(f"hint: {self.hint}")
+        if self.culprit:
+            lines.append(f"culprit: {self.culprit}")
         lines += [f"finding: {f}" for f in self.findings]
         return lines
 

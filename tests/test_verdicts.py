@@ -396,3 +396,24 @@ def test_dict_outputs_are_flattened_by_key_and_named_by_key():
     report = jacverify.check(_VAEHead(wrong=True).double(), _x(4, 3), methods=["vmap_vjp"])
     assert report.verdict == Verdict.FAILED
     assert "output['logvar']" in report.describe(report["vmap_vjp"])
+
+
+# --- NOTE [culprit bisection]: the innermost part that fails alone is named ---
+
+def test_the_innermost_failing_submodule_and_the_custom_function_are_named():
+    from jacverify.examples import twins
+
+    torch.manual_seed(0)
+    inner = torch.nn.Sequential(torch.nn.Tanh(), twins.Apply(twins.CubeWrongBackward))
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), inner, torch.nn.Linear(5, 3)).double()
+    report = jacverify.check(net, _x(4, 4), methods=["vmap_vjp"])
+    assert report.verdict == Verdict.FAILED
+    assert "submodule 1.1 (Apply) fails the same way" in report.culprit
+    assert "submodule 1 (" not in report.culprit  # its parent fails only because it does
+    assert "CubeWrongBackward (" in report.culprit and "twins.py" in report.culprit
+    assert f"culprit: {report.culprit}" in report.failure_message()
+
+
+def test_a_passing_check_names_no_culprit():
+    report = jacverify.check(torch.nn.Linear(3, 2).double(), _x(4, 3), methods=["loop"])
+    assert report.culprit is None
