@@ -417,3 +417,47 @@ def test_the_innermost_failing_submodule_and_the_custom_function_are_named():
 def test_a_passing_check_names_no_culprit():
     report = jacverify.check(torch.nn.Linear(3, 2).double(), _x(4, 3), methods=["loop"])
     assert report.culprit is None
+
+
+# --- NOTE [plausible rounding]: a formula wrong only in float32 is not "rounding" ---
+
+class _SinWrongInFloat32(torch.autograd.Function):
+    factor = 0.0
+
+    @staticmethod
+    def forward(x):
+        return x.sin()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        d = g * x.cos()
+        return d if x.dtype == torch.float64 else d * _SinWrongInFloat32.factor
+
+
+@pytest.mark.parametrize("factor", [0.0, 1.01, 1.001])
+def test_a_backward_wrong_only_in_float32_fails(factor, monkeypatch):
+    monkeypatch.setattr(_SinWrongInFloat32, "factor", factor)
+    class Net(torch.nn.Module):  # a module, so the references run in a float64 copy of it
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return _SinWrongInFloat32.apply(self.a(x))
+
+    torch.manual_seed(0)
+    report = jacverify.check(Net(), torch.randn(5, 4), methods=["vmap_vjp", "loop_rows"])
+    assert report.verdict == Verdict.FAILED
+    assert any("more than rounding in that dtype explains" in n for n in report.notes)
+
+
+def test_float32_cancellation_is_still_allowed_as_rounding():
+    bn = torch.nn.BatchNorm1d(3).train()
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    x[1] = x[0] + 1e-3  # two close samples: float32 loses digits in x - mean
+    assert jacverify.check(bn, x, methods=["loop", "batched_grad_per_sample"]).passed
