@@ -184,8 +184,12 @@ def resolve(values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for opt in OPTIONS:
         raw = values.get(opt.dest)
-        if raw in (None, ""):
+        if raw is None or (raw == "" and opt.name != "methods"):
             continue
+        if opt.name == "methods" and not parse_methods(raw):
+            raise argparse.ArgumentTypeError(
+                f"methods {raw!r} names no method (nothing would be verified); leave the option "
+                "out to run every registered method")
         value = opt.parse(raw) if opt.parse and isinstance(raw, str) else raw
         if value is not None:
             out[opt.dest] = value

@@ -309,8 +309,8 @@ class Report:
             lines.append("time against the number of vectors K:")
             lines += [f"  {m}: " + ", ".join(f"K={k} {t * 1e3:.2f} ms" for k, t in points)
                       for m, points in self.scaling]
-        lines.append(f"{self.headline()}; fastest agreeing method: {self.fastest}; "
-                     f"seed={self.case.seed}")
+        fastest = f"; fastest agreeing method: {self.fastest}" if self.fastest else ""
+        lines.append(f"{self.headline()}{fastest}; seed={self.case.seed}")
         return lines
 
     def __str__(self) -> str:
