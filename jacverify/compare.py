@@ -25,8 +25,10 @@ __all__ = ["Reference", "Comparison", "Scales", "compare", "tolerances", "DEFAUL
 #   about 1e-6 seen), while a wrong derivative formula (a dropped term, a wrong factor, another
 #   sample's value) is off by O(1) relative to the entry it touches;
 # - row_s_m is the size of what that entry was computed from: for a Jacobian or Hessian the
-#   largest |ref| in the same sample's same output row (one backward pass computes the row; the
-#   same products, summed, give the column in forward mode); for a quantity mapped linearly from a
+#   smaller of the largest |ref| in the same sample's output row (one backward pass computes the
+#   row) and in its input column (one forward pass computes the column): an entry is summed from
+#   products of the sizes of both, so a small column beside a large row -- weight (300, 0.1), the
+#   0.1 entry zeroed -- is held to its own size; for a quantity mapped linearly from a
 #   Jacobian (J v, vᵀJ) the sum of |J||v| over the terms it adds up (`Reference.magnitude`). So
 #   entries that cancel to ~0 are held to the rounding of what they were summed from -- but only of
 #   their own sample and output: the first round took max|ref| over the whole batch and every
@@ -111,16 +113,19 @@ class Scales:
 
 
 def row_size(r: torch.Tensor) -> torch.Tensor:
-    """The largest |r| in each (sample, output) row, broadcast to ``r``'s shape (an entry of a 1-
-    or 2-axis reference is its own row).
+    """The size of what each entry was computed from (NOTE [tolerances]): the smaller of the
+    largest |r| in its (sample, output) row and in its (sample, input) column, broadcast to ``r``'s
+    shape (an entry of a 1- or 2-axis reference is its own size).
 
     >>> row_size(torch.tensor([[[1.0, -3.0], [0.5, 0.0]]])).tolist()
-    [[[3.0, 3.0], [0.5, 0.5]]]
+    [[[1.0, 3.0], [0.5, 0.5]]]
     """
     a = r.abs()
     if r.ndim <= 2:
         return a
-    return a.amax(dim=tuple(range(2, r.ndim)), keepdim=True).expand_as(r)
+    row = a.amax(dim=tuple(range(2, r.ndim)), keepdim=True)
+    column = a.amax(dim=1, keepdim=True)
+    return torch.minimum(row, column)
 
 
 def _per_sample(scale: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:

@@ -152,7 +152,7 @@ def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None)
     need = 3 * flat.batch_size * flat.n_out * flat.n_in * 8
     if need > max_memory:
         raise JacobianTooLarge(
-            f"the references need {need / 2**20:.3g} MiB (B={flat.batch_size}, out={flat.n_out}, "
+            f"the references need {need / 2**20:.1f} MiB ({need} bytes; B={flat.batch_size}, out={flat.n_out}, "
             f"in={flat.n_in}, float64, three copies) but max_memory={max_memory} bytes; check a "
             "smaller batch or smaller inputs, use verification='projection', or raise max_memory"
         )
