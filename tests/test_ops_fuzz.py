@@ -116,6 +116,65 @@ def test_torch_findings_are_flagged(name, fields, routes):
     assert routes <= _wrong(op_family(name), OpExample(name, batch_size=1, seed=0, **fields))
 
 
+# torch 2.13 findings of the generic family (README "Fuzzing torch's operators"): the shrunk
+# examples of `jacverify ops --all`, each checked independently there.
+GENERIC_FINDINGS = [
+    ("sinc", (("sample", 0), ("values", "zeros")), 1, (0,), 0, {"fwd_over_fwd", "rev_over_rev"}),
+    ("logit", (("sample", 3), ("values", "zeros")), 1, (0,), 135, {"rev_over_fwd"}),
+    ("nn.functional.poisson_nll_loss", (("sample", 0), ("values", "zeros")), 1, (0, 0), 2,
+     {"reverse_ad"}),
+    ("masked.cumprod", (("sample", 0), ("values", "zeros")), 1, (0, 0), 0, {"fwd_over_fwd"}),
+    ("nn.functional.nll_loss", (("sample", 1), ("values", "sample")), 1, (0, 0, 0), 0,
+     {"forward_ad"}),
+    ("index_fill", (("sample", 1), ("values", "sample")), 2, (None, 0, 0), 0, {"vmap"}),
+    ("nn.functional.grid_sample", (("sample", 0), ("values", "sample")), 1, (-1, 0), 0, {"vmap"}),
+    ("linalg.pinv", (("sample", 2), ("values", "sample")), 1, (0, 0), 1, {"forward_ad"}),
+]
+
+
+@pytest.mark.parametrize("name, f, batch, dims, seed, routes", GENERIC_FINDINGS,
+                         ids=[g[0] for g in GENERIC_FINDINGS])
+def test_generic_family_torch_findings_are_flagged(name, f, batch, dims, seed, routes):
+    family = op_family(name, opinfo=True)
+    assert routes <= _wrong(family, OpExample(name, f, batch, dims, seed))
+
+
+# Former false mismatches of the generic family (NOTE [generic family domains], complex outputs
+# compared exactly): the shrunk examples of `jacverify ops --all`, and what each now says.
+GENERIC_FIXED = [
+    ("fft.fft2", (("sample", 3), ("values", "sample")), 2, (0,), 0, ""),
+    ("fft.ifft2", (("sample", 3), ("values", "sample")), 2, (0,), 0, ""),
+    ("linalg.eig", (("sample", 0), ("values", "sample")), 1, (0,), 1, ""),
+    ("linalg.cholesky_ex", (("sample", 0), ("values", "general")), 1, (0,), 0, ""),
+    ("nn.functional.ctc_loss", (("sample", 0), ("values", "sample")), 1, (0, 0), 0, ""),
+    ("nn.functional.embedding", (("sample", 3), ("values", "sample")), 1, (0, 0), 0,
+     "padding_idx"),
+    ("nextafter", (("sample", 4), ("values", "zeros")), 1, (0, 0), 0, "x == y"),
+    ("scatter_reduce.amax", (("sample", 0), ("values", "zeros")), 1, (0, 0, 0), 0, "ties"),
+]
+
+
+@pytest.mark.parametrize("name, f, batch, dims, seed, why", GENERIC_FIXED,
+                         ids=[g[0] for g in GENERIC_FIXED])
+def test_generic_family_draws_in_the_domain_and_says_where_it_cannot(name, f, batch, dims, seed,
+                                                                    why):
+    checks = check_example(op_family(name, opinfo=True), OpExample(name, f, batch, dims, seed))
+    assert not [c for c in checks if c.status in WRONG]
+    assert any(c.status == "agree" for c in checks)
+    if why:
+        assert any(c.status == "not_applicable" and why in c.detail for c in checks)
+
+
+def test_complex_outputs_are_compared_with_a_tolerance_not_exactly():
+    import torch
+
+    from jacverify.rules.checks import differ
+
+    x = torch.fft.fft2(torch.randn(3, 4, dtype=torch.float64))
+    assert differ(x * (1 + 1e-15), x) is None
+    assert "differ" in differ(x + 1e-3j, x)
+
+
 def test_undefined_point_is_said_not_judged():
     """Repeated eigenvalues: the eigenvectors' derivative is not defined; a route there is skipped
     (finite differences see the kink) or not_applicable, with the reason, never a mismatch."""

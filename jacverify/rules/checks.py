@@ -111,7 +111,8 @@ def _flatten(out) -> list[torch.Tensor]:
 
 def differ(got, want) -> str | None:
     """What differs between a vmapped and a looped result: shape, dtype or values (floating ones
-    under NOTE [tolerances] for their dtype, NaN where both are NaN; others exactly); None if nothing."""
+    under NOTE [tolerances] for their dtype, complex ones as real pairs, NaN where both are NaN;
+    others exactly); None if nothing."""
     got, want = _flatten(got), _flatten(want)
     if len(got) != len(want):
         return f"returned {len(got)} outputs, the loop {len(want)}"
@@ -123,6 +124,8 @@ def differ(got, want) -> str | None:
             return f"{where}dtype {g.dtype}, the loop gives {w.dtype}"
         if not w.numel():
             continue
+        if w.is_complex():  # as real pairs, under the tolerance of their real dtype
+            g, w = torch.view_as_real(g.resolve_conj()), torch.view_as_real(w.resolve_conj())
         if not w.is_floating_point():
             if not torch.equal(g, w):
                 return f"{where}values differ from the loop's ({w.dtype}, compared exactly)"

@@ -436,6 +436,47 @@ def _revalued(t: torch.Tensor, mode: str, gen) -> torch.Tensor:
     return flat.reshape(t.shape)
 
 
+# NOTE [generic family domains]
+# The generic family revalues OpInfo's samples, which can leave an op's domain or land on a point
+# where its derivative is not defined; there jacverify, not torch, would be wrong. Per operator:
+# - linalg.cholesky_ex: the input is made positive definite (A Aᵀ + n I) after revaluing (a general
+#   matrix makes it return info > 0 and an unfactored L, whose "derivative" means nothing);
+# - linalg.eig: eigenvectors are compared as the projectors v vᴴ (torch normalises each to norm 1,
+#   its phase is arbitrary: a gauge the derivative does not fix, as its documentation says);
+# - nn.functional.ctc_loss: called on log_softmax of its input, as torch's own gradcheck wrapper
+#   does: its gradient assumes normalised log-probabilities (it is the gradient through
+#   log_softmax), a documented convention; on unnormalised ones it is not the op's derivative;
+# - nn.functional.embedding with padding_idx: its documentation says that row gets no gradient
+#   (reverse mode gives 0 there, forward mode the derivative): a classified divergence;
+# - scatter_reduce.amin/amax under the zeros values (exact zeros tie) and nextafter where x == y
+#   (it returns y there: a step at rounding scale): the derivative is not defined; said, not judged.
+_TIES = ("scatter_reduce.amin", "scatter_reduce.amax")
+
+
+def _eig_outputs(out):
+    """Eigenvalues and the projectors v vᴴ (each eigenvector's phase is arbitrary; these are not)."""
+    values, vectors = out
+    return values, vectors[..., :, None, :] * vectors.conj()[..., None, :, :]
+
+
+def _domain(name: str, values: str, args: tuple, kw: dict) -> tuple[tuple, str, str]:
+    """``args`` moved into the op's domain, why the derivative is not defined here, and the
+    documented convention that applies here (NOTE [generic family domains])."""
+    undefined = ("ties: drawn values repeat, where a derivative may not be defined"
+                 if values == "ties" else "")
+    convention = ""
+    if name == "linalg.cholesky_ex":
+        a = args[0]
+        args = (a @ a.mT + a.shape[-1] * torch.eye(a.shape[-1], dtype=a.dtype), *args[1:])
+    elif name in _TIES and values == "zeros":
+        undefined = "exact zeros tie, and amin/amax's derivative is not defined at ties"
+    elif name == "nextafter" and bool((args[0] == args[1]).any()):
+        undefined = "x == y: nextafter returns y there, a step at rounding scale"
+    elif name == "nn.functional.embedding" and kw.get("padding_idx") is not None:
+        convention = "embedding: the row at padding_idx gets no gradient"
+    return args, undefined, convention
+
+
 def opinfo_family(op) -> OpFamily:
     """A family for any OpInfo entry: its first ``SAMPLES`` samples give the structure (called
     through the raw op, not its gradcheck wrapper), with values drawn per :data:`VALUE_MODES`:
@@ -465,16 +506,19 @@ def opinfo_family(op) -> OpFamily:
         if hermitian:
             new[0] = (new[0] + new[0].mT) / 2
         a, kw = pytree.tree_unflatten(new, spec)
-        return Call(tuple(a), kw, frozen=frozen,
-                    symmetric=frozenset({0}) if hermitian else frozenset(),
-                    undefined="ties: drawn values repeat, where a derivative may not be defined"
-                    if f["values"] == "ties" else "")
+        a, undefined, convention = _domain(name, f["values"], tuple(a), kw)
+        return Call(a, kw, frozen=frozen, symmetric=frozenset({0}) if hermitian else frozenset(),
+                    undefined=undefined, convention=convention)
 
     forms = st.fixed_dictionaries({"sample": st.integers(0, len(samples) - 1),
                                    "values": st.sampled_from(VALUE_MODES)})
-    return OpFamily(name, op.op, forms.map(lambda d: form(**d)), build,
-                    f"opinfo({name!r})", f"op_family({name!r}, opinfo=True)",
+    fn = op.op
+    if getattr(op.gradcheck_wrapper, "__name__", "") == "gradcheck_wrapper_ctc_loss":
+        fn = functools.partial(op.gradcheck_wrapper, op.op)  # log_softmax first, as torch's tests
+    return OpFamily(name, fn, forms.map(lambda d: form(**d)), build,
+                    f"op_family({name!r}, opinfo=True).fn", f"op_family({name!r}, opinfo=True)",
                     "from jacverify.rules.op_args import op_family",
+                    process=_eig_outputs if name == "linalg.eig" else None,
                     declared=lambda route: declared(op, route))
 
 

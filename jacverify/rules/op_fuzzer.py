@@ -50,7 +50,9 @@ __all__ = ["OpFamily", "OpExample", "Call", "OpFuzzReport", "fuzz_op", "check_ex
 # may restrict an argument's directions to symmetric matrices (the gradient convention of ops
 # documented for Hermitian input, e.g. linalg.cholesky), and say why a point is one where the
 # derivative is not defined (ties, repeated eigenvalues): a mismatch there is not_applicable, with
-# that reason.
+# that reason; or name a documented convention of torch's derivative there (embedding's padding_idx
+# row gets no gradient): a mismatch of a derivative route is then a classified divergence,
+# not_applicable with the convention, never a mismatch.
 ROUTES = ("errors", "vmap", "forward_ad", "reverse_ad", "fwd_over_fwd", "rev_over_fwd",
           "fwd_over_rev", "rev_over_rev", "vmap_jvp", "vmap_vjp")
 SECOND = ROUTES[4:8]
@@ -86,6 +88,9 @@ class Call:
             never differentiated (running statistics).
         symmetric: tensor positions whose directions are symmetric matrices (Hermitian-input ops).
         undefined: why the derivative is not defined at this point ("" when it is).
+        convention: a documented convention of torch's derivative at this point that differs
+            from the derivative of the function ("" when none): a mismatch of a derivative route
+            is then a classified divergence, ``not_applicable`` with it.
     """
 
     args: tuple
@@ -93,6 +98,7 @@ class Call:
     frozen: frozenset[int] = frozenset()
     symmetric: frozenset[int] = frozenset()
     undefined: str = ""
+    convention: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,7 +207,7 @@ class _Sampled:
                 stacked = torch.stack([per[i][k] for i in range(ex.batch_size)])
                 self.batched.append(stacked.movedim(0, d % stacked.ndim))
         self.frozen, self.symmetric = first.frozen, first.symmetric
-        self.undefined = first.undefined
+        self.undefined, self.convention = first.undefined, first.convention
 
     def call(self, *tensors: torch.Tensor):
         """The op on these tensor arguments (frozen ones cloned: an op may update them in
@@ -535,6 +541,10 @@ def _classify(family: OpFamily, s: _Sampled, c: OpCheck) -> OpCheck:
     if s.undefined and c.check in ROUTES[2:8]:
         return OpCheck(c.check, c.sample, Status.NOT_APPLICABLE,
                        f"the derivative is not defined at this point ({s.undefined}): {c.detail}")
+    if s.convention and c.check in ROUTES[2:8]:
+        return OpCheck(c.check, c.sample, Status.NOT_APPLICABLE,
+                       f"classified divergence, torch's documented convention ({s.convention}): "
+                       f"{c.detail}")
     why = family.declared(c.check) if family.declared else None
     return OpCheck(c.check, c.sample, Status.KNOWN, f"{c.detail}; {why}") if why else c
 
