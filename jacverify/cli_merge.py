@@ -14,7 +14,7 @@ from jacverify.cli_common import EXIT_MISMATCH, EXIT_OK, EXIT_UNVERIFIED, exit_s
 __all__ = ["merge_documents", "document_exit_status", "ops_exit_status", "run_merge",
            "OP_STATUSES"]
 
-OP_STATUSES = ("agree", "mismatch", "known", "unsupported", "skipped")
+OP_STATUSES = ("agree", "mismatch", "known", "unsupported", "skipped", "not_applicable")  # run_ops counts these
 _ITEMS = {"ops": ("operators", "name"), "fuzz-rules": ("rules", "rule")}
 
 

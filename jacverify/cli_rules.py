@@ -7,7 +7,7 @@ import json
 import time
 
 from jacverify.outcomes import document
-from jacverify.cli_merge import ops_exit_status
+from jacverify.cli_merge import OP_STATUSES, ops_exit_status
 from jacverify.shards import select_shard, shard_body
 from jacverify.cli_common import (
     Timeout,
@@ -128,7 +128,7 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
             results.append(result)
             progress.advance(task)
     seconds = time.perf_counter() - start
-    statuses = ("agree", "mismatch", "known", "unsupported", "skipped", "not_applicable")
+    statuses = OP_STATUSES  # one list, the one jacverify merge counts
     per_check = Table(title=f"jacverify ops: {len(results)} operators, {seconds:.0f} s "
                       "(sweep checks + fuzzed examples, per route and status)")
     per_check.add_column("route")

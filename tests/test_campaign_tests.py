@@ -3,6 +3,7 @@ pytest-xdist and by HypoFuzz, with a shared example database."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -83,8 +84,12 @@ def test_hypofuzz_fuzzes_a_campaign(tmp_path):
     command = [sys.executable, "-c", "from hypothesis.extra.cli import main; main()", "fuzz",
                "-n", "1", "--no-dashboard", "--", "--pyargs", "jacverify.campaign_tests",
                "-k", RULE, "-p", "no:cacheprovider"]
+    # not under CI's settings: Hypothesis derandomizes there (its own "ci" profile, and jacverify's),
+    # and HypoFuzz refuses derandomized tests, as a user's long campaign would not run them
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["JACVERIFY_PROFILE"] = "dev"
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 600  # waits for HypoFuzz's first saved example, measures nothing
     try:
         # HypoFuzz keeps its corpus and reports in the example database, under keys of the

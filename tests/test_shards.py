@@ -79,7 +79,7 @@ def _jacverify(*args, cwd):
 def test_sharded_sweep_merges_to_the_unsharded_run(tmp_path):
     ops = [a for op in OPS for a in ("--op", op)]
     # a generous per-operator timeout: an operator abandoned on a loaded machine is not the point
-    common = [*ops, "--samples", "1", "--timeout", "300"]
+    common = [*ops, "--samples", "1", "--timeout", "300", "--budget", "0.2"]
     whole = _jacverify("ops", *common, "--json", "all.json", cwd=tmp_path)
     for i in (1, 2):
         shard = _jacverify("ops", *common, "--shard", f"{i}/2", "--json", f"{i}.json",
@@ -90,7 +90,11 @@ def test_sharded_sweep_merges_to_the_unsharded_run(tmp_path):
     one = json.loads((tmp_path / "all.json").read_text())
     both = json.loads((tmp_path / "merged.json").read_text())
     assert [o["name"] for o in both["operators"]] == [o["name"] for o in one["operators"]]
-    # each operator's result, check by check, is the one the unsharded run gives
+    # each operator's status is the unsharded run's, and so is every check of OpInfo's samples; the
+    # fuzzer's own checks run for a time budget, so how many examples they saw may differ
+    def sweep(checks):
+        return [c for c in checks if c["sample"] != "fuzzed"]
+
     for a, b in zip(one["operators"], both["operators"]):
-        assert (a["status"], a["checks"]) == (b["status"], b["checks"]), a["name"]
+        assert (a["status"], sweep(a["checks"])) == (b["status"], sweep(b["checks"])), a["name"]
     assert both["counts"] == one["counts"]
