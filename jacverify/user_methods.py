@@ -332,6 +332,22 @@ class Seen:
     layout: Layout | None = None
     accepted: tuple[Layout, ...] = ()
     shape: str = ""
+    cross: tuple[float, tuple[int, ...]] | None = None  # a full Jacobian's largest cross-sample entry
+
+
+def _cross_sample(parts: Sequence[torch.Tensor], batch: int,
+                  m: int) -> tuple[float, tuple[int, ...]]:
+    """The largest |entry| of a full Jacobian (B, *out, B, *in) off the sample diagonal, and where
+    as (sample, output, other sample, input)."""
+    worst, where = 0.0, ()
+    for p in parts:
+        off = p.detach().reshape(batch, m, batch, -1).abs().clone()
+        idx = torch.arange(batch)
+        off[idx, :, idx, :] = 0
+        if off.numel() and float(off.max()) > worst:
+            worst = float(off.max())
+            where = tuple(int(i) for i in torch.unravel_index(off.argmax(), off.shape))
+    return worst, where
 
 
 def _reader(quantity: str, layout: str | None, seen: Seen):
@@ -343,6 +359,8 @@ def _reader(quantity: str, layout: str | None, seen: Seen):
                       else type(value).__name__)
         found = detect_layout(value, cands, layout)
         seen.layout = found
+        if found is not None and found.name.endswith("full_jacobian") and parts is not None:
+            seen.cross = _cross_sample(parts, batch, sum(math.prod(s) for s in out_shapes))
         return value if found is None else found.read(value)
 
     return read
@@ -661,9 +679,25 @@ def _finish(report, seen: dict[str, Seen], quantity: str, full=None):
                                required=tuple(seen))
 
 
-def _explain(r: MethodResult, s: Seen, report, quantity: str, full=None) -> MethodResult:
-    if r.status != Status.MISMATCH:
+def _cross_checked(r: MethodResult, s: Seen, report) -> MethodResult:
+    """A full Jacobian's cross-sample blocks must be 0 when samples do not interact: the per-sample
+    check reads only its diagonal, so an entry off it is judged here (sqrt(eps) of max|J|)."""
+    if s.cross is None or report.coupling.coupled or r.status != Status.AGREE:
         return r
+    value, where = s.cross
+    allowed = torch.finfo(report.case.dtype).eps ** 0.5 * float(report.reference.abs().max())
+    if value <= allowed:
+        return r
+    return dataclasses.replace(r, status=Status.MISMATCH, reason=(
+        f"its full Jacobian has {value:.3g} at (sample, output, other sample, input) = {where}, "
+        f"off the sample diagonal, where samples do not interact (allowed {allowed:.2g}): the "
+        "cross-sample blocks must be 0"))
+
+
+def _explain(r: MethodResult, s: Seen, report, quantity: str, full=None) -> MethodResult:
+    crossed = _cross_checked(r, s, report)
+    if crossed is not r or r.status != Status.MISMATCH:
+        return crossed
     if s.layout is None and s.accepted:
         accepted = "; ".join(f"{l.name}: {l.description}" for l in s.accepted)
         return dataclasses.replace(r, reason=f"{r.reason}; the result ({s.shape}) has none of the "

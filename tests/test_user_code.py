@@ -280,3 +280,20 @@ def test_coordinates_are_validated():
     with pytest.raises(InvalidArgument, match=r"coordinates=\(5,\) \(type=tuple\) must be"):
         jacverify.check_method(hessian_diagonal_full, SCALAR, _x(3, 2), quantity="hessian_diagonal",
                                coordinates=(5,))
+
+
+def test_a_full_jacobian_with_a_wrong_cross_sample_block_fails():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh()).double()
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def full(f, x):
+        return torch.autograd.functional.jacobian(f, x)
+
+    def leaky(f, x):
+        j = torch.autograd.functional.jacobian(f, x).clone()
+        j[0, :, 1, :] += 5  # sample 1 moves sample 0: wrong where samples are independent
+        return j
+
+    assert jacverify.check_method(full, net, x).passed
+    report = jacverify.check_method(leaky, net, x)
+    assert not report.passed and "off the sample diagonal" in report["leaky"].reason
