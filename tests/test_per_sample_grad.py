@@ -229,7 +229,8 @@ def test_opacus_and_backpack_agree_with_the_references(layer):
     report = check_per_sample_grads(model, x, TARGETS, warm_timing=False)
     assert report.passed, report.failure_message()
     assert not report.mismatches
-    assert (str(report["opacus"].status), str(report["backpack"].status)) == LAYERS[layer]
+    assert (str(report["opacus"].status), str(report["backpack"].status)) == LAYERS[layer], (
+        report["opacus"].reason, report["backpack"].reason)
     assert report["batched_grad"].status == Status.AGREE
 
 

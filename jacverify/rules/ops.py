@@ -84,11 +84,19 @@ def op_database() -> list:
     Raises:
         InvalidArgument: the database cannot be imported (it needs ``expecttest``).
     """
+    import torch.backends
+
+    flags_were_free = not torch.backends.flags_frozen()
     try:
         from torch.testing._internal.common_methods_invocations import op_db
     except ImportError as e:
         raise InvalidArgument(f"torch's OpInfo database did not import ({e}); it needs "
                               "expecttest: pip install expecttest (or jacverify[ops])") from None
+    if flags_were_free and torch.backends.flags_frozen():
+        # Importing torch's test internals freezes the cudnn flags for the whole process
+        # (common_utils calls torch.backends.disable_global_flags()); anything later that sets
+        # them -- Opacus does -- would raise. Undo that side effect of the import.
+        torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
     return op_db
 
 
