@@ -283,8 +283,10 @@ def _unravel(flat: int, shapes: Sequence[tuple[int, ...]], what: str,
     raise IndexError(f"{what} index out of range")
 
 
-def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = None) -> Flat:
-    """The canonical form of ``case``, optionally of another version of its function or dtype.
+def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = None,
+            device: torch.device | None = None) -> Flat:
+    """The canonical form of ``case``, optionally of another version of its function, dtype or
+    device (the references' float64 copy on the CPU).
 
     Raises:
         FunctionRaised: the function failed on the case's inputs.
@@ -292,6 +294,7 @@ def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = 
     """
     fn = case.fn if fn is None else fn
     dtype = case.dtype if dtype is None else dtype
+    device = case.device if device is None else device
     axis, out_axis = case.batch_axis, case.out_batch_axis
     in_shapes = case.sample_shapes
     sizes = [math.prod(s) for s in in_shapes]
@@ -308,9 +311,11 @@ def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = 
         return torch.cat([_moved(o, out_axis, 0).reshape(b, -1) for o in out], dim=1)
 
     x = torch.cat(
-        [t.to(dtype).movedim(axis, 0).reshape(case.batch_size, -1) for t in case.inputs], dim=1
+        [t.to(device=device, dtype=dtype).movedim(axis, 0).reshape(case.batch_size, -1)
+         for t in case.inputs], dim=1
     )
-    out, differentiates = evaluate(fn, tuple(t.to(dtype, copy=True) for t in case.inputs))
+    out, differentiates = evaluate(fn, tuple(t.to(device=device, dtype=dtype, copy=True)
+                                             for t in case.inputs))
     names = tuple(str(k) for k in out) if isinstance(out, Mapping) else None
     outs = tuple(out.values()) if isinstance(out, Mapping) else \
         out if isinstance(out, (tuple, list)) else (out,)

@@ -216,24 +216,37 @@ def unstable_entries(fd: Reference, derivative_scale: torch.Tensor, flat: Flat) 
             "that uncertainty (NOTE [unstable finite differences])")
 
 
+# NOTE [references on the CPU]
+# The references run in float64 on the CPU whatever device the methods run on: a module is copied
+# there with `.to("cpu", torch.float64)`, a function is called on CPU float64 inputs. Every method
+# computed on a GPU is then compared with them -- the cross-device check: a kernel that is wrong
+# only on the device is a mismatch like any other. Where the function cannot run so (it closes over
+# device tensors, or keeps its own dtype), the references fall back to the case's device and dtype
+# and the report says so.
+CPU = torch.device("cpu")
+
+
 def _reference_version(case: Case, notes: list[str]) -> Flat | None:
-    """The case in float64: a module copied with ``.double()``, a function called on float64."""
-    if case.dtype == torch.float64:
+    """The case in float64 on the CPU (NOTE [references on the CPU]); None when the case is that
+    already, or when the function cannot run so (a note says which)."""
+    if case.dtype == torch.float64 and case.device.type == "cpu":
         return None
     fn = case.fn
     if isinstance(fn, torch.nn.Module):
-        fn = copy.deepcopy(fn).to(torch.float64)
+        fn = copy.deepcopy(fn).to(device=CPU, dtype=torch.float64)
     try:
-        ref = flatten(case, fn, torch.float64)
+        ref = flatten(case, fn, torch.float64, CPU)
         ok = ref.values(ref.x).dtype == torch.float64
     except (FunctionRaised, InvalidArgument, RuntimeError):
         ok = False
     if ok:
         return ref
+    where = "" if case.device.type == "cpu" else f" on {case.device}"
     notes.append(
-        f"references computed in {str(case.dtype).removeprefix('torch.')}: the function did not run "
-        "in float64 (pass an nn.Module, or a function that follows its input's dtype, to get "
-        "float64 references); finite-difference error bounds account for the lower precision"
+        f"references computed in {str(case.dtype).removeprefix('torch.')}{where}: the function "
+        "did not run in float64 on the CPU (pass an nn.Module, or a function that follows its "
+        "input's dtype and device, to get CPU float64 references); finite-difference error bounds "
+        "account for the lower precision"
     )
     return None
 

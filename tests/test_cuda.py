@@ -1,6 +1,6 @@
 """CUDA paths: checks, the fuzzers' cases, bench and the CLI on ``--device cuda``. They run where
 CUDA is available and skip with a reason elsewhere (CI has no GPU). Known gaps are declared, not
-hidden: see ``REFERENCES_ON_CPU``."""
+hidden."""
 
 from __future__ import annotations
 
@@ -34,18 +34,40 @@ def test_cuda_float32_methods_agree_with_float64_references():
     assert report.reference_dtype == torch.float64
 
 
-# NOTE: issue #18 asks for the references on the CPU in float64 and a cross-device check of the
-# device's Jacobian against them. The references here run in float64 on the case's device
-# (jacverify/references.py `_reference_version` copies the function in float64 where it is), so
-# this is a declared gap until the core moves them; strict, so that the fix is noticed.
-REFERENCES_ON_CPU = pytest.mark.xfail(strict=True, reason="references run on the case's device "
-                                      "(issue #18: CPU float64 references not built yet)")
-
-
-@REFERENCES_ON_CPU
 def test_references_run_on_the_cpu_in_float64():
+    # NOTE [references on the CPU]
     report = jacverify.check(_net(), torch.randn(4, 3), device="cuda")
-    assert report.reference.device.type == "cpu"
+    assert report.reference.device.type == "cpu" and report.reference_dtype == torch.float64
+
+
+class _WrongOnlyOnTheDevice(torch.autograd.Function):
+    @staticmethod
+    def forward(x):
+        return x.sin()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * x.cos() * (1.01 if x.is_cuda else 1.0)
+
+
+def test_a_backward_wrong_only_on_the_device_is_flagged_against_the_cpu():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return _WrongOnlyOnTheDevice.apply(self.a(x))
+
+    torch.manual_seed(0)
+    report = jacverify.check(Net(), torch.randn(4, 3), device="cuda", dtype=torch.float64,
+                             methods=["vmap_vjp", "loop_rows"])
+    assert report.verdict == "failed"
 
 
 def test_fuzz_draws_cuda_cases():
