@@ -187,6 +187,7 @@ class JacverifyFixture:
         from jacverify.rules import fuzz_batching_rule
 
         kwargs.setdefault("seed", self._defaults.get("seed", 0))
+        self.fuzzed = True
         report = fuzz_batching_rule(rule, **kwargs)
         if not report.passed:
             pytest.fail(report.describe(), pytrace=False)
@@ -217,8 +218,9 @@ def _record(nodeid: str, report: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def jacverify(request: pytest.FixtureRequest) -> JacverifyFixture:
-    """Check Jacobians in a test: ``jacverify.check(model, x)`` fails the test on a mismatch."""
+def jacverify(request: pytest.FixtureRequest):
+    """Check Jacobians in a test: ``jacverify.check(model, x)`` fails the test on a mismatch. A
+    test that takes the fixture and checks nothing gets a warning: it verified nothing."""
     config = request.config
     raw = {opt.dest: _option(config, opt.dest) for opt in options.OPTIONS}
     try:
@@ -228,7 +230,14 @@ def jacverify(request: pytest.FixtureRequest) -> JacverifyFixture:
     marker: dict[str, Any] = {}
     for mark in reversed(list(request.node.iter_markers("jacverify"))):
         marker.update(mark.kwargs)
-    return JacverifyFixture(defaults, marker, request.node.nodeid, config.stash[_RECORDS])
+    fixture = JacverifyFixture(defaults, marker, request.node.nodeid, config.stash[_RECORDS])
+    yield fixture
+    if not fixture.reports and not getattr(fixture, "fuzzed", False):
+        import warnings
+
+        warnings.warn(pytest.PytestWarning(
+            f"{request.node.nodeid} takes the jacverify fixture but ran no check: it verified "
+            "nothing"), stacklevel=1)
 
 
 # --- the session report: workers hand their records to the controller under pytest-xdist ---

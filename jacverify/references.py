@@ -326,7 +326,8 @@ def _trusted_references(loop_ref: Reference | None, fd: Reference, dtype: torch.
     if agreement.passed:
         return (loop_ref, fd), []
     finding = (
-        f"the float64 loop reference disagrees with finite differences (max abs error "
+        f"the {str(dtype).removeprefix('torch.')} loop reference disagrees with finite "
+        f"differences (max abs error "
         f"{agreement.max_abs_error:.3g} at {agreement.worst_index}: loop "
         f"{agreement.value_at_worst:.6g}, finite differences {agreement.reference_at_worst:.6g}), "
         f"beyond their error bound: {LOOP_DISAGREES}, so the loop is not trusted, every method "

@@ -274,3 +274,11 @@ def test_an_unwritable_report_path_is_a_usage_error_before_any_test(pytester):
                                            "--jacverify-report=/nonexistent-dir/out.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--jacverify-report '/nonexistent-dir/out.json'*does not exist*"])
+
+
+@pytest.mark.slow  # pytest in a subprocess
+def test_a_test_that_takes_the_fixture_and_checks_nothing_is_warned(pytester):
+    pytester.makepyfile(test_idle="def test_idle(jacverify):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*takes the jacverify fixture but ran no check*"])
