@@ -206,6 +206,9 @@ class Report:
             lines += self.describe_groups([r for r in self.results if r.status not in WRONG])
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"case: {self.case!r}")
+        defined = _defined_at(self.case.fn)
+        if defined:
+            lines.append(f"function: {defined}")
         lines.append(f"seed: {self.case.seed}")
         return "\n".join(lines)
 
@@ -342,3 +345,17 @@ def _per_sample_transform(flat: Flat | None, quantity: str) -> torch.Tensor | No
         return torch.stack(rows)
     except Exception:  # noqa: BLE001 - no evidence then; the hint says both candidates
         return None
+
+
+def _defined_at(fn: object) -> str | None:
+    """``Class (file:line)`` of the function or module checked, so a reader can rebuild it."""
+    import inspect
+
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn)
+    if target.__module__ in ("torch.nn.modules.container",) or target.__module__.startswith("torch."):
+        return None  # a torch container: the case's repr says what is in it
+    try:
+        where = f"{inspect.getsourcefile(target)}:{inspect.getsourcelines(target)[1]}"
+    except (OSError, TypeError):
+        where = target.__module__
+    return f"{target.__module__}.{target.__qualname__} ({where})"
