@@ -9,7 +9,7 @@ import torch
 
 from jacverify.errors import InvalidArgument
 
-__all__ = ["Reference", "Comparison", "Scales", "compare", "tolerances", "DEFAULT_RTOL",
+__all__ = ["Reference", "Comparison", "Scales", "Tolerances", "compare", "tolerances", "DEFAULT_RTOL",
            "FD_SAFETY", "ROUNDING_SAFETY", "row_size"]
 
 # NOTE [tolerances]
@@ -56,26 +56,51 @@ FD_SAFETY = 2.0
 ROUNDING_SAFETY = 8.0
 
 
-def tolerances(overrides: Mapping[torch.dtype, float] | float | None = None
-               ) -> dict[torch.dtype, float]:
+class Tolerances(dict):
+    """The rtol per dtype (a dict), with ``gradcheck``'s two other knobs: ``atol``, an absolute
+    allowance added to every entry's, and ``eps``, a finite-difference step replacing the one NOTE
+    [finite-difference error estimate] chooses (None: that one)."""
+
+    atol: float = 0.0
+    eps: float | None = None
+
+
+def tolerances(overrides: Mapping[torch.dtype, float] | float | None = None, *,
+               atol: float = 0.0, eps: float | None = None) -> Tolerances:
     """The rtol per dtype: the defaults with ``overrides`` merged in (a plain number, as
-    ``gradcheck``'s ``rtol``, applies to every dtype).
+    ``gradcheck``'s ``rtol``, applies to every dtype); ``atol`` and ``eps`` as ``gradcheck``'s.
 
     Args:
         overrides: None, a positive number, or {floating torch.dtype: positive number}.
+        atol: an absolute error allowed on top of NOTE [tolerances]'s, for every entry (>= 0).
+        eps: the finite-difference step for every input entry (> 0), or None for NOTE
+            [finite-difference error estimate]'s own.
 
     Returns:
-        {dtype: rtol} for float64, float32, float16, bfloat16 and any dtype overridden.
+        A :class:`Tolerances`: {dtype: rtol} for float64, float32, float16, bfloat16 and any
+        dtype overridden, with ``.atol`` and ``.eps``.
 
     Raises:
-        InvalidArgument: a key that is not a floating dtype, or a value that is not positive.
+        InvalidArgument: a key that is not a floating dtype, a value that is not positive, a
+            negative ``atol`` or a non-positive ``eps``.
 
     >>> tolerances({torch.float32: 1e-3})[torch.float32]
     0.001
-    >>> tolerances(1e-3)[torch.float64]
-    0.001
+    >>> t = tolerances(1e-3, atol=1e-6, eps=1e-4)
+    >>> t[torch.float64], t.atol, t.eps
+    (0.001, 1e-06, 0.0001)
     """
-    merged = dict(DEFAULT_RTOL)
+    from jacverify import validation
+
+    if isinstance(overrides, Tolerances):  # already built: keep its atol and eps unless given
+        atol = atol or overrides.atol
+        eps = eps if eps is not None else overrides.eps
+    merged = Tolerances(DEFAULT_RTOL)
+    merged.atol = validation.check_number("atol", atol, positive=False)
+    if merged.atol < 0:
+        raise validation.invalid("atol", atol, "a number >= 0")
+    merged.eps = None if eps is None else validation.check_number(
+        "eps", eps, fix="the finite-difference step, or None for jacverify's own")
     if isinstance(overrides, (int, float)) and not isinstance(overrides, bool):
         overrides = dict.fromkeys(DEFAULT_RTOL, overrides)
     if overrides is not None and not isinstance(overrides, Mapping):
@@ -197,12 +222,16 @@ def compare(
         allowed = allowed + FD_SAFETY * reference.error.to(r)
     if _largest(rounding):
         allowed = allowed + ROUNDING_SAFETY * _per_sample(rounding, r)
+    atol = getattr(rtols, "atol", 0.0)
+    if atol:
+        allowed = allowed + atol
     diff = (v - r).abs()
     diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
     ratio = diff / allowed.clamp(min=torch.finfo(r.dtype).tiny)
     worst = tuple(int(i) for i in torch.unravel_index(ratio.argmax(), r.shape))
     max_abs = float(diff.max())
-    row_name = "sum |J||v| of the entry" if reference.magnitude is not None else "max|ref| of its row"
+    row_name = ("sum |J||v| of the entry" if reference.magnitude is not None
+                else "max|ref| of its row or column, the smaller")
     rule = f"|value - ref| <= rtol * (|ref| + {row_name}"
     d = derivative_scale
     rule += (" + d of its sample)" if isinstance(d, torch.Tensor) and d.numel() > 1
@@ -212,6 +241,7 @@ def compare(
     rule += f" + {FD_SAFETY:g} * fd_error" if reference.error is not None else ""
     rule += (f" + {ROUNDING_SAFETY:g} * measured rounding (up to {_largest(rounding):.2g})"
              if _largest(rounding) else "")
+    rule += f" + atol {atol:.2g}" if atol else ""
     source = "sqrt(eps)" if rtol == DEFAULT_RTOL.get(dt) else "override"
     rule += f", rtol={rtol:.2g} ({source} of {str(dt).removeprefix('torch.')})"
     return Comparison(

@@ -44,7 +44,9 @@ def check(
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
-    rtol: Mapping[torch.dtype, float] | None = None,
+    rtol: Mapping[torch.dtype, float] | float | None = None,
+    atol: float = 0.0,
+    eps: float | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
     time_budget: float | None = DEFAULT_TIME_BUDGET,
     extra_methods: Sequence[Method] = (),
@@ -64,7 +66,11 @@ def check(
         batch_axis, out_batch_axis: the batch axis of the inputs and of the outputs.
         dtype, device: where the methods run (references run in float64 where possible).
         seed: seeds the coupling probes; printed in the report.
-        rtol: per-dtype overrides merged into NOTE [tolerances]'s defaults.
+        rtol: a number for every dtype, or per-dtype overrides merged into NOTE [tolerances]'s
+            defaults.
+        atol: an absolute error allowed on top of the rule, for every entry (``gradcheck``'s).
+        eps: the finite-difference step for every input entry (``gradcheck``'s); None chooses it
+            per NOTE [finite-difference error estimate].
         max_memory: bytes a method may materialise; larger methods are ``not_applicable``.
         time_budget: seconds the references may be estimated to take (NOTE [cost estimate]);
             over it the check is refused with ``JacobianTooLarge`` before it starts. None: no limit.
@@ -93,18 +99,20 @@ def check(
     """
     return _run_check(fn, inputs, methods=methods, batch_axis=batch_axis,
                       out_batch_axis=out_batch_axis, dtype=dtype, device=device, seed=seed,
-                      rtol=rtol, max_memory=max_memory, time_budget=time_budget,
+                      rtol=rtol, atol=atol, eps=eps, max_memory=max_memory,
+                      time_budget=time_budget,
                       extra_methods=extra_methods,
                       warm_timing=warm_timing, verification=verification, probes=probes)
 
 
 def _run_check(fn, inputs, *, methods, batch_axis, out_batch_axis, dtype, device, seed, rtol,
+               atol, eps,
                max_memory, time_budget, extra_methods, warm_timing, verification, probes,
                required: tuple[str, ...] = (),
                on_case: Callable[[Case], None] | None = None) -> Report:
     chosen = get_methods(methods) + tuple(extra_methods)
     validation.check_methods_selected(methods, chosen)
-    rtols = tolerances(rtol)
+    rtols = tolerances(rtol, atol=atol, eps=eps)
     max_memory = int(validation.check_number("max_memory", max_memory,
                                              fix="a number of bytes, e.g. 2**30"))
     validation.check_choice("verification", verification, ("full", "projection"))

@@ -97,6 +97,25 @@ def _seconds(text: str) -> float | None:
     return value
 
 
+def _nonnegative(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"{name} {text!r} must be a number >= 0")
+        return value
+    return parse
+
+
+def _step(text: str) -> float:
+    value = _nonnegative("eps")(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"eps {text!r} must be a positive step")
+    return value
+
+
 def _verification(text: str) -> str:
     if text not in ("full", "projection"):
         raise argparse.ArgumentTypeError(f"verification {text!r} must be 'full' or 'projection'")
@@ -124,6 +143,10 @@ OPTIONS: tuple[Option, ...] = (
            metavar="INT", parse=_seed),
     Option("max-memory", "bytes one method or reference may materialise, e.g. 2**30 or 512MiB "
            "(default: 2**30)", metavar="BYTES", parse=_bytes),
+    Option("atol", "absolute error allowed on top of the tolerance rule, as gradcheck's atol "
+           "(default: 0)", metavar="A", parse=_nonnegative("atol")),
+    Option("eps", "finite-difference step for every input entry, as gradcheck's eps (default: "
+           "chosen per entry)", metavar="H", parse=_step),
     Option("time-budget", "seconds the references of one check may be estimated to take; over it "
            "the check is refused before it starts (default: 600; none: no estimate)",
            metavar="S", parse=_seconds),
@@ -164,7 +187,7 @@ def _typed(opt: Option) -> Callable[[str], Any] | None:
     """Options parsed at once by argparse (a usage error naming the option); the rest (methods,
     dtype, device: their checks import torch) are parsed by :func:`resolve`."""
     return opt.parse if opt.name in ("seed", "max-memory", "time-budget", "verification",
-                                     "probes") else None
+                                     "probes", "atol", "eps") else None
 
 
 def add_to_pytest(group: Any, parser: Any) -> None:

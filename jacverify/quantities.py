@@ -108,6 +108,7 @@ _SHARED_DOC = {
         dtype, device: where the methods run (references run in float64 where possible).
         seed: seeds the coupling probes; printed in the report.
         rtol: a number for every dtype, or per-dtype overrides of NOTE [tolerances].
+        atol, eps: ``gradcheck``'s absolute tolerance and finite-difference step.
         max_memory: bytes a method or reference may materialise.
         warm_timing: time a quick method twice and keep the faster (NOTE [check timings]).
         time_budget: seconds the references may be estimated to take (NOTE [cost estimate]).""",
@@ -194,6 +195,7 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
                methods: Sequence[str] | None = None, dtype: torch.dtype | None = None,
                device: str | torch.device | None = None, seed: int = 0,
                rtol: Mapping[torch.dtype, float] | None = None,
+               atol: float = 0.0, eps: float | None = None,
                max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True,
                time_budget: float | None = DEFAULT_TIME_BUDGET,
                scaling: Sequence[int] = SCALING, extra_methods: Sequence[Method] = ()) -> Report:
@@ -227,7 +229,8 @@ def check_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     case = make_case(AtPoint(fn), x.unsqueeze(0), dtype=dtype, device=device, seed=seed)
     return _run_quantity(case, "jvp_set", vec, _linear("bmn,kn->km"),
                          lambda flat: (len(vec), flat.n_out),
-                         ("vector", "output"), "set", methods, rtol, max_memory, warm_timing,
+                         ("vector", "output"), "set", methods, tolerances(rtol, atol=atol, eps=eps),
+                         max_memory, warm_timing,
                          time_budget, scaling, extra_methods)
 
 
@@ -236,6 +239,7 @@ def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
                methods: Sequence[str] | None = None, dtype: torch.dtype | None = None,
                device: str | torch.device | None = None, seed: int = 0,
                rtol: Mapping[torch.dtype, float] | None = None,
+               atol: float = 0.0, eps: float | None = None,
                max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True,
                time_budget: float | None = DEFAULT_TIME_BUDGET,
                scaling: Sequence[int] = SCALING, extra_methods: Sequence[Method] = ()) -> Report:
@@ -268,7 +272,8 @@ def check_vjps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, *,
     vec = vector_rows("vectors", vectors, out_shape, "cotangent")
     return _run_quantity(case, "vjp_set", vec, _linear("bmn,km->kn"),
                          lambda flat: (len(vec), flat.n_in), ("vector", "input"), None, methods,
-                         rtol, max_memory, warm_timing, time_budget, scaling, extra_methods)
+                         tolerances(rtol, atol=atol, eps=eps), max_memory, warm_timing, time_budget, scaling,
+                         extra_methods)
 
 
 @_documented
@@ -277,6 +282,7 @@ def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, 
                           dtype: torch.dtype | None = None,
                           device: str | torch.device | None = None, seed: int = 0,
                           rtol: Mapping[torch.dtype, float] | None = None,
+                          atol: float = 0.0, eps: float | None = None,
                           max_memory: int = DEFAULT_MAX_MEMORY,
                           warm_timing: bool = True,
                           time_budget: float | None = DEFAULT_TIME_BUDGET,
@@ -309,7 +315,8 @@ def check_per_sample_jvps(fn: Callable, x: torch.Tensor, vectors: torch.Tensor, 
     case = make_case(fn, x, batch_axis=batch_axis, dtype=dtype, device=device, seed=seed)
     vec = vectors.movedim(case.batch_axis, 0).reshape(case.batch_size, -1)
     return _run_quantity(case, "per_sample_jvp", vec, _linear("bmn,bn->bm"),
-                         lambda flat: (flat.batch_size, flat.n_out), ("sample", "output"), "per_sample", methods, rtol,
+                         lambda flat: (flat.batch_size, flat.n_out), ("sample", "output"), "per_sample", methods,
+                         tolerances(rtol, atol=atol, eps=eps),
                          max_memory, warm_timing, time_budget, extra_methods=extra_methods)
 
 
@@ -430,6 +437,7 @@ def check_hessians(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
                    methods: Sequence[str] | None = None, dtype: torch.dtype | None = None,
                    device: str | torch.device | None = None, seed: int = 0,
                    rtol: Mapping[torch.dtype, float] | None = None,
+                   atol: float = 0.0, eps: float | None = None,
                    max_memory: int = DEFAULT_MAX_MEMORY, warm_timing: bool = True,
                    time_budget: float | None = DEFAULT_TIME_BUDGET,
                    extra_methods: Sequence[Method] = ()) -> Report:
@@ -454,7 +462,8 @@ def check_hessians(fn: Callable, x: torch.Tensor, *, batch_axis: int = 0,
     >>> report.passed, report.reference.shape
     (True, torch.Size([4, 1, 2, 2]))
     """
-    return _second_order(fn, x, "hessian", False, batch_axis, methods, dtype, device, seed, rtol,
+    return _second_order(fn, x, "hessian", False, batch_axis, methods, dtype, device, seed,
+                         tolerances(rtol, atol=atol, eps=eps),
                          max_memory, warm_timing, time_budget, extra_methods=extra_methods)
 
 
@@ -464,6 +473,7 @@ def check_hessian_diagonals(fn: Callable, x: torch.Tensor, *, batch_axis: int = 
                             dtype: torch.dtype | None = None,
                             device: str | torch.device | None = None, seed: int = 0,
                             rtol: Mapping[torch.dtype, float] | None = None,
+                            atol: float = 0.0, eps: float | None = None,
                             max_memory: int = DEFAULT_MAX_MEMORY,
                             warm_timing: bool = True,
                             time_budget: float | None = DEFAULT_TIME_BUDGET,
@@ -487,7 +497,8 @@ def check_hessian_diagonals(fn: Callable, x: torch.Tensor, *, batch_axis: int = 
     (True, ['loop', 'vmap_hessian', 'forward_over_reverse'])
     """
     return _second_order(fn, x, "hessian_diagonal", True, batch_axis, methods, dtype, device, seed,
-                         rtol, max_memory, warm_timing, time_budget, extra_methods)
+                         tolerances(rtol, atol=atol, eps=eps), max_memory, warm_timing, time_budget,
+                         extra_methods)
 
 
 RANDOM_VECTORS = 3  # vectors drawn for the set quantities when none are given

@@ -159,7 +159,8 @@ def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None)
     pre = prechecked(case)
     within_time_budget(pre.ref_flat, pre.coupling.coupled, time_budget)
     notes, ref_flat = list(pre.notes), pre.ref_flat
-    fd_value, fd_error = finite_differences(ref_flat, independent=not pre.coupling.coupled)
+    fd_value, fd_error = finite_differences(ref_flat, independent=not pre.coupling.coupled,
+                                            step=getattr(rtols, "eps", None))
     fd = Reference("finite_differences", fd_value, fd_error)
     unstable = unstable_entries(fd, _derivative_scale(ref_flat), ref_flat)
     if unstable:

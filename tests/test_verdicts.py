@@ -461,3 +461,16 @@ def test_float32_cancellation_is_still_allowed_as_rounding():
     x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
     x[1] = x[0] + 1e-3  # two close samples: float32 loses digits in x - mean
     assert jacverify.check(bn, x, methods=["loop", "batched_grad_per_sample"]).passed
+
+
+def test_gradcheck_style_atol_and_eps_are_accepted_and_shown():
+    report = jacverify.check(torch.sin, _x(3, 2), methods=["loop"], atol=1e-3, eps=1e-4)
+    assert report.passed and "+ atol 0.001" in report["loop"].worst.tolerance
+    with pytest.raises(jacverify.InvalidArgument, match=r"atol=-1 \(type=int\) must be"):
+        jacverify.check(torch.sin, _x(3, 2), atol=-1)
+    with pytest.raises(jacverify.InvalidArgument, match=r"eps=0 \(type=int\) must be"):
+        jacverify.check(torch.sin, _x(3, 2), eps=0)
+    # a wrong entry larger than atol is still flagged
+    wrong = jacverify.check_method(lambda f, x: torch.diag_embed(x.cos()) + 1e-2, torch.sin,
+                                   _x(3, 2), atol=1e-3)
+    assert wrong.verdict == Verdict.FAILED

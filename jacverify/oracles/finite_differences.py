@@ -44,18 +44,20 @@ def fd_step(x: torch.Tensor) -> torch.Tensor:
     return base * torch.exp2(torch.ceil(torch.log2(torch.clamp(x.abs(), min=1.0))))
 
 
-def finite_differences(flat: Flat, independent: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def finite_differences(flat: Flat, independent: bool,
+                       step: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-sample Jacobian (B, M, N) and an elementwise bound on its error.
 
     Perturbs one input entry at a time. When samples interact it perturbs one sample at a time
     (B x N x 6 evaluations) and keeps only that sample's outputs, so it stays the per-sample truth;
     when the coupling check found them independent it perturbs entry j of every sample at once
-    (N x 6 evaluations), which is exact then.
+    (N x 6 evaluations), which is exact then. ``step`` replaces the largest step h of every entry
+    (``gradcheck``'s ``eps``); the error bound is computed the same way.
     """
     x, fn = flat.x.detach(), flat.values  # NOTE [values only]
     b, n, m = flat.batch_size, flat.n_in, flat.n_out
     eps = torch.finfo(x.dtype).eps
-    steps = fd_step(x)
+    steps = fd_step(x) if step is None else torch.full_like(x, step)
     value = x.new_zeros(b, m, n)
     error = x.new_zeros(b, m, n)
     groups = [slice(None)] if independent else [slice(i, i + 1) for i in range(b)]
