@@ -129,33 +129,76 @@ def write_html(path: str | Path, outcomes: list[Outcome], header: str) -> None:
     Path(path).write_text(page)
 
 
-def _sweep_plot(name: str, cases, axis: str) -> str:
-    """Median time against the swept size, one line per method, log-log."""
+SWEEP_LINES = 8  # methods drawn in colour on a sweep plot: the fastest at the largest size
+
+
+def sweep_figure(name: str, cases, axis: str):
+    """Median time against the swept size: ``auto`` in black, the SWEEP_LINES fastest methods at
+    the largest size in distinct colours, every other method as one grey family; ticks at the
+    swept sizes, in plain numbers (a matplotlib Figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    methods = dict.fromkeys(r.method for c in cases for r in c.results)
-    colors = plt.get_cmap("tab20").colors  # 20 distinct colours, then a second line style
-    for i, method in enumerate(methods):
-        points = [(c.params[axis], r.time_s) for c in cases for r in c.results
-                  if r.method == method and r.time_s and r.status == "agree"]
-        if points:
-            style = {"linewidth": 3, "color": "black"} if method == "auto" else {
-                "color": colors[i % 20], "linestyle": "-" if i % 2 == 0 else "--"}
-            ax.plot(*zip(*points), marker="o", markersize=4, label=method, **style)
+    series = {}
+    for c in cases:
+        for r in c.results:
+            if r.time_s and r.status == "agree":
+                series.setdefault(r.method, []).append((c.params[axis], r.time_s))
+    largest = max((c.params[axis] for c in cases), default=None)
+    ranked = sorted((m for m in series if m != "auto"),
+                    key=lambda m: dict(series[m]).get(largest, float("inf")))
+    shown, rest = ranked[:SWEEP_LINES], ranked[SWEEP_LINES:]
+    colors = plt.get_cmap("tab10").colors
+    for i, method in enumerate(shown):
+        ax.plot(*zip(*sorted(series[method])), marker="o", markersize=4, color=colors[i % 10],
+                label=method)
+    for k, method in enumerate(rest):
+        ax.plot(*zip(*sorted(series[method])), color="0.75", linewidth=0.8,
+                label=f"{len(rest)} slower methods" if k == 0 else None)
+    if "auto" in series:
+        ax.plot(*zip(*sorted(series["auto"])), marker="o", linewidth=3, color="black", label="auto")
+    sizes = sorted({c.params[axis] for c in cases})
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(f"{axis} (log scale)")
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel(f"{axis} (log scale; ticks at the sizes measured)")
     ax.set_ylabel("median time (s, log scale)")
-    ax.set_title(f"time against {axis} per method ({name} sweep)")
+    ax.set_title(f"time against {axis} per method ({name} sweep, {len(sizes)} sizes)")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return _png(fig)
+    fig.tight_layout()
+    return fig
+
+
+def _sweep_plot(name: str, cases, axis: str) -> str:
+    return _png(sweep_figure(name, cases, axis))
 
 
 _SWEPT = {"batch": "batch", "inputs": "in", "outputs": "out"}
+
+
+def _auto_ratio(case) -> str:
+    best = case.fastest
+    auto = next((r for r in case.results if r.method == "auto"), None)
+    if not (best and auto and best.time_s and auto.time_s):
+        return ""
+    return f"{auto.time_s / best.time_s:.2f}"
+
+
+_BENCH_SUMMARY = (
+    Column("case", lambda c, _: c.name),
+    Column("fastest correct", lambda c, _: c.fastest.method if c.fastest else "-"),
+    Column("its median ms", lambda c, _: _fmt(c.fastest.time_s * 1e3) if c.fastest and
+           c.fastest.time_s else "", "right"),
+    Column("auto / fastest", lambda c, _: _auto_ratio(c), "right"),
+    Column("slow methods (over 10x the fastest)", lambda c, _: ", ".join(
+        r.method for r in c.results if r.pathology), wrap=True),
+)
 
 
 def write_bench_html(path: str | Path, run) -> None:
@@ -167,19 +210,13 @@ def write_bench_html(path: str | Path, run) -> None:
         axis = _SWEPT.get(name, "batch")
         parts.append(f"<h2>sweep: {e(name)}</h2><img alt='time against {axis}' "
                      f"src='{_sweep_plot(name, cases, axis)}'>")
+    from jacverify.bench_render import BENCH_COLUMNS
+
+    parts.insert(1, "<section class='summary'><h2>Summary</h2>"
+                 + html_table(_BENCH_SUMMARY, run.cases, css_class="summary") + "</section>")
     for c in run.cases:
-        rows = ["<tr><th>method</th><th>status</th><th>median ms</th><th>IQR ms</th>"
-                "<th>peak KiB</th><th>x forward</th><th>vs loop</th><th>note</th></tr>"]
-        for r in sorted(c.results, key=lambda r: (r.time_s is None, r.time_s or 0.0)):
-            t = r.timing
-            rows.append(
-                f"<tr><td>{e(r.method)}</td><td class='{r.status}'>{r.status}</td>"
-                f"<td>{_fmt(t.median * 1e3 if t else None)}</td>"
-                f"<td>{_fmt(t.iqr * 1e3 if t else None)}</td>"
-                f"<td>{_fmt(r.peak_bytes / 1024 if r.peak_bytes is not None else None)}</td>"
-                f"<td>{_fmt(r.forward_ratio)}</td><td>{_fmt(r.speedup_vs_loop)}</td>"
-                f"<td>{e(r.pathology or r.reason or '')}</td></tr>")
-        parts.append(f"<h2>{e(c.name)}</h2><table>{''.join(rows)}</table>")
+        rows = sorted(c.results, key=lambda r: (r.time_s is None, r.time_s or 0.0))
+        parts.append(f"<h2>{e(c.name)} (times in ms)</h2>" + html_table(BENCH_COLUMNS, rows, c))
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>jacverify bench</title>"
         f"<style>{_CSS}</style></head><body><h1>jacverify bench</h1>{''.join(parts)}"

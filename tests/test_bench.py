@@ -194,6 +194,8 @@ def test_cli_bench_quick_suite_writes_table_json_and_plot(tmp_path):
     assert any(b["group"].startswith("sweep:batch") for b in doc["benchmarks"])
     page = out_html.read_text()
     assert page.count("<img alt='time against batch'") == 1 and "data:image/png;base64," in page
+    assert page.index("<h2>Summary</h2>") < page.index("<h2>sweep:")  # the verdicts first
+    assert "<table class='summary'>" in page and "auto / fastest" in page
     # pytest-benchmark itself reads the saved run
     pytest.importorskip("pytest_benchmark")
     compared = subprocess.run(
@@ -269,3 +271,21 @@ def test_cli_bench_compares_against_a_saved_run(tmp_path):
     bad = subprocess.run(base + ["--compare", str(tmp_path / "missing.json")], capture_output=True,
                          text=True, timeout=600)
     assert bad.returncode == 2 and "is not a run saved by jacverify bench" in bad.stderr
+
+
+def test_a_sweep_plot_has_a_legend_few_colours_and_plain_ticks_at_the_sizes():
+    from types import SimpleNamespace
+
+    from jacverify.html_report import SWEEP_LINES, sweep_figure
+
+    methods = [f"m{i}" for i in range(12)] + ["auto"]
+    cases = [SimpleNamespace(params={"batch": b}, results=[
+        SimpleNamespace(method=m, status="agree", time_s=(i + 1) * b * 1e-4)
+        for i, m in enumerate(methods)]) for b in (1, 4, 16)]
+    fig = sweep_figure("batch", cases, "batch")
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:SWEEP_LINES] == [f"m{i}" for i in range(SWEEP_LINES)]  # fastest first
+    assert "4 slower methods" in labels and labels[-1] == "auto"
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4", "16"]

@@ -305,6 +305,21 @@ def test_html_report_renders_tables_and_images_in_a_real_browser(tmp_path):
     assert "sample " in dom and "tolerance: |value - ref|" in dom
 
 
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                    reason="chromium is not installed (.ci/run installs it; under CI this fails)")
+def test_bench_html_renders_its_summary_and_sweep_plot_in_a_real_browser(tmp_path):
+    page = tmp_path / "bench.html"
+    result = run("bench", "--suite", "quick", "--min-seconds", "0.01", "--no-memory", "--html",
+                 str(page))
+    assert result.returncode == 0, result.stdout + result.stderr
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+         "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-images-rendered="1"' in dom and 'data-images-total="1"' in dom
+    assert dom.index("<h2>Summary</h2>") < dom.index("<h2>sweep: batch</h2>")
+    assert dom.count("<table class=\"results\">") == 2  # one per case
+
+
 def test_quantity_option_dispatches_to_the_right_check():
     hessian = run("check", "--quiet", "--quantity", "hessian", str(EXAMPLES / "mlp.py"))
     assert hessian.returncode == 0 and "MLP: PASSED (9/9 agree" in hessian.stdout
