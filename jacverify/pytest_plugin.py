@@ -121,9 +121,10 @@ class JacverifyFixture:
     """
 
     def __init__(self, defaults: dict[str, Any], marker: dict[str, Any], nodeid: str,
-                 records: list[dict[str, Any]]) -> None:
+                 records: list[dict[str, Any]], root: str | None = None) -> None:
         self._defaults, self._marker = defaults, marker
         self._nodeid, self._records = nodeid, records
+        self._root = root
         self.reports: list[Any] = []
 
     def _options(self, call: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
@@ -203,7 +204,21 @@ class JacverifyFixture:
         message = report.failure_message() if not report.passed else ""
         for r in problems:
             message += f"\nasked-for method {report.describe(r)}"
+        replay = self._replay(report)
+        if replay:
+            message += f"\nreplay (saved module and inputs):\n{replay}"
         pytest.fail(message.strip(), pytrace=False)
+
+    def _replay(self, report: Any) -> str | None:
+        """Save the failing case under .jacverify/replays/ of the rootdir; the code to replay it."""
+        import hashlib
+        import os
+
+        if self._root is None:
+            return None
+        digest = hashlib.sha1(f"{self._nodeid}:{len(self.reports)}".encode()).hexdigest()[:12]
+        return report.save_replay(os.path.join(self._root, ".jacverify", "replays",
+                                               f"{digest}.pt"))
 
 
 def _keywords_of(fn: Any) -> set[str]:
@@ -230,7 +245,8 @@ def jacverify(request: pytest.FixtureRequest):
     marker: dict[str, Any] = {}
     for mark in reversed(list(request.node.iter_markers("jacverify"))):
         marker.update(mark.kwargs)
-    fixture = JacverifyFixture(defaults, marker, request.node.nodeid, config.stash[_RECORDS])
+    fixture = JacverifyFixture(defaults, marker, request.node.nodeid, config.stash[_RECORDS],
+                               str(config.rootpath))
     yield fixture
     if not fixture.reports and not getattr(fixture, "fuzzed", False):
         import warnings

@@ -212,6 +212,38 @@ class Report:
         lines.append(f"seed: {self.case.seed}")
         return "\n".join(lines)
 
+    def save_replay(self, path: str) -> str | None:
+        """Save what re-runs this check -- the function (a module, pickled with its weights) and
+        the exact inputs -- to ``path`` with ``torch.save``, and return the code that replays it;
+        None when the function cannot be saved (a lambda, a closure).
+
+        Returns:
+            Python that loads ``path`` and runs the same check, or None.
+
+        Raises:
+            Nothing: a function that cannot be pickled gives None.
+        """
+        import os
+
+        case = self.case
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            torch.save({"fn": case.fn, "inputs": case.inputs}, path)
+        except Exception:  # noqa: BLE001 - a lambda or closure cannot be pickled: no replay
+            return None
+        runs = {"batch_jacobian": "check", "hessian": "check_hessians",
+                "hessian_diagonal": "check_hessian_diagonals"}.get(self.quantity)
+        if runs is None:  # the vector quantities would need their vectors too
+            return None
+        names = [r.method for r in self.results if r.mode != "user"]
+        methods = f", methods={names!r}" if names else ""
+        return ("import torch, jacverify\n"
+                f"saved = torch.load({path!r}, weights_only=False)  # the function and inputs\n"
+                f"report = jacverify.{runs}(saved['fn'], saved['inputs']"
+                f"{'' if runs == 'check' else '[0]'}, batch_axis={case.batch_axis}, "
+                f"dtype={case.dtype}, seed={case.seed}{methods})\n"
+                "print(report.failure_message())")
+
     def headline(self) -> str:
         """One sentence: the verdict and why."""
         v = self.verdict

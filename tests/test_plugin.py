@@ -92,6 +92,8 @@ def test_a_failing_downstream_test_shows_the_report(pytester):
         "output) + 2 * fd_error, rtol=0.00035 (sqrt(eps) of float32)",
         "case: jacverify.make_case(Sequential(...), (torch.randn(6, 5),), *seed=0)",
         "seed: 0",
+        "replay (saved module and inputs):",
+        "saved = torch.load(*.jacverify/replays/*.pt*",
     ])
     result.stdout.fnmatch_lines([
         "*jacverify: batch_jacobian: FAILED: 1 method(s) disagree with the loop and finite_differences*",

@@ -474,3 +474,21 @@ def test_gradcheck_style_atol_and_eps_are_accepted_and_shown():
     wrong = jacverify.check_method(lambda f, x: torch.diag_embed(x.cos()) + 1e-2, torch.sin,
                                    _x(3, 2), atol=1e-3)
     assert wrong.verdict == Verdict.FAILED
+
+
+def test_a_saved_replay_reruns_the_same_failing_check(tmp_path):
+    import subprocess
+    import sys
+
+    from jacverify.examples import twins
+
+    torch.manual_seed(0)
+    report = jacverify.check(twins.cube_net(twins.CubeWrongBackward), torch.randn(4, 5),
+                             methods=["vmap_vjp"])
+    code = report.save_replay(str(tmp_path / "case.pt"))
+    assert "methods=['vmap_vjp']" in code
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("jacverify: batch_jacobian: FAILED: 1 method(s) disagree")
+    assert jacverify.check(lambda x: x.sin(), _x(2, 2)).save_replay(str(tmp_path / "l.pt")) is None
