@@ -64,6 +64,9 @@ def run_fuzz_rules(args: argparse.Namespace, usage: type[Exception]) -> int:
         style = {"passed": "green", "failed": "bold red"}.get(str(r.verdict), "yellow")
         table.add_row(r.target, f"[{style}]{r.verdict}[/]", *cells)
     out.print(table)
+    for r in reports:
+        for check, why in r.unsupported.items():
+            out.print(f"{r.target} {check}: unsupported: {why}", markup=False)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(document("fuzz-rules", **shard_body(args.shard, total),
@@ -77,6 +80,7 @@ def run_fuzz_rules(args: argparse.Namespace, usage: type[Exception]) -> int:
 def _rule_json(r) -> dict:
     return {"rule": r.target, "verdict": str(r.verdict), "passed": r.passed,
             "examples": r.examples, "verified": r.verified, "rejected": r.rejected,
+            "unsupported": dict(r.unsupported),
             "seconds": r.seconds, "seed": r.seed, "counts": r.counts, "failed_at": r.failed_at,
             "failure": None if r.failure is None else {
                 "example": repr(r.failure.example), "snippet": r.failure.snippet,

@@ -79,7 +79,8 @@ RESULT_COLUMNS: tuple[Column, ...] = (
     Column("worst entry (in your shapes)", _where, terminal=False),
     Column("time", lambda r, _: "" if r.time_s is None else f"{r.time_s * 1e3:.2f} ms", "right"),
     Column("vs loop", _speed, "right", optional=True),
-    Column("reason", lambda r, _: r.reason or "", terminal=False),
+    # reasons are shown once per group of methods, in the details under the table
+    Column("reason", lambda r, _: r.reason or "", terminal=False, page=False),
 )
 
 

@@ -34,6 +34,12 @@ def _png(fig) -> str:
 
 
 def _plots(report: Report, title: str) -> list[tuple[str, str]]:
+    return [(alt, _png(fig)) for alt, fig in plot_figures(report, title)]
+
+
+def plot_figures(report: Report, title: str) -> list:
+    """(alt text, matplotlib Figure) for the time per method and the error against tolerance,
+    each with a legend outside its axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +60,7 @@ def _plots(report: Report, title: str) -> list[tuple[str, str]]:
         ax.set_xlabel("time (ms, log scale)")
         ax.invert_yaxis()
         ax.set_title(f"{title}: time per method")
-        out.append((f"time per method for {title}", _png(fig)))
+        out.append((f"time per method for {title}", fig))
     compared = [r for r in report.results if r.worst is not None]
     if compared:
         fig, ax = plt.subplots(figsize=(7, 0.3 * len(compared) + 1))
@@ -69,7 +75,7 @@ def _plots(report: Report, title: str) -> list[tuple[str, str]]:
         ax.invert_yaxis()
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: hides no point
         ax.set_title(f"{title}: error against tolerance")
-        out.append((f"error against tolerance for {title}", _png(fig)))
+        out.append((f"error against tolerance for {title}", fig))
     return out
 
 

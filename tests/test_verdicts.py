@@ -492,3 +492,16 @@ def test_a_saved_replay_reruns_the_same_failing_check(tmp_path):
     assert again.returncode == 0, again.stderr
     assert again.stdout.startswith("jacverify: batch_jacobian: FAILED: 1 method(s) disagree")
     assert jacverify.check(lambda x: x.sin(), _x(2, 2)).save_replay(str(tmp_path / "l.pt")) is None
+
+
+def test_the_check_page_plots_carry_legends():
+    from jacverify.examples import twins
+    from jacverify.html_report import plot_figures
+
+    report = jacverify.check(twins.cube_net(twins.CubeWrongBackward), torch.randn(4, 5),
+                             methods=["vmap_vjp", "vmap_jacfwd"])
+    figures = dict(plot_figures(report, "cube"))
+    legends = {alt.split(" for ")[0]: [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+               for alt, fig in figures.items()}
+    assert legends == {"time per method": ["agrees", "wrong (mismatch)"],
+                       "error against tolerance": ["max abs error", "tolerance at the worst entry"]}

@@ -50,6 +50,7 @@ class RuleReport:
     failed_at: int | None = None
     verified: int = 0  # examples on which at least one check agreed and none disagreed
     reason: str = ""  # why nothing could be fuzzed, when nothing could
+    unsupported: Mapping[str, str] = field(default_factory=dict)  # check -> why it first raised
 
     @property
     def verdict(self) -> Verdict:
@@ -205,6 +206,7 @@ def fuzz_batching_rule(
     if unknown:
         raise InvalidArgument(f"checks={list(checks)!r}: {unknown} unknown (known: {CHECKS})")
     checks = tuple(checks)
+    unsupported: dict[str, str] = {}  # check -> the first reason it raised
     refusals: list[str] = []  # why the function refused drawn examples (the first three)
 
     def check(drawn: RuleExample) -> Trial[RuleExample, tuple[CheckOutcome, ...]]:
@@ -220,7 +222,7 @@ def fuzz_batching_rule(
             key=(f"jacverify.fuzz_batching_rule {target.module}:{target.code} {target.args!r} "
                  f"checks={checks!r} max_batch_size={max_batch_size}"),
             replay=lambda t: _snippet(target, t.example, t.outcome or (), checks),
-            tally=lambda outcomes: ((o.check, o.status) for o in outcomes),
+            tally=lambda outcomes: _tally(outcomes, unsupported),
             on_example=seen if on_example else None)
     except Unsatisfiable:
         why = "; ".join(refusals) or "no example could be drawn"
@@ -232,7 +234,16 @@ def fuzz_batching_rule(
     f = result.failure
     failure = f and RuleFailure(f.example, f.outcome or (), result.snippet or "", f.error)
     return RuleReport(target.name, result.examples, result.rejected, result.seconds, result.seed,
-                      result.counts, failure, result.failed_at, result.verified)
+                      result.counts, failure, result.failed_at, result.verified,
+                      unsupported=unsupported)
+
+
+def _tally(outcomes, unsupported: dict[str, str]):
+    """(check, status) per outcome, keeping the first reason each check was unsupported."""
+    for o in outcomes:
+        if o.status == "unsupported" and o.check not in unsupported:
+            unsupported[o.check] = o.detail
+        yield o.check, o.status
 
 
 def rule_trial(target: RuleTarget, drawn: RuleExample, checks: Sequence[str] = CHECKS,
