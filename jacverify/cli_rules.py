@@ -159,6 +159,11 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
         for r in wrong:
             if r.fuzz is not None and r.fuzz.failure is not None:
                 out.print(r.fuzz.describe(), markup=False)
+            if any(c.status in ("mismatch", "known") and c.sample != "fuzzed" for c in r.checks):
+                out.print(f"replay {r.name}'s samples: python -c \"from jacverify.rules.ops import "
+                          f"check_op, select_ops; print([c for c in check_op(select_ops(["
+                          f"'{r.name}'])[0], samples={args.samples}, seed={args.seed}).checks "
+                          f"if c.status != 'agree'])\"", markup=False, soft_wrap=True)
     counts = {s: sum(r.status == s for r in results) for s in statuses}
     out.print(f"operators: {counts['agree']} agree, {counts['mismatch']} with wrong values, "
               f"{counts['known']} with wrong values torch declares, {counts['unsupported']} "

@@ -16,6 +16,7 @@ from jacverify.case import Flat
 from jacverify.compare import Reference, compare
 from jacverify.errors import InvalidArgument
 from jacverify.oracles.finite_differences import directional_differences
+from jacverify.validation import shown
 from jacverify.judge import Status, raised
 from jacverify.rules.checks import differ, stack_outputs
 
@@ -437,6 +438,9 @@ def check_op(op, *, samples: int = 2, seed: int = 0) -> OpResult:
         taken.append(_drawn(taken[0], gen))
     for k, sample in enumerate(taken):
         name = f"sample {k}" if k < len(taken) - 1 else "drawn sample"
+        name += f" (input {tuple(sample.input.shape)}" + (
+            f", args {shown(tuple(sample.args))}" if sample.args else "") + (
+            f", kwargs {shown(dict(sample.kwargs))}" if sample.kwargs else "") + ")"
         try:
             checks += _sample_checks(op, sample, name, gen)
         except Exception as e:  # noqa: BLE001 - an input this harness cannot batch (say so)
