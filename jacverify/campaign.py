@@ -21,7 +21,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 from jacverify.databases import REDIS_SCHEMES, redis_database
 from jacverify.errors import InvalidArgument
 from jacverify.validation import check_int, check_number
-from jacverify.judge import Verdict
+from jacverify.judge import Verdict, campaign_verdict
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -121,9 +121,13 @@ class CampaignResult(Generic[E, O]):
     snippet: str | None = None
 
     @property
+    def verdict(self) -> Verdict:
+        """NOTE [earned verdict]: failed, passed (an example verified) or unverified."""
+        return campaign_verdict(self.failure is not None, self.verified)
+
+    @property
     def passed(self) -> bool:
-        """No failure, and at least one example verified (NOTE [earned verdict])."""
-        return self.failure is None and self.verified > 0
+        return self.verdict == Verdict.PASSED
 
 
 def resolve_database(database: Any) -> ExampleDatabase | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jacverify.campaign import DEFAULT_SHRINK_SECONDS, Campaign, Trial
-from jacverify.judge import Verdict
+from jacverify.judge import Verdict, campaign_verdict
 from jacverify.errors import NonFiniteOutput
 from jacverify.quantity_table import get_standalone
 from jacverify.report import Report
@@ -45,9 +45,13 @@ class FuzzResult:
     reasons: Mapping[str, str] = field(default_factory=dict)  # method -> why it did not apply
 
     @property
+    def verdict(self) -> Verdict:
+        """NOTE [earned verdict]: failed, passed (a case verified) or unverified."""
+        return campaign_verdict(self.failure is not None, self.verified)
+
+    @property
     def passed(self) -> bool:
-        """No failure, and at least one case verified."""
-        return self.failure is None and self.verified > 0
+        return self.verdict == Verdict.PASSED
 
 
 def fuzz(

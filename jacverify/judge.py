@@ -20,7 +20,8 @@ from jacverify.compare import Comparison, Reference, Scales, compare
 from jacverify.errors import NotApplicable
 from jacverify.measure import timer
 
-__all__ = ["Status", "Verdict", "MethodResult", "judge", "timed", "verdict", "first_line",
+__all__ = ["Status", "Verdict", "MethodResult", "judge", "timed", "verdict", "campaign_verdict",
+           "first_line",
            "raised", "describe_worst", "warm_up_transforms", "RETIME_BELOW_S"]
 
 
@@ -95,6 +96,18 @@ def verdict(results: Iterable[MethodResult], *, required: Sequence[str] = (),
     if any(name not in by_name or not by_name[name].verified for name in required):
         return Verdict.UNVERIFIED
     return Verdict.PASSED if any(r.verified for r in results) else Verdict.UNVERIFIED
+
+
+def campaign_verdict(failed: bool, verified: int) -> Verdict:
+    """A fuzz campaign's verdict under NOTE [earned verdict]: failed when an example failed, passed
+    only when at least one example was verified, unverified otherwise.
+
+    >>> campaign_verdict(False, 3), campaign_verdict(False, 0), campaign_verdict(True, 3)
+    ('passed', 'unverified', 'failed')
+    """
+    if failed:
+        return Verdict.FAILED
+    return Verdict.PASSED if verified else Verdict.UNVERIFIED
 
 
 @dataclass(frozen=True)

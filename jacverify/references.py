@@ -75,13 +75,14 @@ class Verified:
         return self.loop is not None and self.loop in self.refs
 
 
-def prechecked(case: Case) -> Prechecked:
-    """Steps 1-3 of NOTE [reference stage].
+def prechecked(case: Case, flat: Flat | None = None) -> Prechecked:
+    """Steps 1-3 of NOTE [reference stage] (``flat``: the case's canonical form, when the caller
+    has it already).
 
     Raises:
         NondeterministicFunction, NonFiniteOutput, FunctionRaised: the case cannot be checked.
     """
-    flat = flatten(case)
+    flat = flatten(case) if flat is None else flat
     notes: list[str] = []
     check_determinism(flat)
     ref_flat = _reference_version(case, notes) or flat
@@ -152,23 +153,25 @@ def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None)
     need = 3 * flat.batch_size * flat.n_out * flat.n_in * 8
     if need > max_memory:
         raise JacobianTooLarge(
-            f"the references need {need / 2**20:.1f} MiB ({need} bytes; B={flat.batch_size}, out={flat.n_out}, "
-            f"in={flat.n_in}, float64, three copies) but max_memory={max_memory} bytes; check a "
+            f"the references need {need / 2**20:.1f} MiB ({need} bytes; B={flat.batch_size}, "
+            f"out={flat.n_out}, in={flat.n_in}, float64, three copies) but "
+            f"max_memory={max_memory} bytes; check a "
             "smaller batch or smaller inputs, use verification='projection', or raise max_memory"
         )
-    pre = prechecked(case)
+    pre = prechecked(case, flat)
     within_time_budget(pre.ref_flat, pre.coupling.coupled, time_budget)
     notes, ref_flat = list(pre.notes), pre.ref_flat
     fd_value, fd_error = finite_differences(ref_flat, independent=not pre.coupling.coupled,
                                             step=getattr(rtols, "eps", None))
     fd = Reference("finite_differences", fd_value, fd_error)
-    unstable = unstable_entries(fd, _derivative_scale(ref_flat), ref_flat)
+    derivative = _derivative_scale(ref_flat)
+    unstable = unstable_entries(fd, derivative, ref_flat)
     if unstable:
         notes.append(unstable)
     loop_ref = _loop_reference(ref_flat, notes)
     rounding = _plausible_rounding(flat, ref_flat, loop_ref, _measured_rounding(flat, loop_ref),
                                    notes)
-    scales = Scales(rounding, _derivative_scale(ref_flat))
+    scales = Scales(rounding, derivative)
     refs, findings = _trusted_references(loop_ref, fd, ref_flat.x.dtype, rtols, scales, notes)
     if loop_ref not in refs:
         scales = Scales(torch.zeros_like(scales.rounding), scales.derivative)  # loop untrusted

@@ -12,7 +12,7 @@ from hypothesis.errors import Unsatisfiable
 
 from jacverify.campaign import DEFAULT_SHRINK_SECONDS, Campaign, Trial
 from jacverify.errors import InvalidArgument
-from jacverify.judge import Verdict, raised
+from jacverify.judge import Verdict, campaign_verdict, raised
 from jacverify.rules.checks import CHECKS, LAYOUTS, CheckOutcome, RuleExample, build_args, run_checks
 from jacverify.rules.targets import RuleTarget, as_target
 
@@ -55,9 +55,7 @@ class RuleReport:
     @property
     def verdict(self) -> Verdict:
         """NOTE [earned verdict]: passed needs a verified example and no failure."""
-        if self.failure is not None:
-            return Verdict.FAILED
-        return Verdict.PASSED if self.verified else Verdict.UNVERIFIED
+        return campaign_verdict(self.failure is not None, self.verified)
 
     @property
     def passed(self) -> bool:

@@ -25,7 +25,7 @@ from jacverify.campaign import Campaign, Trial
 from jacverify.case import Flat
 from jacverify.compare import Reference
 from jacverify.errors import InvalidArgument
-from jacverify.judge import WRONG, Status, Verdict, raised
+from jacverify.judge import Status, Verdict, WRONG, campaign_verdict, raised
 from jacverify.oracles.finite_differences import directional_differences
 from jacverify.rules.checks import differ, stack_outputs
 from jacverify.rules.ops import OpCheck, judge_route
@@ -569,9 +569,7 @@ class OpFuzzReport:
     @property
     def verdict(self) -> Verdict:
         """NOTE [earned verdict]."""
-        if self.failure is not None:
-            return Verdict.FAILED
-        return Verdict.PASSED if self.verified else Verdict.UNVERIFIED
+        return campaign_verdict(self.failure is not None, self.verified)
 
     @property
     def passed(self) -> bool:
