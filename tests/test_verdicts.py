@@ -159,19 +159,22 @@ def test_logsigmoid_second_derivative_where_it_is_right_passes():
     assert jacverify.check_hessians(torch.nn.functional.logsigmoid, x).passed
 
 
-class _ThreeTimesBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(x):
-        return x.sin()
+def _sin_with_backward(name: str, scale) -> type[torch.autograd.Function]:
+    """sin as an autograd.Function whose backward is cos times ``scale(x)`` (1: right), with no
+    jvp and no vmap rule: the broken twins below differ only in that scale."""
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-
-    @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        return 3 * g * x.cos()
+        return g * x.cos() * scale(x)
+
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(lambda x: x.sin()),
+        "setup_context": staticmethod(lambda ctx, inputs, output: ctx.save_for_backward(inputs[0])),
+        "backward": staticmethod(backward),
+    })
+
+
+_ThreeTimesBackward = _sin_with_backward("_ThreeTimesBackward", lambda x: 3.0)
 
 
 class _BigBesideSmall(torch.nn.Module):
@@ -342,20 +345,9 @@ def test_a_smooth_function_has_no_such_note():
     assert not any("unstable" in n for n in report.notes)
 
 
-class NoVmapRule(torch.autograd.Function):
-    """sin with a right backward but no vmap rule: every vmap-based method raises on it."""
-
-    @staticmethod
-    def forward(x):
-        return x.sin()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-
-    @staticmethod
-    def backward(ctx, g):
-        return g * ctx.saved_tensors[0].cos()
+# sin with a right backward but no vmap rule: every vmap-based method raises on it (a class at
+# module level, so a network spec names it as "tests.test_verdicts:NoVmapRule")
+NoVmapRule = _sin_with_backward("NoVmapRule", lambda x: 1.0)
 
 
 def test_a_fuzz_campaign_that_verifies_nothing_does_not_pass():
@@ -421,27 +413,14 @@ def test_a_passing_check_names_no_culprit():
 
 # --- NOTE [plausible rounding]: a formula wrong only in float32 is not "rounding" ---
 
-class _SinWrongInFloat32(torch.autograd.Function):
-    factor = 0.0
-
-    @staticmethod
-    def forward(x):
-        return x.sin()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        d = g * x.cos()
-        return d if x.dtype == torch.float64 else d * _SinWrongInFloat32.factor
+_float32_factor = {"value": 0.0}  # the backward's scale in float32 (float64 is right)
+_SinWrongInFloat32 = _sin_with_backward(
+    "_SinWrongInFloat32", lambda x: 1.0 if x.dtype == torch.float64 else _float32_factor["value"])
 
 
 @pytest.mark.parametrize("factor", [0.0, 1.01, 1.001])
 def test_a_backward_wrong_only_in_float32_fails(factor, monkeypatch):
-    monkeypatch.setattr(_SinWrongInFloat32, "factor", factor)
+    monkeypatch.setitem(_float32_factor, "value", factor)
     class Net(torch.nn.Module):  # a module, so the references run in a float64 copy of it
         def __init__(self):
             super().__init__()
