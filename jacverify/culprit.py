@@ -101,7 +101,7 @@ def innermost_culprit(report: Any) -> str | None:
         for name, x in list(_captured_inputs(fn, inputs).items())[:MAX_PARTS]:
             sub = fn.get_submodule(name)
             try:
-                alone = check(sub, x, methods=[method], warm_timing=False, time_budget=None)
+                alone = check(sub, x, methods=[method], warm_timing=False)  # default budget
             except Exception:  # noqa: BLE001 - a part that cannot be checked alone says nothing
                 continue
             if alone.mismatches or alone.findings:
