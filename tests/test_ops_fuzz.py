@@ -129,7 +129,54 @@ GENERIC_FINDINGS = [
     ("index_fill", (("sample", 1), ("values", "sample")), 2, (None, 0, 0), 0, {"vmap"}),
     ("nn.functional.grid_sample", (("sample", 0), ("values", "sample")), 1, (-1, 0), 0, {"vmap"}),
     ("linalg.pinv", (("sample", 2), ("values", "sample")), 1, (0, 0), 1, {"forward_ad"}),
+    # hardshrink(x, lambd=0) is x itself: derivative 1 at x = 0, where torch's is 0
+    ("nn.functional.hardshrink", (("sample", 1), ("values", "zeros")), 1, (0,), 0,
+     {"forward_ad", "reverse_ad"}),
 ]
+
+
+def test_hardshrink_at_zero_lambd_is_the_identity_yet_torch_differentiates_it_to_zero():
+    """The independent check of the hardshrink finding: the closed form."""
+    import torch
+
+    x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    y = torch.nn.functional.hardshrink(x, 0.0)
+    assert torch.equal(y.detach(), x.detach())  # the identity: its derivative is 1
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert grad.eq(0).all()  # torch 2.13: 0 (the finding; fails when torch fixes it)
+
+
+def test_a_route_through_forward_mode_of_an_op_declaring_none_is_known():
+    """linear_cross_entropy's chunked variants declare supports_forward_ad=False; forward mode
+    through them returns 0 instead of raising: a wrong value torch declares (known), with why."""
+    name = "nn.functional.linear_cross_entropy.chunked"
+    checks = check_example(op_family(name, opinfo=True),
+                           OpExample(name, (("sample", 0), ("values", "sample")), 1, (0, 0, 0), 0))
+    known = {c.check: c.detail for c in checks if c.status == "known"}
+    assert {"forward_ad", "fwd_over_fwd"} <= set(known)
+    assert "supports_forward_ad=False" in known["fwd_over_fwd"]
+    assert not [c for c in checks if c.status == "mismatch"]
+
+
+def test_a_mismatch_stands_only_if_finite_differences_agree_at_every_step():
+    """NOTE [confirmed mismatch]: the detector's twin is a reference that the default step gets
+    wrong (as across a kink) while the other steps give the route's value: skipped, not a
+    mismatch; a reference that every step confirms: a mismatch that names the other steps."""
+    import torch
+
+    from jacverify.compare import Reference
+    from jacverify.rules.ops import judge_route
+
+    def ref(value):
+        return Reference("finite_differences", torch.tensor([value], dtype=torch.float64),
+                         torch.tensor([1e-12], dtype=torch.float64))
+
+    route = lambda: torch.tensor([1.0], dtype=torch.float64)  # noqa: E731
+    fooled = judge_route("forward_ad", "", route, ref(2.0), 1.0, lambda h: ref(1.0))
+    assert fooled.status == "skipped" and "depend on the step" in fooled.detail
+    confirmed = judge_route("forward_ad", "", route, ref(2.0), 1.0, lambda h: ref(2.0))
+    assert confirmed.status == "mismatch" and "confirmed at other steps: 2 at 8x" in confirmed.detail
+    assert judge_route("forward_ad", "", route, ref(1.0), 1.0, lambda h: ref(2.0)).status == "agree"
 
 
 @pytest.mark.parametrize("name, f, batch, dims, seed, routes", GENERIC_FINDINGS,

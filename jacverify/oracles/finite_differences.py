@@ -91,9 +91,10 @@ def finite_differences(flat: Flat, independent: bool,
 
 
 def directional_differences(ref_flat: Flat, vectors: torch.Tensor, per_sample: bool,
-                            independent: bool) -> Reference:
+                            independent: bool, step: float | None = None) -> Reference:
     """FD of t -> f(x + t v): for each vector at one point ((K, N) vectors -> (K, M)), or for
-    each sample along its own vector ((B, N) -> (B, M)), with the error bound of the same rule."""
+    each sample along its own vector ((B, N) -> (B, M)), with the error bound of the same rule.
+    ``step`` replaces the largest step in t (default: :func:`fd_step` of 0)."""
     x, g = ref_flat.x, ref_flat.fn
     v = vectors.to(x)
     if per_sample:
@@ -101,5 +102,5 @@ def directional_differences(ref_flat: Flat, vectors: torch.Tensor, per_sample: b
     else:
         fn = lambda t: torch.cat([g(x + t[k] * v[k]) for k in range(len(v))])  # noqa: E731
     line = dataclasses.replace(ref_flat, fn=fn, x=x.new_zeros(len(v), 1), in_shapes=((1,),))
-    value, error = finite_differences(line, independent=independent or not per_sample)
+    value, error = finite_differences(line, independent=independent or not per_sample, step=step)
     return Reference("directional_fd", value[..., 0], error[..., 0])

@@ -26,9 +26,8 @@ from jacverify.case import Flat
 from jacverify.compare import Reference
 from jacverify.errors import InvalidArgument
 from jacverify.judge import Status, Verdict, WRONG, campaign_verdict, raised
-from jacverify.oracles.finite_differences import directional_differences
 from jacverify.rules.checks import differ, stack_outputs
-from jacverify.rules.ops import OpCheck, judge_route
+from jacverify.rules.ops import OpCheck, adjoint_reference, judge_route, line_reference
 
 __all__ = ["OpFamily", "OpExample", "Call", "OpFuzzReport", "fuzz_op", "check_example",
            "op_examples", "form", "ROUTES", "DEFAULT_BUDGET_S"]
@@ -379,19 +378,19 @@ def _derivative_routes(p: _Point, gen: torch.Generator) -> list[OpCheck]:
     v = p.project(torch.randn(n, generator=gen, dtype=torch.float64))
     w = p.project(torch.randn(n, generator=gen, dtype=torch.float64))
     u = torch.randn(m, generator=gen, dtype=torch.float64)
-    fd = directional_differences(p.flat(p.outputs), v[None], per_sample=True, independent=True)
-    fd = Reference("finite_differences", fd.value[0], fd.error[0])
+    flat = p.flat(p.outputs)
+    fd = line_reference(flat, v)
     scale = float(center.abs().max()) / max(1.0, float(z.abs().max())) * float(v.abs().max())
     forward = (not _is_custom_op(p.s.family.fn) or _has_forward_formula(p, z, v)
                or not bool(fd.value.abs().gt(fd.error * 2).any()))
     if forward:
-        checks = [judge_route("forward_ad", "", lambda: jvp(p.outputs, (z,), (v,))[1], fd, scale)]
+        checks = [judge_route("forward_ad", "", lambda: jvp(p.outputs, (z,), (v,))[1], fd, scale,
+                              lambda h: line_reference(flat, v, h))]
     else:
         checks = [OpCheck("forward_ad", "", Status.UNSUPPORTED, NO_FORWARD)]
-    adjoint = Reference("finite_differences", (u * fd.value).sum()[None],
-                        (u.abs() * fd.error).sum()[None])
     checks.append(judge_route("reverse_ad", "", lambda: (_autograd_vjp(p.outputs, z, u) * v).sum(),
-                              adjoint, scale * float(u.abs().sum())))
+                              adjoint_reference(fd, u), scale * float(u.abs().sum()),
+                              lambda h: adjoint_reference(line_reference(flat, v, h), u)))
     first = next((c for c in checks if c.status == Status.AGREE), None)
     if first is None:
         return checks + [OpCheck(c, "", Status.SKIPPED, "no first derivative agreed with finite "
@@ -404,12 +403,11 @@ def _derivative_routes(p: _Point, gen: torch.Generator) -> list[OpCheck]:
         return (_autograd_vjp(p.outputs, x, u) * v).sum()
 
     verified = rev if first.check == "reverse_ad" else fwd
+    line = p.flat(lambda x: verified(x).detach()[None])
     try:
-        second = directional_differences(p.flat(lambda x: verified(x).detach()[None]), w[None],
-                                         per_sample=True, independent=True)
+        ref = line_reference(line, w)
     except Exception as e:  # noqa: BLE001 - the first derivative fails off the sample
         return checks + [OpCheck(c, "", Status.SKIPPED, raised(e)) for c in SECOND]
-    ref = Reference("finite_differences", second.value[0], second.error[0])
     one = torch.ones((), dtype=z.dtype)
 
     def fwd_over_rev():
@@ -428,7 +426,8 @@ def _derivative_routes(p: _Point, gen: torch.Generator) -> list[OpCheck]:
             checks.append(OpCheck(label, "", Status.UNSUPPORTED, NO_FORWARD))
             continue
         checks.append(judge_route(label, "", _defined(run), ref,
-                                  scale * float(u.abs().sum() * w.abs().max())))
+                                  scale * float(u.abs().sum() * w.abs().max()),
+                                  lambda h: line_reference(line, w, h)))
     return checks
 
 

@@ -15,13 +15,13 @@ from torch.func import jvp, vjp, vmap
 from jacverify.case import Flat
 from jacverify.compare import Reference, compare
 from jacverify.errors import InvalidArgument
-from jacverify.oracles.finite_differences import directional_differences
+from jacverify.oracles.finite_differences import directional_differences, fd_step
 from jacverify.validation import shown
 from jacverify.judge import Status, raised
 from jacverify.rules.checks import differ, stack_outputs
 
 __all__ = ["OpCheck", "OpResult", "check_op", "op_database", "select_ops", "judge_route",
-           "declared", "full_name", "incomparable", "DEFAULT_OPS", "OP_CHECKS"]
+           "declared", "full_name", "incomparable", "line_reference", "adjoint_reference", "DEFAULT_OPS", "OP_CHECKS"]
 
 DEFAULT_OPS = ("sin", "tanh", "exp", "mul", "div", "matmul", "sum", "mean", "cumsum",
                "softmax", "nn.functional.relu", "nn.functional.layer_norm", "where",
@@ -229,12 +229,42 @@ def _vmap_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
     return out
 
 
+# NOTE [confirmed mismatch]
+# A route that differs from central differences at the default step (NOTE [finite-difference error
+# estimate]) is judged again against central differences at steps CONFIRM_STEPS times that step,
+# each with its own error bound. The mismatch stands only where the route differs from all three and
+# the three agree with one another: a wrong derivative does not depend on the step, while a step
+# that crosses a kink or a jump, or an error bound that misjudges the function there, changes with
+# it. Where they do not agree the route is `skipped` ("finite differences depend on the step
+# here"), never a mismatch; the detail of a mismatch names the three values, so every mismatch the
+# sweep reports carries its own check by finite differences at several steps.
+CONFIRM_STEPS = (8.0, 0.125)
+
+
+def line_reference(flat: Flat, direction: torch.Tensor, step: float | None = None) -> Reference:
+    """Float64 central differences of ``t -> f(z + t·direction)`` at the one point of ``flat``:
+    the jvp ``J v``, shape (M,), with the error bound of NOTE [finite-difference error estimate];
+    ``step`` replaces the largest step in t."""
+    fd = directional_differences(flat, direction[None], per_sample=True, independent=True,
+                                 step=step)
+    return Reference("finite_differences", fd.value[0], fd.error[0])
+
+
+def adjoint_reference(ref: Reference, cotangent: torch.Tensor) -> Reference:
+    """``uᵀ (J v)`` from the reference of ``J v`` (:func:`line_reference`), shape (1,), with its
+    error bound: what ``(Jᵀ u) · v`` by reverse mode must give."""
+    return Reference("finite_differences", (cotangent * ref.value).sum()[None],
+                     (cotangent.abs() * ref.error).sum()[None])
+
+
 def judge_route(check: str, sample: str, run: Callable[[], torch.Tensor], ref: Reference,
-                scale: float = 0.0) -> OpCheck:
+                scale: float = 0.0,
+                reference_at: Callable[[float], Reference] | None = None) -> OpCheck:
     """One AD route against its finite-difference reference: ``skipped`` where FD cannot decide
     (empty, not finite, too uncertain: a kink within the step), ``unsupported`` where the route
     raised, else ``agree`` or ``mismatch`` under NOTE [tolerances] with ``scale`` as the
-    derivative scale."""
+    derivative scale. ``reference_at(step)`` rebuilds the reference at another step: a mismatch
+    stands only if it holds at every step of NOTE [confirmed mismatch]."""
     if not ref.value.numel():
         return OpCheck(check, sample, "skipped", "empty output")
     if not (torch.isfinite(ref.value).all() and torch.isfinite(ref.error).all()):
@@ -249,13 +279,34 @@ def judge_route(check: str, sample: str, run: Callable[[], torch.Tensor], ref: R
         return OpCheck(check, sample, "skipped", str(e))
     except Exception as e:  # noqa: BLE001 - missing formula / support
         return OpCheck(check, sample, "unsupported", raised(e))
-    c = compare(value.detach().reshape(ref.value.shape), ref, torch.float64,
-                derivative_scale=scale)
+    value = value.detach().reshape(ref.value.shape)
+    c = compare(value, ref, torch.float64, derivative_scale=scale)
     if c.passed:
         return OpCheck(check, sample, "agree")
+    detail = (f"at {c.worst_index}: {c.value_at_worst:.6g}, finite differences "
+              f"{c.reference_at_worst:.6g} (allowed {c.allowed_at_worst:.2g})")
+    if reference_at is None:
+        return OpCheck(check, sample, "mismatch", detail)
+    base = float(fd_step(torch.zeros((), dtype=torch.float64)))
+    at = []
+    for factor in CONFIRM_STEPS:  # NOTE [confirmed mismatch]
+        try:
+            other = reference_at(base * factor)
+        except Exception as e:  # noqa: BLE001 - a larger step leaves the op's domain
+            return OpCheck(check, sample, "skipped", "finite differences depend on the step here "
+                           f"(at {factor:g}x the step the op raised: {raised(e)})")
+        consistent = (torch.isfinite(other.value).all() and torch.isfinite(other.error).all()
+                      and not compare(value, other, torch.float64, derivative_scale=scale).passed
+                      and (compare(other.value, ref, torch.float64, derivative_scale=scale).passed
+                           or compare(ref.value, other, torch.float64,
+                                      derivative_scale=scale).passed))
+        if not consistent:
+            return OpCheck(check, sample, "skipped", "finite differences depend on the step here "
+                           f"({detail}; at {factor:g}x the step they give "
+                           f"{float(other.value[c.worst_index]):.6g})")
+        at.append(f"{float(other.value[c.worst_index]):.6g} at {factor:g}x")
     return OpCheck(check, sample, "mismatch",
-                   f"at {c.worst_index}: {c.value_at_worst:.6g}, finite differences "
-                   f"{c.reference_at_worst:.6g} (allowed {c.allowed_at_worst:.2g})")
+                   f"{detail}; confirmed at other steps: {', '.join(at)}")
 
 
 def _derivative_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
@@ -268,15 +319,15 @@ def _derivative_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
         raise _Skip("the output is not finite at this sample")
     m = center.numel()
     u = torch.randn(m, generator=gen, dtype=torch.float64)
-    fd = directional_differences(s.flat(s.of_z), v[None], per_sample=True, independent=True)
-    fd = Reference("finite_differences", fd.value[0], fd.error[0])
+    flat = s.flat(s.of_z)
+    fd = line_reference(flat, v)
     scale = float(s.of_z(z).abs().max()) / max(1.0, float(z.abs().max())) * float(v.abs().max())
-    checks = [judge_route("forward_ad", name, lambda: jvp(s.of_z, (z,), (v,))[1], fd, scale)]
-    adjoint = Reference("finite_differences", (u * fd.value).sum()[None],
-                        (u.abs() * fd.error).sum()[None])
+    checks = [judge_route("forward_ad", name, lambda: jvp(s.of_z, (z,), (v,))[1], fd, scale,
+                          lambda h: line_reference(flat, v, h))]
     checks.append(judge_route("reverse_ad", name,
-                         lambda: (vjp(s.of_z, z)[1](u)[0] * v).sum(), adjoint,
-                         scale * float(u.abs().sum())))
+                              lambda: (vjp(s.of_z, z)[1](u)[0] * v).sum(), adjoint_reference(fd, u),
+                              scale * float(u.abs().sum()),
+                              lambda h: adjoint_reference(line_reference(flat, v, h), u)))
     checks += _vmapped_derivatives(s, name, gen)
     # Second order, against FD (along w) of the first derivative that agreed with FD above.
     first = next((c for c in checks[:2] if c.status == "agree"), None)
@@ -290,11 +341,9 @@ def _derivative_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
         def verified(x):
             return (u * jvp(s.of_z, (x,), (v,))[1]).sum()[None]
     try:
-        second = directional_differences(s.flat(verified), w[None], per_sample=True,
-                                         independent=True)
+        ref = line_reference(s.flat(verified), w)
     except Exception as e:  # noqa: BLE001 - the first derivative itself fails off the sample
         return checks + [OpCheck(c, name, "skipped", raised(e)) for c in OP_CHECKS[5:]]
-    ref = Reference("finite_differences", second.value[0], second.error[0])
 
     def fwd(x):  # u · J(x) v by forward mode
         return (u * jvp(s.of_z, (x,), (v,))[1]).sum()
@@ -308,7 +357,8 @@ def _derivative_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
             run = (lambda g: lambda: jvp(g, (z,), (w,))[1])(inner)
         else:
             run = (lambda g: lambda: (vjp(g, z)[1](torch.ones((), dtype=z.dtype))[0] * w).sum())(inner)
-        checks.append(judge_route(label, name, run, ref, scale * float(u.abs().sum() * w.abs().max())))
+        checks.append(judge_route(label, name, run, ref, scale * float(u.abs().sum() * w.abs().max()),
+                                  lambda h: line_reference(s.flat(verified), w, h)))
     return checks
 
 
@@ -372,7 +422,13 @@ _TORCH_TEST = {"forward_ad": "test_forward_mode_AD", "reverse_ad": "test_fn_grad
 
 def declared(op, check: str) -> str | None:
     """Why torch's own test for this check is skipped or expected to fail on CPU float64, in
-    PyTorch's own words where its DecorateInfo carries them (``unittest.skip("...")``)."""
+    PyTorch's own words where its DecorateInfo carries them (``unittest.skip("...")``), or the
+    support flag it sets to False (a route through forward mode of an op with
+    ``supports_forward_ad=False`` that returns a wrong value instead of raising)."""
+    missing = [flag for flag in _NEEDS.get(check, ()) if not getattr(op, flag, True)]
+    if missing:
+        return f"torch's OpInfo declares no {missing[0].removeprefix('supports_')} support " \
+               f"({missing[0]}=False)"
     test = _TORCH_TEST.get(check)
     for info in (*getattr(op, "skips", ()), *getattr(op, "decorators", ())):
         if test is None or getattr(info, "test_name", None) != test:
