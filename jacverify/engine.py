@@ -9,8 +9,9 @@ from functools import partial
 
 import torch
 
-from jacverify.case import Case, Flat, make_case
+from jacverify.case import Case, Flat, flatten, make_case
 from jacverify.compare import Scales, tolerances
+from jacverify.costs import METHOD_BUDGET, Budget, UnitCosts, choose_verification
 from jacverify.errors import NotApplicable
 from jacverify.judge import judge
 from jacverify.methods import Method, get_methods
@@ -24,6 +25,7 @@ from jacverify.oracles.projections import (
 from jacverify.references import (
     DEFAULT_MAX_MEMORY,
     DEFAULT_TIME_BUDGET,
+    Prechecked,
     isolated,
     prechecked,
     verify,
@@ -51,8 +53,9 @@ def check(
     time_budget: float | None = DEFAULT_TIME_BUDGET,
     extra_methods: Sequence[Method] = (),
     warm_timing: bool = True,
-    verification: str = "full",
+    verification: str = "auto",
     probes: int = DEFAULT_PROBES,
+    method_budget: float | None = METHOD_BUDGET,
 ) -> Report:
     """Compute per-sample Jacobians every applicable way and cross-check them.
 
@@ -80,7 +83,12 @@ def check(
         verification: "full" compares every entry with the finite-difference Jacobian and the
             loop; "projection" compares ``probes`` random projections uᵀ J v with directional
             finite differences (NOTE [projection probes]): a few forward passes per probe, for
-            inputs too wide for 6 N of them. ``report.verification`` says which ran.
+            inputs too wide for 6 N of them; "auto" picks one from their estimated costs (NOTE
+            [verification choice]). ``report.verification`` says which ran and why.
+        probes: the number of projections.
+        method_budget: a registered method estimated (NOTE [cost model]) to cost more than this
+            many times the cheapest one is ``not_applicable`` with its estimate instead of run
+            (NOTE [method budget]); methods named in ``methods`` always run; None runs all.
 
     Returns:
         A :class:`~jacverify.Report`. ``report.verdict`` is ``passed`` only when at least one
@@ -102,58 +110,96 @@ def check(
                       rtol=rtol, atol=atol, eps=eps, max_memory=max_memory,
                       time_budget=time_budget,
                       extra_methods=extra_methods,
-                      warm_timing=warm_timing, verification=verification, probes=probes)
+                      warm_timing=warm_timing, verification=verification, probes=probes,
+                      method_budget=method_budget)
 
 
 def _run_check(fn, inputs, *, methods, batch_axis, out_batch_axis, dtype, device, seed, rtol,
                atol, eps,
                max_memory, time_budget, extra_methods, warm_timing, verification, probes,
-               required: tuple[str, ...] = (),
+               method_budget=METHOD_BUDGET, required: tuple[str, ...] = (),
                on_case: Callable[[Case], None] | None = None) -> Report:
     chosen = get_methods(methods) + tuple(extra_methods)
     validation.check_methods_selected(methods, chosen)
     rtols = tolerances(rtol, atol=atol, eps=eps)
     max_memory = int(validation.check_number("max_memory", max_memory,
                                              fix="a number of bytes, e.g. 2**30"))
-    validation.check_choice("verification", verification, ("full", "projection"))
+    validation.check_choice("verification", verification, ("auto", "full", "projection"))
     validation.check_int("probes", probes, min_value=1)
     if time_budget is not None:
         time_budget = validation.check_number("time_budget", time_budget, allow_inf=True,
                                               fix="seconds, or None for no estimate")
+    if method_budget is not None:
+        method_budget = validation.check_number("method_budget", method_budget, allow_inf=True,
+                                                fix="a factor such as 20, or None to run every "
+                                                "method")
     case = make_case(fn, inputs, batch_axis=batch_axis, out_batch_axis=out_batch_axis,
                      dtype=dtype, device=device, seed=seed)
     if on_case is not None:
         on_case(case)
     runs = 2 if warm_timing else 1
     with isolated(case.fn):
+        pre = prechecked(case, flatten(case))
+        costs = _Costs.of(pre, chosen, None if methods is not None else method_budget)
+        why = ""
+        if verification == "auto":
+            verification, why = choose_verification(costs.units, pre.flat, bool(pre.coupling.coupled),
+                                                     costs.cheapest, max_memory)
         if verification == "projection":
-            return _check_projected(case, chosen, rtols, max_memory, runs, probes, required)
-        return _check(case, chosen, rtols, max_memory, runs, required, time_budget)
+            return _check_projected(case, pre, chosen, rtols, max_memory, runs, probes, required,
+                                    costs, why)
+        return _check(case, pre, chosen, rtols, max_memory, runs, required, time_budget, costs,
+                      why)
 
 
-def _check(case: Case, chosen: Sequence[Method], rtols, max_memory: int, runs: int,
-           required: tuple[str, ...], time_budget: float | None) -> Report:
-    v = verify(case, rtols, max_memory, time_budget)
+@dataclasses.dataclass(frozen=True)
+class _Costs:
+    """The case's unit costs, the cheapest method's estimate and the method budget (NOTE [cost
+    model], NOTE [method budget])."""
+
+    units: UnitCosts
+    cheapest: float | None
+    budget: Budget | None
+
+    @classmethod
+    def of(cls, pre: Prechecked, chosen: Sequence[Method], factor: float | None) -> _Costs:
+        units = UnitCosts.measure(pre.flat)
+        works = [w for m in chosen
+                 if not (pre.coupling.coupled and m.assumes_independent)
+                 and (w := m.estimate(pre.flat)) is not None]
+        cheapest = min((units.seconds(w) for w in works), default=None)
+        return cls(units, cheapest, Budget.of(units, works, factor))
+
+
+def _verification_note(mode: str, why: str) -> str:
+    return f"verification: {mode}" + (f", chosen by verification='auto': {why}" if why else "")
+
+
+def _check(case: Case, pre: Prechecked, chosen: Sequence[Method], rtols, max_memory: int,
+           runs: int, required: tuple[str, ...], time_budget: float | None, costs: _Costs,
+           why: str) -> Report:
+    v = verify(case, rtols, max_memory, time_budget, pre)
     results = [judge(m, v.flat, v.coupling.reason, max_memory, v.refs, v.loop, case.dtype, rtols,
-                     v.scales, runs) for m in chosen]
+                     v.scales, runs, budget=costs.budget, units=costs.units) for m in chosen]
+    notes = v.notes + ((_verification_note("full", why),) if why else ())
     return Report(case, tuple(results), tuple(r.name for r in v.refs), v.coupling, v.refs[0].value,
-                  v.ref_flat.x.dtype, v.notes, v.flat, findings=v.findings, required=required)
+                  v.ref_flat.x.dtype, notes, v.flat, findings=v.findings, required=required)
 
 
-def _check_projected(case: Case, chosen: Sequence[Method], rtols, max_memory: int, runs: int,
-                     probes: int, required: tuple[str, ...]) -> Report:
+def _check_projected(case: Case, pre: Prechecked, chosen: Sequence[Method], rtols,
+                     max_memory: int, runs: int, probes: int, required: tuple[str, ...],
+                     costs: _Costs, why: str) -> Report:
     """Every method's Jacobian reduced to uᵀ J v per probe, against directional FD of them."""
-    pre = prechecked(case)
     flat, ref_flat, coupling, notes = pre.flat, pre.ref_flat, pre.coupling, list(pre.notes)
     drawn = draw_probes(ref_flat, probes, case.seed, coupling.coupled)
     ref, scale = projection_reference(ref_flat, drawn)
     notes.append(f"verification by {probes} random projections uᵀJv against directional finite "
                  "differences (NOTE [projection probes]), not entry by entry: the report's "
-                 "indices are probes")
+                 "indices are probes" + (f"; chosen by verification='auto': {why}" if why else ""))
     scales = Scales(0.0, scale)
     results = [judge(dataclasses.replace(m, compute=partial(_projected, m.compute, drawn)), flat,
                      coupling.reason, max_memory, (ref,), None, case.dtype, rtols, scales, runs,
-                     expected=(probes,)) for m in chosen]
+                     expected=(probes,), budget=costs.budget, units=costs.units) for m in chosen]
     return Report(case, tuple(results), (ref.name,), coupling, ref.value, ref_flat.x.dtype,
                   tuple(notes), flat, index_labels=("probe",),
                   verification=f"projection ({probes} probes)", required=required)

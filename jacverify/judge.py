@@ -189,30 +189,35 @@ RETIME_BELOW_S = 1.0
 
 
 @functools.cache
-def warm_up_transforms() -> None:
-    """Run every transform a method uses once, on a 2x2 tensor, so their one-off set-up (forward
-    AD's first use took 3-10 s on a loaded machine here) is paid outside any timed region
-    (NOTE [check timings]). Once per process."""
+def warm_up_transforms(mode: str = "reverse") -> None:
+    """Run every transform a method of ``mode`` ("reverse" or "forward") uses once, on a 2x2
+    tensor, so their one-off set-up (forward AD's first use took 3-10 s on a loaded machine here)
+    is paid outside any timed region (NOTE [check timings]). Once per process and mode: a check
+    whose methods are all reverse mode never pays forward AD's set-up."""
     from torch.autograd import forward_ad
     from torch.func import jacfwd, jacrev, jvp, vjp, vmap
 
     x = torch.ones(2, 2, dtype=torch.float64, requires_grad=True)
-    with forward_ad.dual_level():
-        forward_ad.unpack_dual(torch.sin(forward_ad.make_dual(x.detach(), torch.ones_like(x))))
-    vmap(jacfwd(torch.sin))(x.detach())
+    if mode == "forward":
+        with forward_ad.dual_level():
+            forward_ad.unpack_dual(torch.sin(forward_ad.make_dual(x.detach(), torch.ones_like(x))))
+        vmap(jacfwd(torch.sin))(x.detach())
+        jvp(torch.sin, (x.detach(),), (torch.ones_like(x),))
+        torch.autograd.functional.jacobian(torch.sin, x.detach(), vectorize=True,
+                                           strategy="forward-mode")
+        return
     vmap(jacrev(torch.sin))(x.detach())
-    jvp(torch.sin, (x.detach(),), (torch.ones_like(x),))
     vjp(torch.sin, x.detach())[1](torch.ones_like(x))
     torch.autograd.grad(torch.sin(x).sum(), x, create_graph=True)
-    torch.autograd.functional.jacobian(torch.sin, x.detach(), vectorize=True,
-                                       strategy="forward-mode")
 
 
 def timed(compute: Callable[[Flat], torch.Tensor], flat: Flat,
-          runs: int) -> tuple[torch.Tensor, float]:
+          runs: int, mode: str = "forward") -> tuple[torch.Tensor, float]:
     """``compute(flat)`` and its best time over ``runs`` calls (NOTE [check timings]), in seconds,
-    synchronised on CUDA."""
-    warm_up_transforms()
+    synchronised on CUDA; ``mode``: the method's ("reverse" warms up reverse mode only)."""
+    warm_up_transforms("reverse")
+    if mode != "reverse":
+        warm_up_transforms("forward")
     sync = torch.cuda.synchronize if flat.x.is_cuda else (lambda: None)
     clock = timer(flat.x.device)  # NOTE [which clock]
     best, value = float("inf"), None
@@ -233,7 +238,8 @@ def judge(method, flat: Flat, coupled: str | None, max_memory: int,
           refs: tuple[Reference, ...], loop_ref: Reference | None,
           dtype: torch.dtype, rtols, scales: Scales, runs: int,
           expected: tuple[int, ...] | None = None,
-          finding: Callable[[torch.Tensor], str | None] | None = None) -> MethodResult:
+          finding: Callable[[torch.Tensor], str | None] | None = None,
+          budget=None, units=None) -> MethodResult:
     """Run one registered method on ``flat`` and judge it against the trusted ``refs``.
 
     Args:
@@ -247,6 +253,8 @@ def judge(method, flat: Flat, coupled: str | None, max_memory: int,
         runs: timed runs (NOTE [check timings]).
         expected: the result's shape, (B, M, N) by default.
         finding: a check of the value itself (a Hessian's symmetry); its text becomes the reason.
+        budget, units: the check's method budget and unit costs (:mod:`jacverify.costs`): a
+            method estimated over either is ``not_applicable`` with its estimate.
 
     Returns:
         A :class:`MethodResult`. A method that raises is ``unsupported`` with the error, one that
@@ -255,11 +263,11 @@ def judge(method, flat: Flat, coupled: str | None, max_memory: int,
     """
     meta = dict(method=method.name, quantity=method.quantity, mode=method.mode,
                 vectorized=method.vectorized)
-    reason = method.supports(flat, coupled, max_memory)
+    reason = method.supports(flat, coupled, max_memory, budget, units)
     if reason:
         return MethodResult(**meta, status=Status.NOT_APPLICABLE, reason=reason)
     try:
-        value, seconds = timed(method.compute, flat, runs)
+        value, seconds = timed(method.compute, flat, runs, method.mode)
     except NotApplicable as e:
         return MethodResult(**meta, status=Status.NOT_APPLICABLE, reason=str(e))
     except Exception as e:  # noqa: BLE001 - a method that raises is reported, the check goes on

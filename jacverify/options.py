@@ -83,18 +83,19 @@ def _bytes(text: str) -> int:
     return int(value * factor)
 
 
-def _seconds(text: str) -> float | None:
-    """``"600"`` -> 600.0; ``"none"`` -> None (no estimate)."""
-    if str(text).strip().lower() in ("none", "inf"):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"time-budget {text!r} must be a positive number of "
-                                         "seconds, or none")
-    return value
+def _limit(name: str, unit: str) -> Callable[[str], float]:
+    """``"600"`` -> 600.0; ``"none"`` -> inf (no limit: None would read as "not given")."""
+    def parse(text: str) -> float:
+        if str(text).strip().lower() in ("none", "inf"):
+            return float("inf")
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{name} {text!r} must be a positive {unit}, or none")
+        return value
+    return parse
 
 
 def _nonnegative(name: str) -> Callable[[str], float]:
@@ -117,9 +118,13 @@ def _step(text: str) -> float:
 
 
 def _verification(text: str) -> str:
-    if text not in ("full", "projection"):
-        raise argparse.ArgumentTypeError(f"verification {text!r} must be 'full' or 'projection'")
+    if text not in VERIFICATIONS:
+        raise argparse.ArgumentTypeError(
+            f"verification {text!r} must be one of {', '.join(map(repr, VERIFICATIONS))}")
     return text
+
+
+VERIFICATIONS = ("auto", "full", "projection")
 
 
 def _probes(text: str) -> int:
@@ -149,10 +154,15 @@ OPTIONS: tuple[Option, ...] = (
            "chosen per entry)", metavar="H", parse=_step),
     Option("time-budget", "seconds the references of one check may be estimated to take; over it "
            "the check is refused before it starts (default: 600; none: no estimate)",
-           metavar="S", parse=_seconds),
-    Option("verification", "full (every entry against finite differences and the loop) or "
-           "projection (random uᵀJv probes against directional finite differences; for wide "
-           "inputs) (default: full)", metavar="MODE", parse=_verification),
+           metavar="S", parse=_limit("time-budget", "number of seconds")),
+    Option("method-budget", "a method estimated to cost more than this many times the cheapest "
+           "method is not run (not_applicable, with its estimate; NOTE [method budget]) "
+           "(default: 5; none: run every method)", metavar="X",
+           parse=_limit("method-budget", "factor")),
+    Option("verification", "auto (full when its estimated cost is near the methods', else "
+           "projection), full (every entry against finite differences and the loop) or "
+           "projection (random uᵀJv probes against directional finite differences) "
+           "(default: auto)", metavar="MODE", parse=_verification),
     Option("probes", "random projections per check with --verification projection (default: 4)",
            metavar="K", parse=_probes),
 )
@@ -186,8 +196,8 @@ def add_to_argparse(parser: argparse.ArgumentParser, names: tuple[str, ...] | No
 def _typed(opt: Option) -> Callable[[str], Any] | None:
     """Options parsed at once by argparse (a usage error naming the option); the rest (methods,
     dtype, device: their checks import torch) are parsed by :func:`resolve`."""
-    return opt.parse if opt.name in ("seed", "max-memory", "time-budget", "verification",
-                                     "probes", "atol", "eps") else None
+    return opt.parse if opt.name in ("seed", "max-memory", "time-budget", "method-budget",
+                                     "verification", "probes", "atol", "eps") else None
 
 
 def add_to_pytest(group: Any, parser: Any) -> None:

@@ -141,15 +141,17 @@ def within_time_budget(flat: Flat, coupled: bool, time_budget: float | None,
             "check fewer samples or a smaller input, or raise time_budget")
 
 
-def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None) -> Verified:
-    """Every step of NOTE [reference stage]: the trusted per-sample Jacobian references.
+def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None,
+           pre: Prechecked | None = None) -> Verified:
+    """Every step of NOTE [reference stage]: the trusted per-sample Jacobian references
+    (``pre``: steps 1-3, when the caller ran them already).
 
     Raises:
         JacobianTooLarge: the three float64 copies of (B, M, N) would pass ``max_memory``, or the
             references are estimated to take longer than ``time_budget`` seconds.
         NondeterministicFunction, NonFiniteOutput, FunctionRaised: from :func:`prechecked`.
     """
-    flat = flatten(case)
+    flat = flatten(case) if pre is None else pre.flat
     need = 3 * flat.batch_size * flat.n_out * flat.n_in * 8
     if need > max_memory:
         raise JacobianTooLarge(
@@ -158,7 +160,7 @@ def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None)
             f"max_memory={max_memory} bytes; check a "
             "smaller batch or smaller inputs, use verification='projection', or raise max_memory"
         )
-    pre = prechecked(case, flat)
+    pre = prechecked(case, flat) if pre is None else pre
     within_time_budget(pre.ref_flat, pre.coupling.coupled, time_budget)
     notes, ref_flat = list(pre.notes), pre.ref_flat
     fd_value, fd_error = finite_differences(ref_flat, independent=not pre.coupling.coupled,

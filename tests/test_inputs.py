@@ -134,7 +134,16 @@ def test_hidden_state_is_nondeterministic():
 def test_jacobian_too_large_is_refused_before_computing():
     b, n = 64, 2048
     with pytest.raises(jacverify.JacobianTooLarge, match=r"need 6144\.0 MiB .*B=64, out=2048, in=2048"):
-        jacverify.check(torch.sin, torch.zeros(b, n), max_memory=2**30)
+        jacverify.check(torch.sin, torch.zeros(b, n), max_memory=2**30, verification="full")
+
+
+def test_auto_verification_projects_when_the_full_references_do_not_fit():
+    """NOTE [verification choice]: the default does not refuse the case; it projects and says
+    why (the full references need 3 x 8 x 512 x 512 float64 = 48 MiB, over 32 MiB)."""
+    report = jacverify.check(torch.sin, _randn(8, 512), max_memory=2**25)
+    assert report.verification.startswith("projection")
+    assert any("full references need 48 MiB, over max_memory" in n for n in report.notes)
+    assert report.passed
 
 
 def test_method_too_large_for_the_budget_is_not_applicable():

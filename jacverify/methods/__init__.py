@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from jacverify.case import Flat
+from jacverify.costs import Budget, UnitCosts, Work
 from jacverify.errors import InvalidArgument
 from jacverify.quantity_table import get_quantity
 
@@ -39,6 +40,9 @@ class Method:
             cause when the method is far slower than the best.
         chunked: ``compute(flat, chunk_size)`` takes a number of rows per pass (None: all), which
             ``batch_jacobian``'s planner uses to stay within a memory budget.
+        work: ``work(B, M, N)``, its work in passes of the batch (NOTE [cost model] in
+            :mod:`jacverify.costs`), from which a check estimates its time and memory before it
+            runs; None: no estimate (it always runs).
     """
 
     name: str
@@ -51,24 +55,37 @@ class Method:
     description: str = ""
     cost: str = ""
     chunked: bool = False
+    work: Callable[[int, int, int], Work] | None = None
 
     def compute_chunked(self, flat: Flat, chunk_size: int | None) -> torch.Tensor:
         """``compute`` with ``chunk_size`` rows per pass where the method takes one, else whole."""
         return self.compute(flat, chunk_size) if self.chunked else self.compute(flat)  # type: ignore[call-arg]
 
-    def supports(self, flat: Flat, coupled: str | None, max_memory: int) -> str | None:
-        """The reason this method cannot run on ``flat``, or None when it can."""
+    def estimate(self, flat: Flat) -> Work | None:
+        """Its :class:`~jacverify.costs.Work` on ``flat``, or None without an estimate."""
+        return self.work(flat.batch_size, flat.n_out, flat.n_in) if self.work else None
+
+    def supports(self, flat: Flat, coupled: str | None, max_memory: int,
+                 budget: Budget | None = None, units: UnitCosts | None = None) -> str | None:
+        """The reason this method cannot run on ``flat``, or None when it can: samples that
+        interact, memory over ``max_memory`` (its declared extra memory, or what its vectorized
+        pass holds per ``units``), time over ``budget`` (NOTE [method budget])."""
         if coupled and self.assumes_independent:
             return f"assumes samples do not interact, but {coupled}"
         result = flat.batch_size * flat.n_out * flat.n_in  # the (B, M, N) it returns
         extra = self.extra_memory(flat) if self.extra_memory is not None else 0
         need = (result + extra) * flat.x.element_size()
+        work = self.estimate(flat)
+        if work is not None and units is not None:
+            need = max(need, units.bytes(work, need))
         if need > max_memory:
             return (
                 f"needs about {need / 2**20:.1f} MiB (its (B, M, N) result and what it builds "
                 f"beside it), over the max_memory={max_memory} bytes budget; raise max_memory or "
                 "check fewer samples"
             )
+        if work is not None and budget is not None:
+            return budget.refuses(work)
         return None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from jacverify.costs import Work
 from jacverify.case import Flat
 from jacverify.methods import Method, register_method
 
@@ -99,26 +100,26 @@ def _batched_rows(flat: Flat, cotangents, count: int, chunk_size: int | None,
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-register_method(Method("repeat_trick", repeat_trick, "reverse", vectorized=False,
+register_method(Method("repeat_trick", repeat_trick, "reverse", vectorized=False, work=lambda b, m, n: Work(m, "reverse", held=m),
                        assumes_independent=True,
                        extra_memory=lambda f: f.n_out * f.batch_size * f.n_in,
                        description="input copied per output entry, one backward",
     cost="forward and backward over M copies of the batch (grows with M)", chunked=True))
-register_method(Method("dual_repeat", dual_repeat, "forward", vectorized=False,
+register_method(Method("dual_repeat", dual_repeat, "forward", vectorized=False, work=lambda b, m, n: Work(n, "jvp", held=n),
                        assumes_independent=True,
                        extra_memory=lambda f: 2 * f.n_in * f.batch_size * f.n_in,
                        description="input copied per input entry, one dual pass",
     cost="a dual pass over N copies of the batch (grows with N)"))
-register_method(Method("batched_grad", batched_grad, "reverse", vectorized=True,
+register_method(Method("batched_grad", batched_grad, "reverse", vectorized=True, work=lambda b, m, n: Work(m, "reverse", held=m),
                        assumes_independent=True,
                        description="autograd.grad(is_grads_batched=True), batch summed",
     cost="one backward with M batched cotangents (reverse mode, grows with M)", chunked=True))
-register_method(Method("batched_grad_per_sample", batched_grad_per_sample, "reverse", vectorized=True,
+register_method(Method("batched_grad_per_sample", batched_grad_per_sample, "reverse", vectorized=True, work=lambda b, m, n: Work(b * m, "reverse", held=b * m),
                        assumes_independent=False,
                        extra_memory=lambda f: f.batch_size**2 * f.n_out * f.n_in,
                        description="autograd.grad(is_grads_batched=True), cotangent per sample and output",
                        cost="B*M batched cotangents, the full Jacobian's rows: B times the work", chunked=True))
-register_method(Method("batched_double_backward", batched_double_backward, "reverse", vectorized=True,
+register_method(Method("batched_double_backward", batched_double_backward, "reverse", vectorized=True, work=lambda b, m, n: Work(2 * n, "reverse", held=n),
                        assumes_independent=True,
                        description="JVPs from two reverse passes, tangents batched (is_grads_batched)",
                        cost="two backward passes with N batched tangents (grows with N)", chunked=True))

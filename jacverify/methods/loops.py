@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from jacverify.costs import Work
 from jacverify.case import Flat
 from jacverify.methods import Method, register_method
 
@@ -69,16 +70,16 @@ def double_backward(flat: Flat) -> torch.Tensor:
     return torch.stack(cols, dim=2)
 
 
-register_method(Method("loop", loop, "reverse", vectorized=False, assumes_independent=False,
+register_method(Method("loop", loop, "reverse", vectorized=False, assumes_independent=False, work=lambda b, m, n: Work(b * m, "reverse"),
                        description="autograd.grad per sample and output entry",
     cost="a Python loop of B*M backward passes through the whole batch"))
-register_method(Method("loop_rows", loop_rows, "reverse", vectorized=False, assumes_independent=True,
+register_method(Method("loop_rows", loop_rows, "reverse", vectorized=False, assumes_independent=True, work=lambda b, m, n: Work(m, "reverse"),
                        description="autograd.grad per output entry, batch summed",
     cost="M backward passes, one per output entry"))
-register_method(Method("dual_loop", dual_loop, "forward", vectorized=False, assumes_independent=True,
+register_method(Method("dual_loop", dual_loop, "forward", vectorized=False, assumes_independent=True, work=lambda b, m, n: Work(n, "jvp"),
                        description="forward_ad dual tensors, one pass per input entry",
     cost="N dual forward passes in Python, one per input entry"))
-register_method(Method("double_backward", double_backward, "reverse", vectorized=False,
+register_method(Method("double_backward", double_backward, "reverse", vectorized=False, work=lambda b, m, n: Work(n, "reverse"),
                        assumes_independent=True,
                        description="JVP from two reverse passes, one per input entry",
     cost="N double-backward passes, one per input entry (cheap only when N is small)"))

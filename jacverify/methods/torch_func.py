@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.func import jacfwd, jacrev, jvp, vjp, vmap
 
+from jacverify.costs import Work
 from jacverify.case import Flat
 from jacverify.methods import Method, register_method
 
@@ -49,20 +50,20 @@ def vmap_vjp(flat: Flat, chunk_size: int | None = None) -> torch.Tensor:
     return rows.permute(1, 0, 2)
 
 
-register_method(Method("vmap_jacrev", vmap_jacrev, "reverse", vectorized=True,
+register_method(Method("vmap_jacrev", vmap_jacrev, "reverse", vectorized=True, work=lambda b, m, n: Work(m, "reverse", held=m),
                        assumes_independent=True, description="vmap(jacrev(f_one_sample))",
     cost="vmap over B per-sample jacrev calls: M cotangents per sample"))
-register_method(Method("vmap_jacfwd", vmap_jacfwd, "forward", vectorized=True,
+register_method(Method("vmap_jacfwd", vmap_jacfwd, "forward", vectorized=True, work=lambda b, m, n: Work(n, "jvp", held=n),
                        assumes_independent=True, description="vmap(jacfwd(f_one_sample))",
     cost="vmap over B per-sample jacfwd calls: N tangents per sample"))
-register_method(Method("sum_trick", sum_trick, "reverse", vectorized=True,
+register_method(Method("sum_trick", sum_trick, "reverse", vectorized=True, work=lambda b, m, n: Work(m, "reverse", held=m),
                        assumes_independent=True, description="jacrev of f(x).sum(0)",
     cost="jacrev of f(x).sum(0): M vmapped cotangents (reverse mode, grows with M)"))
-register_method(Method("forward_broadcast", forward_broadcast, "forward", vectorized=True,
+register_method(Method("forward_broadcast", forward_broadcast, "forward", vectorized=True, work=lambda b, m, n: Work(n, "jvp", held=n),
                        assumes_independent=True,
                        description="vmap over jvp, tangent e_j on every sample",
     cost="vmap over N tangents through the batch (forward mode, grows with N)", chunked=True))
-register_method(Method("vmap_vjp", vmap_vjp, "reverse", vectorized=True,
+register_method(Method("vmap_vjp", vmap_vjp, "reverse", vectorized=True, work=lambda b, m, n: Work(m, "reverse", held=m),
                        assumes_independent=True,
                        description="vmap over vjp, cotangent e_m on every sample",
     cost="vmap over M cotangents through the batch (reverse mode, grows with M)", chunked=True))

@@ -1,0 +1,181 @@
+"""What a method and the references will cost, before they run (NOTE [cost model]).
+
+Each built-in method states its work as passes of the whole batch (:class:`Work`); the case's
+unit costs (one forward, one reverse and one forward-mode pass, and the bytes a forward saves) are
+measured once per check (:class:`UnitCosts`). The check then runs no method estimated to cost more
+than its budget (:class:`Budget`) and picks full or projection verification from the same
+estimates (:func:`choose_verification`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from jacverify.case import Flat
+from jacverify.measure import saved_activation_bytes, timer
+
+__all__ = ["Work", "UnitCosts", "Budget", "choose_verification", "METHOD_BUDGET",
+           "METHOD_BUDGET_FLOOR_S", "FULL_WITHIN", "FULL_FLOOR_S"]
+
+Kind = Literal["forward", "reverse", "jvp"]
+
+
+# NOTE [cost model]
+# A method's time is estimated as passes x the measured time of one pass of its kind over the whole
+# batch: "reverse" (a forward and one backward with one cotangent), "jvp" (one forward-mode pass),
+# "forward" (the function alone). A forward-mode pass is estimated as a reverse pass: both cost a
+# forward and about as much again for the tangent or the cotangent, and timing one would pay
+# forward AD's one-off set-up (30-90 ms here) in every check. A method that loops in Python over k rows makes k passes; one
+# that vmaps over k rows makes one vectorized pass that costs about k passes of compute (less
+# where per-call overhead dominates, so the estimate errs high for small layers: measured on the
+# 784-256-256-10 MLP at B=32, forward_broadcast's 784 tangents were estimated at 1.3x their time
+# and functional_vectorized_forward's B*N at 0.5-1x). A vectorized pass over k rows also holds k
+# copies of what the forward saves for backward: `held` x the measured saved bytes, plus the
+# (B, M, N) result, is its memory estimate. The unit times are CPU time on the CPU (NOTE [which
+# clock]), the best of two calls after one warm-up, so the estimates are ratios of shapes more
+# than of machine load.
+@dataclass(frozen=True)
+class Work:
+    """A method's work on a case: ``passes`` passes of ``kind`` over the whole batch, ``held`` of
+    them alive at once (a vectorized pass), per NOTE [cost model].
+
+    >>> Work(784, "jvp", held=784).describe()
+    '784 forward-mode passes of the batch, vectorized'
+    """
+
+    passes: float
+    kind: Kind
+    held: float = 1
+
+    def describe(self) -> str:
+        what = {"forward": "forward passes", "reverse": "backward passes",
+                "jvp": "forward-mode passes"}[self.kind]
+        count = f"{self.passes:,.0f}"
+        return f"{count} {what} of the batch" + (", vectorized" if self.held > 1 else "")
+
+
+@dataclass(frozen=True)
+class UnitCosts:
+    """Seconds of one pass of each kind over the case's batch, and bytes one forward saves."""
+
+    forward: float
+    reverse: float
+    jvp: float
+    saved_bytes: int
+
+    @classmethod
+    def measure(cls, flat: Flat) -> UnitCosts:
+        """Time a forward and a reverse pass on ``flat`` (NOTE [cost model]); a backward that
+        raises is estimated at three forwards (the methods then say what raised)."""
+        x = flat.x.detach()
+        clock = timer(x.device)
+        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+
+        def best(run) -> float:
+            times = []
+            for _ in range(3):
+                sync()
+                start = clock()
+                run()
+                sync()
+                times.append(clock() - start)
+            return min(times[1:])
+
+        def reverse():
+            leaf = x.clone().requires_grad_()
+            y = flat.fn(leaf)
+            torch.autograd.grad(y, leaf, torch.ones_like(y))
+
+        forward = best(lambda: flat.values(x))
+        try:
+            back = best(reverse)
+        except Exception:  # noqa: BLE001 - a backward that raises: the methods will say so
+            back = 3 * forward
+        try:
+            saved = saved_activation_bytes(flat.fn, x)
+        except Exception:  # noqa: BLE001 - the function ran above; a hook it refuses costs nothing
+            saved = 0
+        return cls(forward, back, back, saved)
+
+    def seconds(self, work: Work) -> float:
+        """The estimated time of ``work``."""
+        return work.passes * {"forward": self.forward, "reverse": self.reverse,
+                              "jvp": self.jvp}[work.kind]
+
+    def bytes(self, work: Work, result_bytes: int) -> int:
+        """The estimated memory of ``work``: what its vectorized pass holds, plus its result."""
+        return int(work.held * self.saved_bytes) + result_bytes if work.held > 1 else result_bytes
+
+
+# NOTE [method budget]
+# A check runs every registered method whose estimated time (NOTE [cost model]) is within
+# METHOD_BUDGET times the cheapest estimate among the methods that apply, or under
+# METHOD_BUDGET_FLOOR_S whatever the ratio (so small cases run everything). A method over it is
+# `not_applicable` with its estimate and the budget, never run blindly: on the 784-256-256-10 MLP at
+# B=32 functional_vectorized_forward (B*N tangents through the whole batch) took 17 s and 7 GB,
+# 7,000 times one vmap(jacrev) call. Methods named in `methods=` always run; `method_budget=None`
+# runs every method.
+METHOD_BUDGET = 5.0
+METHOD_BUDGET_FLOOR_S = 0.01
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The most seconds a method may be estimated to take in this check, and why."""
+
+    units: UnitCosts
+    seconds: float
+    why: str
+
+    @classmethod
+    def of(cls, units: UnitCosts, works: list[Work], factor: float | None) -> Budget | None:
+        """The budget of NOTE [method budget] for methods whose works are ``works``; None when
+        ``factor`` is None (no budget) or no method has an estimate."""
+        if factor is None or not works:
+            return None
+        cheapest = min(units.seconds(w) for w in works)
+        seconds = max(factor * cheapest, METHOD_BUDGET_FLOOR_S)
+        why = (f"{factor:g}x the cheapest method's estimate ({cheapest * 1e3:.2g} ms)"
+               if seconds > METHOD_BUDGET_FLOOR_S else f"{METHOD_BUDGET_FLOOR_S:g} s")
+        return cls(units, seconds, why)
+
+    def refuses(self, work: Work) -> str | None:
+        """Why ``work`` is over this budget, or None."""
+        estimate = self.units.seconds(work)
+        if estimate <= self.seconds:
+            return None
+        return (f"estimated {_seconds(estimate)} ({work.describe()}), over this check's method "
+                f"budget of {_seconds(self.seconds)} ({self.why}; NOTE [method budget]); name it "
+                "in methods= to run it anyway, or pass method_budget=None")
+
+
+# NOTE [verification choice]
+# verification="auto" (the default) runs the full references -- finite differences of every input
+# entry, 6 N forward passes (6 N B when samples interact), and the float64 loop, B M backward
+# passes -- when their estimate is within FULL_WITHIN times the cheapest method's estimate or under
+# FULL_FLOOR_S, and fit max_memory; otherwise the projections of NOTE [projection probes], a few
+# passes per probe whatever N. The report says which ran and why.
+FULL_WITHIN = 10.0
+FULL_FLOOR_S = 0.5
+
+
+def choose_verification(units: UnitCosts, flat: Flat, coupled: bool, cheapest: float | None,
+                        max_memory: int) -> tuple[str, str]:
+    """"full" or "projection", and why (NOTE [verification choice])."""
+    b, m, n = flat.batch_size, flat.n_out, flat.n_in
+    refs = 6 * n * (b if coupled else 1) * units.forward + b * m * units.reverse
+    need = 3 * b * m * n * 8
+    if need > max_memory:
+        return "projection", (f"the full references need {need / 2**20:.0f} MiB, over max_memory")
+    if refs <= FULL_FLOOR_S or (cheapest is not None and refs <= FULL_WITHIN * cheapest):
+        return "full", f"full references estimated at {_seconds(refs)}"
+    return "projection", (f"full references estimated at {_seconds(refs)}, over "
+                          f"{FULL_WITHIN:g}x the cheapest method's estimate ({_seconds(cheapest or 0)})"
+                          f" and over {FULL_FLOOR_S:g} s (NOTE [verification choice])")
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.2g} s" if s >= 0.1 else f"{s * 1e3:.2g} ms"
