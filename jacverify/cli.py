@@ -144,7 +144,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="seconds to shrink an operator's first failure (default: 1)")
     ops.add_argument("--timeout", type=float, default=20.0, metavar="S",
                      help="seconds per operator before it is abandoned (default: 20)")
-    options.add_to_argparse(ops, ("seed",), helps={"seed": "seed of the drawn values (default: 0)"})
+    options.add_to_argparse(ops, ("seed", "device"), helps={
+        "seed": "seed of the drawn values (default: 0)",
+        "device": "device the routes run on, e.g. cuda (default: cpu); samples are drawn and "
+                  "references computed on the CPU in float64 (NOTE [ops on a device])"})
     ops.add_argument("--json", metavar="PATH", help="write per-operator results as JSON")
     ops.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                      help="check only shard I of N of the operators (NOTE [shards] in "

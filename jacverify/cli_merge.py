@@ -20,7 +20,7 @@ OP_STATUSES = ("agree", "mismatch", "known", "unsupported", "skipped", "not_appl
 # its shard's network families), and the fields every shard of one run has alike
 _ITEMS = {"ops": ("operators", "name"), "fuzz-rules": ("rules", "rule"),
           "fuzz": ("campaigns", "families")}
-_ALIKE = {"ops": ("seed", "budget"), "fuzz-rules": (),
+_ALIKE = {"ops": ("seed", "budget", "device"), "fuzz-rules": (),
           "fuzz": ("quantity", "methods")}
 
 
