@@ -28,7 +28,7 @@ from jacverify.cli_common import (
 )
 
 from jacverify.quantity_table import STANDALONE as QUANTITIES  # no torch import for --help
-from jacverify.shards import parse_shard
+from jacverify.shards import parse_shard, select_shard, shard_body
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="how long to shrink a failure (default: 30)")
     fz.add_argument("--max-depth", type=int, default=3, metavar="D", help="max depth (default: 3)")
     fz.add_argument("--max-width", type=int, default=5, metavar="W", help="max width (default: 5)")
+    fz.add_argument("--json", metavar="PATH",
+                    help="write the campaign's counts and failure as JSON")
+    fz.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                    help="fuzz only shard I of N of the families (NOTE [shards] in "
+                    "jacverify/shards.py); combine the shards' --json with jacverify merge")
     sub.add_parser("demo", help="check the README's network and print the report",
                    description="Checks the README's example network (a 5-16-3 tanh MLP on a batch "
                    "of 8) every registered way and prints the report: a first look at what "
@@ -139,15 +144,19 @@ def _parser() -> argparse.ArgumentParser:
                      help="seconds to shrink an operator's first failure (default: 1)")
     ops.add_argument("--timeout", type=float, default=20.0, metavar="S",
                      help="seconds per operator before it is abandoned (default: 20)")
-    options.add_to_argparse(ops, ("seed",), helps={"seed": "seed of the drawn values (default: 0)"})
+    options.add_to_argparse(ops, ("seed", "device"), helps={
+        "seed": "seed of the drawn values (default: 0)",
+        "device": "device the routes run on, e.g. cuda (default: cpu); samples are drawn and "
+                  "references computed on the CPU in float64 (NOTE [ops on a device])"})
     ops.add_argument("--json", metavar="PATH", help="write per-operator results as JSON")
     ops.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                      help="check only shard I of N of the operators (NOTE [shards] in "
                      "jacverify/shards.py); combine the shards' --json with jacverify merge")
-    mg = sub.add_parser("merge", help="combine the JSON of a run's shards (ops or fuzz-rules "
-                        "--shard I/N --json ...) into one report and one exit status",
+    mg = sub.add_parser("merge", help="combine the JSON of a run's shards (ops, fuzz-rules or "
+                        "fuzz --shard I/N --json ...) into one report and one exit status",
                         description="Combines the JSON documents that the shards of one "
-                        "`jacverify ops` or `jacverify fuzz-rules` run wrote with --shard I/N "
+                        "`jacverify ops`, `jacverify fuzz-rules` or `jacverify fuzz` run wrote "
+                        "with --shard I/N "
                         "--json into one document, and exits as the unsharded run would. Refuses "
                         "missing or repeated shards and shards of different runs.")
     mg.add_argument("files", nargs="+", metavar="SHARD.json", help="one JSON document per shard")
@@ -223,9 +232,11 @@ def _fuzz(args: argparse.Namespace) -> int:
     from jacverify.databases import database_argument
     from jacverify.fuzzing import fuzz
     from jacverify.profiles import load_profile
-    from jacverify.strategies import TWICE_DIFFERENTIABLE, cases, networks
+    from jacverify.strategies import FAMILIES, TWICE_DIFFERENTIABLE, cases, networks
+    from jacverify.validation import check_choice
 
     _positive(args, ("examples", "seconds", "shrink_seconds", "max_depth", "max_width"))
+    writable_path("--json", args.json)
     for path in args.function:
         module, _, name = path.partition(":")
         try:
@@ -240,11 +251,13 @@ def _fuzz(args: argparse.Namespace) -> int:
         if methods:
             jacverify.get_methods(methods, args.quantity)
         dtype = options.parse_dtype(args.dtype)
-        families = options.parse_methods(args.families)
+        families = list(dict.fromkeys(check_choice("families", name, FAMILIES) for name in
+                                      options.parse_methods(args.families) or FAMILIES))
+        chosen = select_shard(families, args.shard, empty=Usage)  # NOTE [shards]
         second = args.quantity in ("hessian", "hessian_diagonal")
         nets = networks(max_depth=args.max_depth, max_width=args.max_width,
                         coupled=args.coupled, functions=args.function,
-                        **({"families": families} if families else {}),
+                        **({"families": chosen} if tuple(chosen) != FAMILIES else {}),
                         **({"activations": TWICE_DIFFERENTIABLE} if second else {}))
     except (argparse.ArgumentTypeError, jacverify.InvalidArgument) as e:
         raise Usage(str(e)) from None
@@ -273,6 +286,12 @@ def _fuzz(args: argparse.Namespace) -> int:
     out.print(counts_table(result.counts, [str(s) for s in Status], first="method", title=title))
     for method, why in result.reasons.items():
         out.print(f"{method}: {why}", markup=False)
+    if args.json:
+        from jacverify.outcomes import document, write_json
+
+        write_json(args.json, document("fuzz", **shard_body(args.shard, len(families)),
+                                       quantity=args.quantity, methods=methods, profile=profile,
+                                       families=chosen, campaigns=[_campaign_json(result, chosen)]))
     if result.failure is None:
         if not result.passed:
             out.print(f"UNVERIFIED: no failure, but none of the {result.examples} examples verified "
@@ -288,6 +307,18 @@ def _fuzz(args: argparse.Namespace) -> int:
               f"replay with (seed {result.seed}):\n", markup=False)
     out.print(f.snippet, markup=False)
     return EXIT_MISMATCH
+
+
+def _campaign_json(result, families: list[str]) -> dict:
+    """One campaign of ``jacverify fuzz --json`` (a shard's: NOTE [shards])."""
+    f = result.failure
+    return {"families": list(families), "verdict": str(result.verdict),
+            "examples": result.examples, "verified": result.verified, "rejected": result.rejected,
+            "seconds": result.seconds, "seed": result.seed, "counts": result.counts,
+            "failed_at": result.failed_at, "reasons": dict(result.reasons),
+            "failure": None if f is None else {
+                "example": repr(f.case), "snippet": f.snippet, "error": f.error,
+                "message": f.report.failure_message() if f.report else None}}
 
 
 def _positive(args: argparse.Namespace, names: tuple[str, ...]) -> None:

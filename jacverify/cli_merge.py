@@ -1,6 +1,7 @@
 """``jacverify merge``: the JSON documents of the shards of one run (``jacverify ops --shard I/N
---json ...``, ``jacverify fuzz-rules --shard I/N --json ...``) combined into one report and one exit
-status, the ones an unsharded run gives (NOTE [shards] in :mod:`jacverify.shards`)."""
+--json ...``, ``jacverify fuzz-rules --shard I/N --json ...``, ``jacverify fuzz --shard I/N --json
+...``) combined into one report and one exit status, the ones an unsharded run gives (NOTE [shards]
+in :mod:`jacverify.shards`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ __all__ = ["merge_documents", "document_exit_status", "ops_exit_status", "run_me
            "OP_STATUSES"]
 
 OP_STATUSES = ("agree", "mismatch", "known", "unsupported", "skipped", "not_applicable")  # run_ops counts these
-_ITEMS = {"ops": ("operators", "name"), "fuzz-rules": ("rules", "rule")}
+# per kind: the list of items, the key naming the target(s) an item covers (a fuzz campaign covers
+# its shard's network families), and the fields every shard of one run has alike
+_ITEMS = {"ops": ("operators", "name"), "fuzz-rules": ("rules", "rule"),
+          "fuzz": ("campaigns", "families")}
+_ALIKE = {"ops": ("seed", "budget", "device"), "fuzz-rules": (),
+          "fuzz": ("quantity", "methods")}
 
 
 def ops_exit_status(statuses: list[str]) -> int:
@@ -36,12 +42,12 @@ def merge_documents(documents: list[dict[str, Any]], *, names: list[str] | None 
     recomputed.
 
     Args:
-        documents: the shards' JSON documents, each of kind ``ops`` or ``fuzz-rules``.
+        documents: the shards' JSON documents, each of kind ``ops``, ``fuzz-rules`` or ``fuzz``.
         names: what to call each document in messages (default: its position).
 
     Returns:
         A document of the same kind with ``merged_from`` (each shard as ``I/N``) in place of
-        ``shard``.
+        ``shard``; for ``fuzz``, ``families`` is every shard's, in the unsharded run's order.
 
     Raises:
         ValueError: the documents are of different kinds or schema versions, not shards of one
@@ -55,6 +61,11 @@ def merge_documents(documents: list[dict[str, Any]], *, names: list[str] | None 
         raise ValueError(f"the documents are of kinds {sorted(map(str, kinds))}; merge combines "
                          f"documents of one kind, one of {', '.join(_ITEMS)}")
     (kind,) = kinds
+    for name in _ALIKE[kind]:
+        values = {json.dumps(d.get(name)) for d in documents}
+        if len(values) != 1:
+            raise ValueError(f"the documents have {name} {', '.join(sorted(values))}: shards of "
+                             "different runs; merge the shards of one run")
     versions = {d.get("schema_version") for d in documents}
     if len(versions) != 1:
         raise ValueError(f"the documents have schema versions {sorted(map(str, versions))}; "
@@ -82,24 +93,31 @@ def merge_documents(documents: list[dict[str, Any]], *, names: list[str] | None 
     field, key = _ITEMS[kind]
     where: dict[str, str] = {}
     placed: list[tuple[int, dict[str, Any]]] = []
+    targets: list[tuple[int, str]] = []
     for name, doc in zip(names, documents):
         shard = doc.get("shard")
-        for k, item in enumerate(doc.get(field, [])):
-            if item[key] in where:
-                raise ValueError(f"{item[key]!r} is in both {where[item[key]]} and {name}")
-            where[item[key]] = name
+        k = 0  # the document's targets so far
+        for item in doc.get(field, []):
             # back at its place in the unsharded run (NOTE [shards]: round robin)
             placed.append((k * shard["count"] + shard["index"] - 1 if shard else k, item))
+            for target in item[key] if isinstance(item[key], list) else [item[key]]:
+                if target in where:
+                    raise ValueError(f"{target!r} is in both {where[target]} and {name}")
+                where[target] = name
+                targets.append((k * shard["count"] + shard["index"] - 1 if shard else k, target))
+                k += 1
     items = [item for _, item in sorted(placed, key=lambda p: p[0])]
-    if shards[0] is not None and len(items) != shards[0]["of"]:
-        raise ValueError(f"the shards hold {len(items)} of the run's {shards[0]['of']} targets")
+    if shards[0] is not None and len(targets) != shards[0]["of"]:
+        raise ValueError(f"the shards hold {len(targets)} of the run's {shards[0]['of']} targets")
     merged = {k: v for k, v in documents[0].items()
-              if k not in ("shard", field, "counts", "seconds")}
+              if k not in ("shard", field, "counts", "seconds", "families")}
     merged["merged_from"] = [f"{s['index']}/{s['count']}" if s else name
                              for name, s in zip(names, shards)]
     if kind == "ops":
         merged["seconds"] = sum(d.get("seconds", 0.0) for d in documents)
         merged["counts"] = {s: sum(i["status"] == s for i in items) for s in OP_STATUSES}
+    if kind == "fuzz":
+        merged["families"] = [t for _, t in sorted(targets, key=lambda p: p[0])]
     merged[field] = items
     return merged
 
@@ -108,7 +126,8 @@ def document_exit_status(document: dict[str, Any]) -> int:
     """The exit status the unsharded run of a (merged) document would have."""
     if document["kind"] == "ops":
         return ops_exit_status([op["status"] for op in document["operators"]])
-    return exit_status([r["verdict"] for r in document["rules"]])
+    field, _ = _ITEMS[document["kind"]]
+    return exit_status([r["verdict"] for r in document[field]])
 
 
 def run_merge(args: argparse.Namespace, usage: type[Exception]) -> int:
@@ -135,6 +154,17 @@ def run_merge(args: argparse.Namespace, usage: type[Exception]) -> int:
               f"{c['mismatch']} with wrong values, {c['known']} with wrong values torch declares, "
               f"{c['unsupported']} unsupported only, {c['skipped']} skipped; "
               f"{merged['seconds']:.0f} s in all shards")
+    elif merged["kind"] == "fuzz":
+        for c in merged["campaigns"]:
+            print(f"{', '.join(c['families'])}: {c['verdict']} ({c['examples']} examples, "
+                  f"{c['verified']} verified, seed {c['seed']})")
+            if c["failure"] is not None:
+                print(c["failure"]["message"] or f"error: {c['failure']['error']}")
+                print(f"replay with (seed {c['seed']}):\n{c['failure']['snippet']}")
+        verdicts = [c["verdict"] for c in merged["campaigns"]]
+        print(f"campaigns ({' + '.join(merged['merged_from'])}) over {len(merged['families'])} "
+              f"families: {verdicts.count('passed')} passed, {verdicts.count('failed')} failed, "
+              f"{verdicts.count('unverified')} unverified")
     else:
         verdicts = [r["verdict"] for r in merged["rules"]]
         for r in merged["rules"]:

@@ -101,6 +101,7 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
     from rich.table import Table
 
     import jacverify
+    from jacverify.case import resolve_device
     from jacverify.references import warnings_recorded
     from jacverify.rules.op_args import FAMILIES
     from jacverify.rules.op_fuzzer import ROUTES
@@ -109,6 +110,7 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
     out = Console(highlight=False, soft_wrap=True, width=max(Console().width, 160))
     err = Console(stderr=True)
     try:
+        device = resolve_device(args.device)  # NOTE [ops on a device]
         targets = _op_targets(None if args.all else (args.op or DEFAULT_OPS), select_ops,
                               full_name, FAMILIES)
         total, targets = len(targets), select_shard(targets, args.shard, empty=usage)  # NOTE [shards]
@@ -125,7 +127,7 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
             began = time.perf_counter()
             try:
                 with time_limit(args.timeout), warnings_recorded():
-                    result = _one_op(name, op, args, FAMILIES)
+                    result = _one_op(name, op, args, FAMILIES, device)
             except Timeout:
                 result = OpResult(name, (OpCheck("vmap", "", "skipped", "timed out"),),
                                   time.perf_counter() - began, f"abandoned after {args.timeout:g} s")
@@ -133,7 +135,8 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
             progress.advance(task)
     seconds = time.perf_counter() - start
     statuses = OP_STATUSES  # one list, the one jacverify merge counts
-    per_check = Table(title=f"jacverify ops: {len(results)} operators, {seconds:.0f} s "
+    on = "" if device.type == "cpu" else f" on {device} (references on the CPU)"
+    per_check = Table(title=f"jacverify ops{on}: {len(results)} operators, {seconds:.0f} s "
                       "(sweep checks + fuzzed examples, per route and status)")
     per_check.add_column("route")
     for st_ in statuses:
@@ -162,16 +165,18 @@ def run_ops(args: argparse.Namespace, usage: type[Exception]) -> int:
             if any(c.status in ("mismatch", "known") and c.sample != "fuzzed" for c in r.checks):
                 out.print(f"replay {r.name}'s samples: python -c \"from jacverify.rules.ops import "
                           f"check_op, select_ops; print([c for c in check_op(select_ops(["
-                          f"'{r.name}'])[0], samples={args.samples}, seed={args.seed}).checks "
+                          f"'{r.name}'])[0], samples={args.samples}, seed={args.seed}"
+                          f"{'' if device.type == 'cpu' else f', device={str(device)!r}'}).checks "
                           f"if c.status != 'agree'])\"", markup=False, soft_wrap=True)
     counts = {s: sum(r.status == s for r in results) for s in statuses}
     out.print(f"operators: {counts['agree']} agree, {counts['mismatch']} with wrong values, "
               f"{counts['known']} with wrong values torch declares, {counts['unsupported']} "
-              f"unsupported only, {counts['skipped']} skipped; {seconds:.0f} s", markup=False)
+              f"unsupported only, {counts['skipped']} skipped; {seconds:.0f} s{on}", markup=False)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(document("ops", **shard_body(args.shard, total), seconds=seconds,
                                counts=counts, budget=args.budget, seed=args.seed,
+                               device=str(device),
                                operators=[_op_json(r) for r in results]),
                       f, indent=2)
     return ops_exit_status([str(r.status) for r in results])  # the rule merge applies too
@@ -195,8 +200,9 @@ def _op_targets(names, select_ops, full_name, families) -> list:
     return targets
 
 
-def _one_op(name: str, op, args: argparse.Namespace, families):
-    """The sweep over OpInfo's samples (when there is an entry) and the fuzzer's campaign."""
+def _one_op(name: str, op, args: argparse.Namespace, families, device):
+    """The sweep over OpInfo's samples (when there is an entry) and the fuzzer's campaign, the
+    routes on ``device`` (NOTE [ops on a device])."""
     import dataclasses
 
     import jacverify
@@ -205,7 +211,7 @@ def _one_op(name: str, op, args: argparse.Namespace, families):
     from jacverify.rules.ops import OpCheck, OpResult, check_op
 
     began = time.perf_counter()
-    result = (check_op(op, samples=args.samples, seed=args.seed) if op is not None
+    result = (check_op(op, samples=args.samples, seed=args.seed, device=device) if op is not None
               else OpResult(name, (), 0.0))
     if not args.budget:
         return result
@@ -215,7 +221,7 @@ def _one_op(name: str, op, args: argparse.Namespace, families):
         return dataclasses.replace(result, reason=result.reason or f"not fuzzed: {e}")
     try:
         report = fuzz_op(family, budget=args.budget, seed=args.seed, database=None,
-                         shrink_seconds=args.shrink_seconds)
+                         shrink_seconds=args.shrink_seconds, device=device)
     except Exception as e:  # noqa: BLE001 - the fuzzer could not run this op: say so, go on
         from jacverify.judge import raised
 

@@ -1,5 +1,6 @@
 """Sharded runs: ``--shard I/N`` picks a deterministic part of a run's targets (the operators of
-``jacverify ops``, the rules of ``jacverify fuzz-rules``), each shard writes its JSON, and
+``jacverify ops``, the rules of ``jacverify fuzz-rules``, the network families of ``jacverify
+fuzz``), each shard writes its JSON, and
 ``jacverify merge`` (:mod:`jacverify.cli_merge`) combines them into one report and one exit status.
 Importing this module does not import torch.
 
@@ -11,6 +12,12 @@ drawn values come from ``--seed`` alone (``check_op`` seeds torch's generator pe
 operator's result in a shard is the one it has in an unsharded run. Each shard's JSON records
 ``{"index", "count", "of"}`` (``of``: the targets of the whole run), so ``merge`` can tell a
 missing or repeated shard from a complete set.
+
+``jacverify fuzz`` is one campaign, not one per target: a shard runs one campaign (its own
+``--examples`` or ``--seconds``) whose networks are drawn from its families only, so its cases are
+not the unsharded campaign's. What carries over is the verdict: the merged exit status is the
+unsharded run's rule (failed if any shard's campaign found a failure, else unverified if one
+verified nothing), and the merged ``families`` are the whole run's, in its order.
 """
 
 from __future__ import annotations

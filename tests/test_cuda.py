@@ -1,9 +1,10 @@
-"""CUDA paths: checks, the fuzzers' cases, bench and the CLI on ``--device cuda``. They run where
-CUDA is available and skip with a reason elsewhere (CI has no GPU). Known gaps are declared, not
-hidden."""
+"""CUDA paths: checks, the fuzzers' cases, bench, ``ops`` and the CLI on ``--device cuda``. They
+run where CUDA is available and skip with a reason elsewhere (CI has no GPU). Known gaps are
+declared, not hidden."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -95,3 +96,53 @@ def test_cli_check_and_bench_on_cuda():
         result = subprocess.run([sys.executable, "-m", "jacverify", *args], capture_output=True,
                                 text=True, timeout=600)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ops_sweep_runs_the_routes_on_the_device():
+    # NOTE [ops on a device]
+    pytest.importorskip("expecttest")
+    from jacverify.rules.ops import OP_CHECKS, check_op, select_ops
+
+    result = check_op(select_ops(["sin"])[0], samples=1, device="cuda")
+    assert str(result.status) == "agree", [c for c in result.checks if c.status != "agree"]
+    assert {c.check for c in result.checks} == set(OP_CHECKS)
+
+
+def _sin_family():
+    from hypothesis import strategies as st
+
+    from jacverify.rules.op_fuzzer import Call, OpFamily, form
+
+    return OpFamily("sin_wrong_on_the_device", _WrongOnlyOnTheDevice.apply, st.just(form(n=3)),
+                    lambda f, gen: Call((torch.randn(f["n"], generator=gen, dtype=torch.float64),)),
+                    code="_WrongOnlyOnTheDevice.apply", ref="_sin_family()")
+
+
+def test_operator_fuzzer_flags_a_backward_wrong_only_on_the_device():
+    """The routes run on the device, the finite differences on the CPU: the twin passes on the
+    CPU and its reverse mode fails on the device."""
+    from jacverify.rules.op_fuzzer import fuzz_op
+
+    assert fuzz_op(_sin_family(), max_examples=5, seed=0).passed
+    report = fuzz_op(_sin_family(), max_examples=5, seed=0, shrink_examples=5, device="cuda")
+    assert str(report.verdict) == "failed" and "reverse_ad" in {c.check for c in report.wrong}
+    assert "device='cuda'" in report.snippet
+
+
+@pytest.mark.slow
+def test_cli_ops_on_cuda_sharded_and_merged(tmp_path):
+    pytest.importorskip("expecttest")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "jacverify", *args], capture_output=True,
+                              text=True, timeout=600, cwd=tmp_path)
+
+    common = ["ops", "--op", "sin", "--op", "exp", "--samples", "1", "--device", "cuda"]
+    for i in (1, 2):
+        result = run(*common, "--shard", f"{i}/2", "--json", f"{i}.json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "on cuda" in result.stdout
+    merged = run("merge", "1.json", "2.json", "--json", "merged.json")
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    doc = json.loads((tmp_path / "merged.json").read_text())
+    assert doc["device"] == "cuda" and [o["name"] for o in doc["operators"]] == ["sin", "exp"]

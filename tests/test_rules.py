@@ -157,7 +157,32 @@ def test_cli_ops_named_writes_json(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(out.read_text())
     assert {o["name"]: o["status"] for o in doc["operators"]} == {"sin": "agree", "matmul": "agree"}
+    assert doc["device"] == "cpu"
     assert "operators: 2 agree, 0 with wrong values" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "jacverify", "ops", "--op", "sinn"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "did you mean 'sin" in bad.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available: --device cuda is valid "
+                    "here (tests/test_cuda.py runs it)")
+def test_cli_ops_on_cuda_without_cuda_is_a_usage_error(capsys):
+    from jacverify.cli import main
+
+    assert main(["ops", "--op", "sin", "--device", "cuda"]) == 2  # before any operator runs
+    err = capsys.readouterr().err
+    assert "device='cuda' was asked for but CUDA is not available here" in err
+    assert "Traceback" not in err
+
+
+def test_ops_routes_on_a_device_index_give_the_cpu_results():
+    """The device path (a copy of each sample, routes on it, references on the original) taken on
+    ``cpu:0``, a device other than the samples' ``cpu``: the same checks as a CPU run."""
+    pytest.importorskip("expecttest")
+    from jacverify.rules.ops import check_op, select_ops
+
+    op = select_ops(["index_select"])[0]  # an integer index argument moves with the sample
+    here, there = (check_op(op, samples=1, device=d) for d in (None, "cpu:0"))
+    assert [(c.check, c.sample, c.status) for c in there.checks] == \
+        [(c.check, c.sample, c.status) for c in here.checks]
+    assert str(there.status) == "agree"

@@ -112,12 +112,14 @@ def _flatten(out) -> list[torch.Tensor]:
 def differ(got, want) -> str | None:
     """What differs between a vmapped and a looped result: shape, dtype or values (floating ones
     under NOTE [tolerances] for their dtype, complex ones as real pairs, NaN where both are NaN;
-    others exactly); None if nothing."""
+    others exactly); None if nothing. A result on another device (``jacverify ops --device``) is
+    compared on the loop's (NOTE [references on the CPU])."""
     got, want = _flatten(got), _flatten(want)
     if len(got) != len(want):
         return f"returned {len(got)} outputs, the loop {len(want)}"
     for k, (g, w) in enumerate(zip(got, want)):
         where = f"output {k}: " if len(got) > 1 else ""
+        g = g.to(w.device)
         if g.shape != w.shape:
             return f"{where}shape {tuple(g.shape)}, the loop gives {tuple(w.shape)}"
         if g.dtype != w.dtype:

@@ -22,8 +22,7 @@ from hypothesis.errors import Unsatisfiable
 from torch.func import jvp, vjp, vmap
 
 from jacverify.campaign import Campaign, Trial
-from jacverify.case import Flat
-from jacverify.compare import Reference
+from jacverify.case import Flat, resolve_device
 from jacverify.errors import InvalidArgument
 from jacverify.judge import Status, Verdict, WRONG, campaign_verdict, raised
 from jacverify.rules.checks import differ, stack_outputs
@@ -45,6 +44,10 @@ __all__ = ["OpFamily", "OpExample", "Call", "OpFuzzReport", "fuzz_op", "check_ex
 #   fwd_over_fwd, rev_over_fwd, fwd_over_rev, rev_over_rev   the four compositions, against
 #            finite differences of the first derivative that agreed;
 #   vmap_jvp, vmap_vjp   vmap of jvp/vjp under the same partial batching against loops.
+# With a device, the samples are built on the CPU, every route but errors runs on their copy on the
+# device and every reference (loops, finite differences) stays on the CPU in float64 (NOTE [ops on
+# a device]); errors runs on the CPU, as values an op rejects can stop a GPU with a device-side
+# assert.
 # Arguments a family freezes (batch_norm's running statistics) are never differentiated; a family
 # may restrict an argument's directions to symmetric matrices (the gradient convention of ops
 # documented for Hermitian input, e.g. linalg.cholesky), and say why a point is one where the
@@ -309,10 +312,12 @@ def _loop(s: _Sampled) -> tuple[list, list[tuple[int, str]]]:
     return outs, errors
 
 
-def _vmap_route(s: _Sampled, outs: list, errors: list) -> OpCheck:
+def _vmap_route(s: _Sampled, outs: list, errors: list, device: torch.device) -> OpCheck:
     dims = s.ex.in_dims
+    if errors:  # the errors route stays where the samples raised: on a GPU, an input an op
+        device = torch.device("cpu")  # rejects can be a device-side assert that ends the process
     try:
-        got = vmap(s.call, in_dims=dims, randomness="error")(*s.batched)
+        got = vmap(s.call, in_dims=dims, randomness="error")(*[b.to(device) for b in s.batched])
     except Exception as e:  # noqa: BLE001
         if errors:
             return OpCheck("errors", "vmap", Status.AGREE, f"vmap raised, as sample "
@@ -366,7 +371,10 @@ def _has_forward_formula(p: _Point, z: torch.Tensor, v: torch.Tensor) -> bool:
                    for o, k in zip(outs, keep) if k)
 
 
-def _derivative_routes(p: _Point, gen: torch.Generator) -> list[OpCheck]:
+def _derivative_routes(p: _Point, gen: torch.Generator, q: _Point | None = None) -> list[OpCheck]:
+    """The first and second derivatives of ``q`` (``p``'s copy on the device; ``p`` itself by
+    default) against finite differences of ``p``."""
+    q = p if q is None else q
     z = p.z
     if not z.numel():
         return [OpCheck(r, "", Status.SKIPPED, "no differentiable floating tensor argument")
@@ -383,32 +391,34 @@ def _derivative_routes(p: _Point, gen: torch.Generator) -> list[OpCheck]:
     scale = float(center.abs().max()) / max(1.0, float(z.abs().max())) * float(v.abs().max())
     forward = (not _is_custom_op(p.s.family.fn) or _has_forward_formula(p, z, v)
                or not bool(fd.value.abs().gt(fd.error * 2).any()))
+    z, v, w, u = q.z, *(t.to(q.z.device) for t in (v, w, u))  # the routes' copies
     if forward:
-        checks = [judge_route("forward_ad", "", lambda: jvp(p.outputs, (z,), (v,))[1], fd, scale,
-                              lambda h: line_reference(flat, v, h))]
+        checks = [judge_route("forward_ad", "", lambda: jvp(q.outputs, (z,), (v,))[1], fd, scale,
+                              lambda h: line_reference(flat, v.cpu(), h))]
     else:
         checks = [OpCheck("forward_ad", "", Status.UNSUPPORTED, NO_FORWARD)]
-    checks.append(judge_route("reverse_ad", "", lambda: (_autograd_vjp(p.outputs, z, u) * v).sum(),
-                              adjoint_reference(fd, u), scale * float(u.abs().sum()),
-                              lambda h: adjoint_reference(line_reference(flat, v, h), u)))
+    checks.append(judge_route("reverse_ad", "", lambda: (_autograd_vjp(q.outputs, z, u) * v).sum(),
+                              adjoint_reference(fd, u.cpu()), scale * float(u.abs().sum()),
+                              lambda h: adjoint_reference(line_reference(flat, v.cpu(), h),
+                                                          u.cpu())))
     first = next((c for c in checks if c.status == Status.AGREE), None)
     if first is None:
         return checks + [OpCheck(c, "", Status.SKIPPED, "no first derivative agreed with finite "
                                  "differences") for c in SECOND]
 
     def fwd(x):  # u · J(x) v by forward mode
-        return (u * jvp(p.outputs, (x,), (v,))[1]).sum()
+        return (u * jvp(q.outputs, (x,), (v,))[1]).sum()
 
     def rev(x):  # (Jᵀ(x) u) · v by reverse mode
-        return (_autograd_vjp(p.outputs, x, u) * v).sum()
+        return (_autograd_vjp(q.outputs, x, u) * v).sum()
 
     verified = rev if first.check == "reverse_ad" else fwd
-    line = p.flat(lambda x: verified(x).detach()[None])
+    line = p.flat(lambda x: verified(x.to(z.device)).detach().cpu()[None])
     try:
-        ref = line_reference(line, w)
+        ref = line_reference(line, w.cpu())
     except Exception as e:  # noqa: BLE001 - the first derivative fails off the sample
         return checks + [OpCheck(c, "", Status.SKIPPED, raised(e)) for c in SECOND]
-    one = torch.ones((), dtype=z.dtype)
+    one = torch.ones((), dtype=z.dtype, device=z.device)
 
     def fwd_over_rev():
         import torch.autograd.forward_ad as fwad
@@ -427,7 +437,7 @@ def _derivative_routes(p: _Point, gen: torch.Generator) -> list[OpCheck]:
             continue
         checks.append(judge_route(label, "", _defined(run), ref,
                                   scale * float(u.abs().sum() * w.abs().max()),
-                                  lambda h: line_reference(line, w, h)))
+                                  lambda h: line_reference(line, w.cpu(), h)))
     return checks
 
 
@@ -442,9 +452,12 @@ def _defined(run: Callable[[], torch.Tensor | None]) -> Callable[[], torch.Tenso
 
 
 def _vmapped_derivatives(s: _Sampled, p: _Point, gen: torch.Generator,
-                         forward: bool | None = None) -> list[OpCheck]:
+                         forward: bool | None = None,
+                         device: torch.device | None = None) -> list[OpCheck]:
     """vmap of jvp / vjp over every differentiable argument, under the example's partial
-    batching, with a tangent (cotangent) per sample, against loops of them."""
+    batching, with a tangent (cotangent) per sample, on ``device`` against loops of them on the
+    samples' own."""
+    device = p.z.device if device is None else device
     if not p.z.numel():
         return []
     b = s.ex.batch_size
@@ -477,7 +490,8 @@ def _vmapped_derivatives(s: _Sampled, p: _Point, gen: torch.Generator,
             out.append(OpCheck(label, "", Status.SKIPPED, f"the loop raised: {raised(e)}"))
             continue
         try:
-            got = vmap(per, in_dims=dims, randomness="error")(*s.batched, extra)
+            got = vmap(per, in_dims=dims, randomness="error")(
+                *[b.to(device) for b in s.batched], extra.to(device))
         except Exception as e:  # noqa: BLE001
             out.append(OpCheck(label, "", Status.UNSUPPORTED, raised(e)))
             continue
@@ -486,8 +500,8 @@ def _vmapped_derivatives(s: _Sampled, p: _Point, gen: torch.Generator,
     return out
 
 
-def check_example(family: OpFamily, ex: OpExample) -> tuple[OpCheck, ...]:
-    """Every route (NOTE [operator routes]) on one example.
+def check_example(family: OpFamily, ex: OpExample, *, device=None) -> tuple[OpCheck, ...]:
+    """Every route (NOTE [operator routes]) on one example, on ``device`` (default: the CPU).
 
     Returns:
         One :class:`~jacverify.rules.ops.OpCheck` per route that ran; empty when every sample
@@ -499,6 +513,7 @@ def check_example(family: OpFamily, ex: OpExample) -> tuple[OpCheck, ...]:
     >>> sorted({str(c.status) for c in check_example(op_family(example.op), example)})
     ['agree']
     """
+    device = resolve_device(device)
     s = _Sampled(family, ex)
     outs, errors = _loop(s)
     valid = [i for i, o in enumerate(outs) if o is not None]
@@ -507,13 +522,14 @@ def check_example(family: OpFamily, ex: OpExample) -> tuple[OpCheck, ...]:
     if _random(s, s.samples[valid[0]]):
         return tuple(OpCheck(r, "", Status.SKIPPED, "random: two seeds give different outputs")
                      for r in ROUTES[1:])
-    checks = [_vmap_route(s, outs, errors)]
+    checks = [_vmap_route(s, outs, errors, device)]
     gen = torch.Generator().manual_seed(ex.seed + 1)
     p = _Point(s, s.samples[valid[0]])
+    q = p if device == p.z.device else _Point(s, [t.to(device) for t in p.tensors])
     try:
-        routes = _derivative_routes(p, gen)
+        routes = _derivative_routes(p, gen, q)
         forward = not any(c.detail == NO_FORWARD for c in routes)
-        checks += routes + ([] if errors else _vmapped_derivatives(s, p, gen, forward))
+        checks += routes + ([] if errors else _vmapped_derivatives(s, p, gen, forward, device))
     except _Skip as e:
         checks += [OpCheck(r, "", Status.SKIPPED, str(e)) for r in ROUTES[2:]]
     return tuple(_classify(family, s, c) for c in checks)
@@ -597,7 +613,7 @@ class OpFuzzReport:
 def fuzz_op(family: OpFamily, *, max_examples: int = 50, seconds: float | None = None,
             budget: float | None = None, seed: int | None = None, database: Any = None,
             shrink_seconds: float = 30.0, shrink_examples: int | None = None,
-            max_batch_size: int = MAX_BATCH) -> OpFuzzReport:
+            max_batch_size: int = MAX_BATCH, device=None) -> OpFuzzReport:
     """Fuzz one operator's derivatives and batching rules; shrink the first wrong value.
 
     Args:
@@ -611,6 +627,8 @@ def fuzz_op(family: OpFamily, *, max_examples: int = 50, seconds: float | None =
         database: where Hypothesis saves failures (see :class:`~jacverify.campaign.Campaign`).
         shrink_seconds, shrink_examples: the shrink budget (NOTE [shrink budget]).
         max_batch_size: the largest batch drawn.
+        device: where the routes run (default: the CPU); the references stay on the CPU in
+            float64 (NOTE [ops on a device] in :mod:`jacverify.rules.ops`).
 
     Returns:
         An :class:`OpFuzzReport`; ``report.snippet`` replays a failure.
@@ -624,6 +642,7 @@ def fuzz_op(family: OpFamily, *, max_examples: int = 50, seconds: float | None =
     """
     if budget is not None and not budget > 0:
         raise InvalidArgument(f"budget={budget!r} must be a positive number of seconds or None")
+    device = resolve_device(device)
     campaign = Campaign(max_examples=max_examples, seconds=seconds if budget is None else budget,
                         seed=seed,
                         database=database, shrink_seconds=shrink_seconds,
@@ -637,7 +656,7 @@ def fuzz_op(family: OpFamily, *, max_examples: int = 50, seconds: float | None =
             state["unrun"] += 1  # past the budget: not run, and not counted (NOTE [operator budget])
             return Trial(Verdict.UNVERIFIED)
         try:
-            checks = check_example(family, ex)
+            checks = check_example(family, ex, device=device)
         except Exception as e:  # noqa: BLE001 - jacverify cannot run this example: say why
             if len(refusals) < 3 and raised(e) not in refusals:
                 refusals.append(raised(e))
@@ -654,7 +673,8 @@ def fuzz_op(family: OpFamily, *, max_examples: int = 50, seconds: float | None =
     examples = op_examples(family, max_batch_size=max_batch_size)
     try:
         result = campaign.run(examples, check, key=key,
-                              replay=lambda t: snippet(family, t.example, t.outcome or ()),
+                              replay=lambda t: snippet(family, t.example, t.outcome or (),
+                                                       device=device),
                               tally=lambda checks: ((c.check, str(c.status)) for c in checks))
     except Unsatisfiable:
         why = f": jacverify could not run them ({'; '.join(refusals)})" if refusals else ""
@@ -686,9 +706,10 @@ def _literal(x: Any) -> str:
     return repr(x)
 
 
-def snippet(family: OpFamily, ex: OpExample, checks=()) -> str:
+def snippet(family: OpFamily, ex: OpExample, checks=(), *, device=None) -> str:
     """Code that replays ``ex``: the op called on its first sample's values (when small enough
-    to print), the vmap call when a batching route failed, and the routes re-run."""
+    to print), the vmap call when a batching route failed, and the routes re-run (on
+    ``device``)."""
     lines = ["import torch", family.imports]
     try:
         s = _Sampled(family, ex)
@@ -707,5 +728,6 @@ def snippet(family: OpFamily, ex: OpExample, checks=()) -> str:
     lines.append("from jacverify.rules.op_fuzzer import OpExample, check_example")
     lines.append(f"family = {family.ref}")
     lines.append(f"example = {ex!r}")
-    lines.append("print([c for c in check_example(family, example) if c.status != 'agree'])")
+    on = "" if device is None or torch.device(device).type == "cpu" else f", device={str(device)!r}"
+    lines.append(f"print([c for c in check_example(family, example{on}) if c.status != 'agree'])")
     return "\n".join(lines)

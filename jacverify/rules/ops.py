@@ -1,7 +1,17 @@
 """``jacverify ops``: torch's own operators, from its OpInfo database, cross-checked per sample:
 vmap against the loop, forward and reverse AD against float64 finite differences, vmap of jvp and
 vjp against loops, and the four forward/reverse compositions of second derivatives against finite
-differences of the verified first derivative."""
+differences of the verified first derivative.
+
+NOTE [ops on a device]
+With ``device`` (``jacverify ops --device cuda``) the samples are still drawn on the CPU in float64
+(the same values as a CPU run: NOTE [shards]), then copied to the device; every route -- vmap, the
+first derivatives, vmap of jvp and vjp, the four compositions -- runs on the device copy, while its
+reference stays on the CPU in float64, as everywhere (NOTE [references on the CPU]): the loops of
+per-sample calls, the finite differences of the op, and for second order the finite differences
+(taken on the CPU) of the device's first derivative that agreed. A kernel or formula wrong only on
+the device is then a mismatch. The database's declarations are read for that device's type.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp, vjp, vmap
 
-from jacverify.case import Flat
+from jacverify.case import Flat, resolve_device
 from jacverify.compare import Reference, compare
 from jacverify.errors import InvalidArgument
 from jacverify.oracles.finite_differences import directional_differences, fd_step
@@ -135,7 +145,15 @@ class _Sample:
                       if isinstance(s, torch.Tensor) and s.is_floating_point() and s.numel()
                       and s.layout == torch.strided]
         self.tensors = [slots[i].detach() for i in self.where]
+        self.device = self.tensors[0].device if self.tensors else torch.device("cpu")
         self.differentiable: list[bool] | None = None
+
+    def to(self, device: torch.device) -> _Sample:
+        """This sample with every tensor (arguments and keywords) on ``device``."""
+        if device == self.device:
+            return self
+        return _Sample(self.op, self.sample.transform(
+            lambda t: t.to(device) if isinstance(t, torch.Tensor) else t))
 
     def _differentiable(self) -> list[bool]:
         """Which outputs autograd differentiates (gradcheck's rule): an output marked
@@ -201,7 +219,8 @@ def _batched(tensors: list[torch.Tensor], gen: torch.Generator) -> list[torch.Te
     return out
 
 
-def _vmap_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
+def _vmap_checks(s: _Sample, d: _Sample, name: str, gen) -> list[OpCheck]:
+    """vmap of ``d`` (the sample on the device) against the loop of ``s`` (on the CPU)."""
     batched = _batched(s.tensors, gen)
     variants = [("in_dims=0", [0] * len(batched))]
     if all(t.ndim >= 2 for t in batched):
@@ -220,7 +239,8 @@ def _vmap_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
             continue
         want = stack_outputs(want)
         try:
-            got = vmap(s.call, in_dims=tuple(dims), randomness="error")(*args)
+            got = vmap(d.call, in_dims=tuple(dims), randomness="error")(
+                *[a.to(d.device) for a in args])
         except Exception as e:  # noqa: BLE001
             out.append(OpCheck("vmap", f"{name} {label}", "unsupported", raised(e)))
             continue
@@ -279,7 +299,7 @@ def judge_route(check: str, sample: str, run: Callable[[], torch.Tensor], ref: R
         return OpCheck(check, sample, "skipped", str(e))
     except Exception as e:  # noqa: BLE001 - missing formula / support
         return OpCheck(check, sample, "unsupported", raised(e))
-    value = value.detach().reshape(ref.value.shape)
+    value = value.detach().cpu().reshape(ref.value.shape)
     c = compare(value, ref, torch.float64, derivative_scale=scale)
     if c.passed:
         return OpCheck(check, sample, "agree")
@@ -309,7 +329,8 @@ def judge_route(check: str, sample: str, run: Callable[[], torch.Tensor], ref: R
                    f"{detail}; confirmed at other steps: {', '.join(at)}")
 
 
-def _derivative_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
+def _derivative_checks(s: _Sample, d: _Sample, name: str, gen) -> list[OpCheck]:
+    """The routes on ``d`` (the sample on the device) against finite differences of ``s``."""
     z = s.flat(s.of_z).x[0]
     n = z.numel()
     v = torch.randn(n, generator=gen, dtype=torch.float64)
@@ -322,13 +343,15 @@ def _derivative_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
     flat = s.flat(s.of_z)
     fd = line_reference(flat, v)
     scale = float(s.of_z(z).abs().max()) / max(1.0, float(z.abs().max())) * float(v.abs().max())
-    checks = [judge_route("forward_ad", name, lambda: jvp(s.of_z, (z,), (v,))[1], fd, scale,
+    z, v, w, u = (t.to(d.device) for t in (z, v, w, u))  # the routes' copies (the device's)
+    checks = [judge_route("forward_ad", name, lambda: jvp(d.of_z, (z,), (v,))[1], fd, scale,
                           lambda h: line_reference(flat, v, h))]
     checks.append(judge_route("reverse_ad", name,
-                              lambda: (vjp(s.of_z, z)[1](u)[0] * v).sum(), adjoint_reference(fd, u),
-                              scale * float(u.abs().sum()),
-                              lambda h: adjoint_reference(line_reference(flat, v, h), u)))
-    checks += _vmapped_derivatives(s, name, gen)
+                              lambda: (vjp(d.of_z, z)[1](u)[0] * v).sum(),
+                              adjoint_reference(fd, u.cpu()), scale * float(u.abs().sum()),
+                              lambda h: adjoint_reference(line_reference(flat, v.cpu(), h),
+                                                          u.cpu())))
+    checks += _vmapped_derivatives(s, d, name, gen)
     # Second order, against FD (along w) of the first derivative that agreed with FD above.
     first = next((c for c in checks[:2] if c.status == "agree"), None)
     if first is None:
@@ -336,49 +359,56 @@ def _derivative_checks(s: _Sample, name: str, gen) -> list[OpCheck]:
         return checks + [OpCheck(c, name, "skipped", reason) for c in OP_CHECKS[5:]]
     if first.check == "reverse_ad":
         def verified(x):
-            return (vjp(s.of_z, x)[1](u)[0] * v).sum()[None]
+            return (vjp(d.of_z, x.to(d.device))[1](u)[0] * v).sum()[None].cpu()
     else:
         def verified(x):
-            return (u * jvp(s.of_z, (x,), (v,))[1]).sum()[None]
+            return (u * jvp(d.of_z, (x.to(d.device),), (v,))[1]).sum()[None].cpu()
     try:
-        ref = line_reference(s.flat(verified), w)
+        ref = line_reference(s.flat(verified), w.cpu())
     except Exception as e:  # noqa: BLE001 - the first derivative itself fails off the sample
         return checks + [OpCheck(c, name, "skipped", raised(e)) for c in OP_CHECKS[5:]]
 
     def fwd(x):  # u · J(x) v by forward mode
-        return (u * jvp(s.of_z, (x,), (v,))[1]).sum()
+        return (u * jvp(d.of_z, (x,), (v,))[1]).sum()
 
     def rev(x):  # (Jᵀ(x) u) · v by reverse mode
-        return (vjp(s.of_z, x)[1](u)[0] * v).sum()
+        return (vjp(d.of_z, x)[1](u)[0] * v).sum()
 
+    one = torch.ones((), dtype=z.dtype, device=z.device)
     for label, inner in (("fwd_over_fwd", fwd), ("rev_over_fwd", fwd),
                          ("fwd_over_rev", rev), ("rev_over_rev", rev)):
         if label.startswith("fwd"):
             run = (lambda g: lambda: jvp(g, (z,), (w,))[1])(inner)
         else:
-            run = (lambda g: lambda: (vjp(g, z)[1](torch.ones((), dtype=z.dtype))[0] * w).sum())(inner)
+            run = (lambda g: lambda: (vjp(g, z)[1](one)[0] * w).sum())(inner)
         checks.append(judge_route(label, name, run, ref, scale * float(u.abs().sum() * w.abs().max()),
-                                  lambda h: line_reference(s.flat(verified), w, h)))
+                                  lambda h: line_reference(s.flat(verified), w.cpu(), h)))
     return checks
 
 
-def _vmapped_derivatives(s: _Sample, name: str, gen) -> list[OpCheck]:
-    """vmap over jvp and vjp (distinct points per sample) against loops of them."""
+def _vmapped_derivatives(s: _Sample, d: _Sample, name: str, gen) -> list[OpCheck]:
+    """vmap over jvp and vjp (distinct points per sample) on ``d``'s device against loops of them
+    on ``s``'s."""
     zs = torch.stack([torch.cat([t.reshape(-1) for t in b])
                       for b in zip(*[list(x) for x in _batched(s.tensors, gen)])])
     tangents = torch.randn(zs.shape, generator=gen, dtype=zs.dtype)
     cotangents = torch.randn((BATCH, s.of_z(zs[0]).numel()), generator=gen, dtype=zs.dtype)
     out = []
-    for label, per, second in (
-            ("vmap_jvp", lambda z, t: jvp(s.of_z, (z,), (t,))[1], tangents),
-            ("vmap_vjp", lambda z, c: vjp(s.of_z, z)[1](c)[0], cotangents)):
+
+    def jvp_of(x: _Sample):
+        return lambda z, t: jvp(x.of_z, (z,), (t,))[1]
+
+    def vjp_of(x: _Sample):
+        return lambda z, c: vjp(x.of_z, z)[1](c)[0]
+
+    for label, per, second in (("vmap_jvp", jvp_of, tangents), ("vmap_vjp", vjp_of, cotangents)):
         try:
-            want = torch.stack([per(zs[i], second[i]) for i in range(BATCH)])
+            want = torch.stack([per(s)(zs[i], second[i]) for i in range(BATCH)])
         except Exception as e:  # noqa: BLE001
             out.append(OpCheck(label, name, "skipped", f"the loop raised: {raised(e)}"))
             continue
         try:
-            got = vmap(per, randomness="error")(zs, second)
+            got = vmap(per(d), randomness="error")(zs.to(d.device), second.to(d.device))
         except Exception as e:  # noqa: BLE001
             out.append(OpCheck(label, name, "unsupported", raised(e)))
             continue
@@ -420,11 +450,12 @@ _TORCH_TEST = {"forward_ad": "test_forward_mode_AD", "reverse_ad": "test_fn_grad
                "rev_over_rev": "test_fn_gradgrad", "fwd_over_rev": "test_fn_fwgrad_bwgrad"}
 
 
-def declared(op, check: str) -> str | None:
-    """Why torch's own test for this check is skipped or expected to fail on CPU float64, in
-    PyTorch's own words where its DecorateInfo carries them (``unittest.skip("...")``), or the
-    support flag it sets to False (a route through forward mode of an op with
-    ``supports_forward_ad=False`` that returns a wrong value instead of raising)."""
+def declared(op, check: str, device_type: str = "cpu") -> str | None:
+    """Why torch's own test for this check is skipped or expected to fail in float64 on
+    ``device_type``, in PyTorch's own words where its DecorateInfo carries them
+    (``unittest.skip("...")``), or the support flag it sets to False (a route through forward
+    mode of an op with ``supports_forward_ad=False`` that returns a wrong value instead of
+    raising)."""
     missing = [flag for flag in _NEEDS.get(check, ()) if not getattr(op, flag, True)]
     if missing:
         return f"torch's OpInfo declares no {missing[0].removeprefix('supports_')} support " \
@@ -433,7 +464,7 @@ def declared(op, check: str) -> str | None:
     for info in (*getattr(op, "skips", ()), *getattr(op, "decorators", ())):
         if test is None or getattr(info, "test_name", None) != test:
             continue
-        if getattr(info, "device_type", None) not in (None, "cpu"):
+        if getattr(info, "device_type", None) not in (None, device_type):
             continue
         dtypes = getattr(info, "dtypes", None)
         if dtypes is None or torch.float64 in dtypes:
@@ -455,22 +486,24 @@ def _torch_reason(info) -> str:
     return "skipped or expected to fail"
 
 
-def _declared_support(op, checks: list[OpCheck]) -> list[OpCheck]:
+def _declared_support(op, checks: list[OpCheck], device_type: str = "cpu") -> list[OpCheck]:
     out = []
     for c in checks:
         missing = [flag for flag in _NEEDS.get(c.check, ()) if not getattr(op, flag, True)]
         if missing:
             out.append(OpCheck(c.check, c.sample, "skipped", f"the database declares no "
                                f"{missing[0].removeprefix('supports_')} support"))
-        elif c.status == "mismatch" and declared(op, c.check):
-            out.append(OpCheck(c.check, c.sample, "known", f"{c.detail}; {declared(op, c.check)}"))
+        elif c.status == "mismatch" and declared(op, c.check, device_type):
+            out.append(OpCheck(c.check, c.sample, "known",
+                               f"{c.detail}; {declared(op, c.check, device_type)}"))
         else:
             out.append(c)
     return out
 
 
-def check_op(op, *, samples: int = 2, seed: int = 0) -> OpResult:
-    """Every check on the first ``samples`` database samples of ``op`` and one drawn sample.
+def check_op(op, *, samples: int = 2, seed: int = 0, device=None) -> OpResult:
+    """Every check on the first ``samples`` database samples of ``op`` and one drawn sample, the
+    routes on ``device`` (default: the CPU; NOTE [ops on a device]).
 
     >>> from jacverify.rules.ops import select_ops
     >>> result = check_op(select_ops(["sin"])[0], samples=1)
@@ -478,6 +511,10 @@ def check_op(op, *, samples: int = 2, seed: int = 0) -> OpResult:
     ('agree', True)
     """
     start = time.perf_counter()
+    device = resolve_device(device)
+    if device.type != "cpu" and torch.float64 not in op.supported_dtypes(device.type):
+        return OpResult(full_name(op), (), time.perf_counter() - start,
+                        f"the database declares no float64 support on {device.type}")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # the database's samples draw from torch's generator: NOTE [shards]
     checks: list[OpCheck] = []
@@ -498,7 +535,7 @@ def check_op(op, *, samples: int = 2, seed: int = 0) -> OpResult:
             f", args {shown(tuple(sample.args))}" if sample.args else "") + (
             f", kwargs {shown(dict(sample.kwargs))}" if sample.kwargs else "") + ")"
         try:
-            checks += _sample_checks(op, sample, name, gen)
+            checks += _sample_checks(op, sample, name, gen, device)
         except Exception as e:  # noqa: BLE001 - an input this harness cannot batch (say so)
             checks.append(OpCheck("vmap", name, "skipped", f"jacverify could not run it: {raised(e)}"))
     reason = "" if checks else "no sample with a floating tensor input"
@@ -518,7 +555,7 @@ def incomparable(op) -> str | None:
     return None
 
 
-def _sample_checks(op, sample, name: str, gen) -> list[OpCheck]:
+def _sample_checks(op, sample, name: str, gen, device: torch.device) -> list[OpCheck]:
     s = _Sample(op, sample)
     if not s.tensors:
         return []
@@ -533,9 +570,10 @@ def _sample_checks(op, sample, name: str, gen) -> list[OpCheck]:
         return [OpCheck("vmap", name, "skipped", "the op rejects these values")]
     if differ(first, again):
         return [OpCheck("vmap", name, "skipped", "random: two seeds give different outputs")]
-    checks = _vmap_checks(s, name, gen)
+    d = s.to(device)  # the routes' copy (NOTE [ops on a device])
+    checks = _vmap_checks(s, d, name, gen)
     try:
-        checks += _derivative_checks(s, name, gen)
+        checks += _derivative_checks(s, d, name, gen)
     except _Skip as e:
         checks += [OpCheck(c, name, "skipped", str(e)) for c in OP_CHECKS[1:]]
-    return _declared_support(op, checks)
+    return _declared_support(op, checks, device.type)
