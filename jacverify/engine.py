@@ -10,7 +10,7 @@ from functools import partial
 import torch
 
 from jacverify.case import Case, Flat, flatten, make_case
-from jacverify.compare import Scales, tolerances
+from jacverify.compare import Reference, Scales, tolerances
 from jacverify.costs import METHOD_BUDGET, Budget, UnitCosts, choose_verification
 from jacverify.errors import NotApplicable
 from jacverify.judge import judge
@@ -31,6 +31,7 @@ from jacverify.references import (
     verify,
 )
 from jacverify.report import Report
+from jacverify.routes import judge_routes
 from jacverify import validation
 
 __all__ = ["check", "check_method", "assert_jacobians_agree", "DEFAULT_MAX_MEMORY"]
@@ -54,7 +55,7 @@ def check(
     extra_methods: Sequence[Method] = (),
     warm_timing: bool = True,
     verification: str = "auto",
-    probes: int = DEFAULT_PROBES,
+    probes: int | None = None,
     method_budget: float | None = METHOD_BUDGET,
 ) -> Report:
     """Compute per-sample Jacobians every applicable way and cross-check them.
@@ -83,9 +84,12 @@ def check(
         verification: "full" compares every entry with the finite-difference Jacobian and the
             loop; "projection" compares ``probes`` random projections uᵀ J v with directional
             finite differences (NOTE [projection probes]): a few forward passes per probe, for
-            inputs too wide for 6 N of them; "auto" picks one from their estimated costs (NOTE
-            [verification choice]). ``report.verification`` says which ran and why.
-        probes: the number of projections.
+            inputs too wide for 6 N of them, with every AD route checked the same way (NOTE
+            [route probes]); "routes" checks the routes alone (no full Jacobian: the cost of
+            gradcheck's fast mode); "auto" picks full or projection from their estimated costs
+            (NOTE [verification choice]). ``report.verification`` says which ran and why.
+        probes: the number of projections; None: 4 (``DEFAULT_PROBES``), or 1 with
+            ``verification="routes"`` (as gradcheck's fast mode draws one).
         method_budget: a registered method estimated (NOTE [cost model]) to cost more than this
             many times the cheapest one is ``not_applicable`` with its estimate instead of run
             (NOTE [method budget]); methods named in ``methods`` always run; None runs all.
@@ -124,7 +128,9 @@ def _run_check(fn, inputs, *, methods, batch_axis, out_batch_axis, dtype, device
     rtols = tolerances(rtol, atol=atol, eps=eps)
     max_memory = int(validation.check_number("max_memory", max_memory,
                                              fix="a number of bytes, e.g. 2**30"))
-    validation.check_choice("verification", verification, ("auto", "full", "projection"))
+    validation.check_choice("verification", verification, ("auto", "full", "projection", "routes"))
+    if probes is None:
+        probes = 1 if verification == "routes" else DEFAULT_PROBES
     validation.check_int("probes", probes, min_value=1)
     if time_budget is not None:
         time_budget = validation.check_number("time_budget", time_budget, allow_inf=True,
@@ -140,14 +146,15 @@ def _run_check(fn, inputs, *, methods, batch_axis, out_batch_axis, dtype, device
     runs = 2 if warm_timing else 1
     with isolated(case.fn):
         pre = prechecked(case, flatten(case))
-        costs = _Costs.of(pre, chosen, None if methods is not None else method_budget)
+        costs = None if verification == "routes" else _Costs.of(
+            pre, chosen, None if methods is not None else method_budget)
         why = ""
         if verification == "auto":
             verification, why = choose_verification(costs.units, pre.flat, bool(pre.coupling.coupled),
                                                      costs.cheapest, max_memory)
-        if verification == "projection":
-            return _check_projected(case, pre, chosen, rtols, max_memory, runs, probes, required,
-                                    costs, why)
+        if verification in ("projection", "routes"):
+            return _check_projected(case, pre, () if verification == "routes" else chosen, rtols,
+                                    max_memory, runs, probes, required, costs, why)
         return _check(case, pre, chosen, rtols, max_memory, runs, required, time_budget, costs,
                       why)
 
@@ -188,21 +195,34 @@ def _check(case: Case, pre: Prechecked, chosen: Sequence[Method], rtols, max_mem
 
 def _check_projected(case: Case, pre: Prechecked, chosen: Sequence[Method], rtols,
                      max_memory: int, runs: int, probes: int, required: tuple[str, ...],
-                     costs: _Costs, why: str) -> Report:
-    """Every method's Jacobian reduced to uᵀ J v per probe, against directional FD of them."""
+                     costs: _Costs | None, why: str) -> Report:
+    """Every AD route (NOTE [route probes]) and every method's Jacobian reduced to uᵀ J v per
+    probe, against directional FD of them."""
     flat, ref_flat, coupling, notes = pre.flat, pre.ref_flat, pre.coupling, list(pre.notes)
     drawn = draw_probes(ref_flat, probes, case.seed, coupling.coupled)
     ref, scale = projection_reference(ref_flat, drawn)
     notes.append(f"verification by {probes} random projections uᵀJv against directional finite "
                  "differences (NOTE [projection probes]), not entry by entry: the report's "
-                 "indices are probes" + (f"; chosen by verification='auto': {why}" if why else ""))
+                 "indices are (probe, sample)" + (f"; chosen by verification='auto': {why}" if why else ""))
     scales = Scales(0.0, scale)
-    results = [judge(dataclasses.replace(m, compute=partial(_projected, m.compute, drawn)), flat,
-                     coupling.reason, max_memory, (ref,), None, case.dtype, rtols, scales, runs,
-                     expected=(probes,), budget=costs.budget, units=costs.units) for m in chosen]
+    shape = (probes, flat.batch_size)
+    # The routes run on the first probe when methods run on all of them (the methods cover every
+    # probe; the routes' part is to say which formulas a wrong method's route uses); a route is
+    # timed once: it verifies, it is never "the fastest method" (NOTE [route probes]).
+    k = 1 if chosen else probes
+    first = Reference(ref.name, ref.value[:k], ref.error[:k], magnitude=ref.magnitude[:k])
+    results = judge_routes(
+        Probes(drawn.u[:k], drawn.v[:k]),
+        lambda r: judge(r, flat, coupling.reason, float("inf"), (first,), None, case.dtype, rtols,
+                        scales, 1, expected=(k, flat.batch_size)))
+    results += [judge(dataclasses.replace(m, compute=partial(_projected, m.compute, drawn)), flat,
+                      coupling.reason, max_memory, (ref,), None, case.dtype, rtols, scales, runs,
+                      expected=shape, budget=costs and costs.budget,
+                      units=costs and costs.units) for m in chosen]
+    mode = "projection" if chosen else "routes"
     return Report(case, tuple(results), (ref.name,), coupling, ref.value, ref_flat.x.dtype,
-                  tuple(notes), flat, index_labels=("probe",),
-                  verification=f"projection ({probes} probes)", required=required)
+                  tuple(notes), flat, index_labels=("probe", "sample"),
+                  verification=f"{mode} ({probes} probes)", required=required)
 
 
 def _projected(compute: Callable[[Flat], torch.Tensor], drawn: Probes, flat: Flat) -> torch.Tensor:

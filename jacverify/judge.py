@@ -71,7 +71,10 @@ class Verdict(_Named):
 # references themselves found a wrong derivative formula (the float64 loop against finite
 # differences); UNVERIFIED when no candidate agreed (every method raised, none applied, methods=[],
 # the only method was the user's and it raised, a Hessian check of a ReLU network) or when a
-# required method could not be verified. `verdict` is the only function that says PASSED.
+# required method could not be verified. A route (NOTE [route probes]) computes projections, not
+# the quantity: where the check ran methods of the quantity, one of them must be verified (routes
+# that agree do not earn a pass for methods that could not run); a route that disagrees fails it
+# like any candidate. `verdict` is the only function that says PASSED.
 def verdict(results: Iterable[MethodResult], *, required: Sequence[str] = (),
             findings: Sequence[str] = ()) -> Verdict:
     """The verdict of a set of results under NOTE [earned verdict].
@@ -95,7 +98,8 @@ def verdict(results: Iterable[MethodResult], *, required: Sequence[str] = (),
         return Verdict.FAILED
     if any(name not in by_name or not by_name[name].verified for name in required):
         return Verdict.UNVERIFIED
-    return Verdict.PASSED if any(r.verified for r in results) else Verdict.UNVERIFIED
+    earning = [r for r in results if r.quantity != "route"] or results
+    return Verdict.PASSED if any(r.verified for r in earning) else Verdict.UNVERIFIED
 
 
 def campaign_verdict(failed: bool, verified: int) -> Verdict:

@@ -124,7 +124,7 @@ def _verification(text: str) -> str:
     return text
 
 
-VERIFICATIONS = ("auto", "full", "projection")
+VERIFICATIONS = ("auto", "full", "projection", "routes")
 
 
 def _probes(text: str) -> int:
@@ -161,9 +161,11 @@ OPTIONS: tuple[Option, ...] = (
            parse=_limit("method-budget", "factor")),
     Option("verification", "auto (full when its estimated cost is near the methods', else "
            "projection), full (every entry against finite differences and the loop) or "
-           "projection (random uᵀJv probes against directional finite differences) "
-           "(default: auto)", metavar="MODE", parse=_verification),
-    Option("probes", "random projections per check with --verification projection (default: 4)",
+           "projection (random uᵀJv probes against directional finite differences, every AD "
+           "route too), routes (the AD routes alone) (default: auto)", metavar="MODE",
+           parse=_verification),
+    Option("probes", "random projections per check with --verification projection (default: 4) "
+           "or routes (default: 1)",
            metavar="K", parse=_probes),
 )
 

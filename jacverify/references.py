@@ -84,9 +84,10 @@ def prechecked(case: Case, flat: Flat | None = None) -> Prechecked:
     """
     flat = flatten(case) if flat is None else flat
     notes: list[str] = []
-    check_determinism(flat)
+    noise = check_determinism(flat)
     ref_flat = _reference_version(case, notes) or flat
-    noise = check_determinism(ref_flat, "the reference copy of the function")
+    if ref_flat is not flat:
+        noise = check_determinism(ref_flat, "the reference copy of the function")
     coupling = check_coupling(ref_flat, case.seed, noise, torch.finfo(case.dtype).eps ** 0.5)
     if coupling.below_resolution:
         notes.append(coupling.below_resolution)

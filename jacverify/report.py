@@ -77,8 +77,10 @@ class Report:
 
     @property
     def fastest(self) -> str | None:
-        """The fastest method that agrees, or None."""
-        agreeing = [r for r in self.results if r.status == "agree" and r.time_s is not None]
+        """The fastest method that agrees, or None (a route of NOTE [route probes] computes
+        projections, not the quantity: never the fastest)."""
+        agreeing = [r for r in self.results if r.status == "agree" and r.time_s is not None
+                    and r.quantity != "route"]
         return min(agreeing, key=lambda r: r.time_s).method if agreeing else None  # type: ignore
 
     def __getitem__(self, method: str) -> MethodResult:

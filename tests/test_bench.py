@@ -115,12 +115,15 @@ def test_projection_check_passes_right_methods_and_flags_wrong_ones():
     wide = torch.nn.Sequential(torch.nn.Linear(40, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
     report = jacverify.check(wide, torch.randn(8, 40), verification="projection", probes=3)
     assert report.passed and report.verification == "projection (3 probes)"
-    assert report.trusted == ("projection_fd",) and report.reference.shape == (3,)
+    assert report.trusted == ("projection_fd",) and report.reference.shape == (3, 8)  # (K, B)
     assert any("random projections" in n for n in report.notes)
     broken = jacverify.check(cube_net(CubeWrongBackward), torch.randn(6, 5),
                              verification="projection")
     reverse = {m.name for m in jacverify.registered_methods() if m.mode == "reverse"}
-    assert {r.method for r in broken.mismatches} == reverse
+    assert {r.method for r in broken.mismatches if r.quantity != "route"} == reverse
+    assert {r.method for r in broken.mismatches if r.quantity == "route"} == {
+        "route:vjp", "route:is_grads_batched", "route:vmap_vjp", "route:double_backward",
+        "route:per_sample_vjp"}  # NOTE [route probes]: the reverse routes, and only they
     assert "probe" in broken.failure_message()
 
 

@@ -5,7 +5,8 @@ Each twin breaks exactly one rule, so exactly one family of methods must disagre
 - :class:`CubeWrongBackward` -- reverse-mode methods (and the ``loop`` reference itself);
 - :class:`CubeWrongJvp` -- forward-mode methods;
 - :class:`CubeWrongVmap` -- methods that vmap over the function's forward;
-- :class:`CubeNoJvp` -- no forward formula at all: forward methods are ``unsupported``.
+- :class:`CubeNoJvp` -- no forward formula at all: forward methods are ``unsupported``;
+- :func:`cube_off` -- a backward, jvp or batching rule off by a factor (1.01: 1% wrong).
 """
 
 from __future__ import annotations
@@ -88,6 +89,40 @@ class CubeNoJvp(torch.autograd.Function):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return 3 * x**2 * grad
+
+
+def cube_off(*, backward: float = 1.0, jvp: float = 1.0,
+             rule: float = 1.0) -> type[torch.autograd.Function]:
+    """A :class:`Cube` whose backward, jvp or batching rule is ``factor`` times the right one
+    (``backward=1.01``: a backward 1% wrong); all three 1.0: a correct Cube with a hand-written
+    batching rule.
+
+    >>> off = cube_off(backward=1.01)
+    >>> x = torch.tensor([2.0], requires_grad=True)
+    >>> off.apply(x).backward(); round(float(x.grad), 4)  # 3 x² = 12, 1% over
+    12.12
+    """
+
+    class CubeOff(Cube):
+        generate_vmap_rule = False
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return backward * 3 * x**2 * grad
+
+        @staticmethod
+        def jvp(ctx, tangent):
+            (x,) = ctx.saved_tensors
+            return jvp * 3 * x**2 * tangent
+
+        @staticmethod
+        def vmap(info, in_dims, x):
+            return CubeOff.apply(x) * rule, in_dims[0]
+
+    CubeOff.__name__ = CubeOff.__qualname__ = (
+        f"CubeOff(backward={backward:g}, jvp={jvp:g}, rule={rule:g})")
+    return CubeOff
 
 
 class Apply(nn.Module):

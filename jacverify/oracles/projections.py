@@ -29,18 +29,20 @@ class Probes:
 
 # NOTE [projection probes]
 # Probe k draws standard normal u_k (B, M) and v_k (B, N) from the check's seed. For independent
-# samples every sample gets its own u, v: u_kᵀ J v_k = sum_b u_kbᵀ J_b v_kb, and the directional
-# difference of f along v_k gives every J_b v_kb at once (6 evaluations). When samples interact,
-# probe k keeps one sample s_k (drawn) and zeroes u, v elsewhere, so the cross-sample terms the
-# per-sample Jacobian leaves out never enter: f moves only along sample s_k's input, and only
-# sample s_k's outputs are read. A wrong entry J_b[m, n] = c is seen with probability 1 over the
-# draws (the projection is a non-zero polynomial in u, v); a random probe sees an error of relative
-# size r at about r of the projection's size, so four probes flag any O(1) error -- a wrong
-# formula, another sample's value -- while a rounding-sized one passes.
-# Tolerance: the FD error bound (per probe: sum |u| x the directional error) doubled, plus
-# sqrt(eps) x (|p| + max|p| + max_k ||u_k|| ||J v_k||): the last term is the size of the products
-# summed, by Cauchy-Schwarz, so a projection that cancels to ~0 is held to the rounding of what it
-# was summed from. None of it is multiplied by the number of entries.
+# samples every sample gets its own u, v, and the directional difference of f along v_k gives
+# every J_b v_kb at once (6 evaluations); the probe's value per sample is p_kb = u_kbᵀ J_b v_kb,
+# so a candidate is compared on K x B numbers and a sample that is wrong alone is not diluted by
+# the others. When samples interact, probe k keeps one sample s_k (drawn) and zeroes u, v
+# elsewhere, so the cross-sample terms the per-sample Jacobian leaves out never enter: f moves only
+# along sample s_k's input, only sample s_k's outputs are read, and the other samples' values are
+# exactly 0. A wrong entry J_b[m, n] = c is seen with probability 1 over the draws (the projection
+# is a non-zero polynomial in u, v); a random probe sees an error of relative size r at about r of
+# the projection's size, so one probe flags any O(1) error -- a wrong formula, another sample's
+# value -- and a 1% wrong backward or jvp (tests/test_routes.py), while a rounding-sized one passes.
+# Tolerance: the FD error bound (sum |u| x the directional error) doubled, plus sqrt(eps) x
+# (|p_kb| + ||u_kb|| ||J_b v_kb||): the last term (`Reference.magnitude`) bounds the products summed,
+# by Cauchy-Schwarz, so a projection that cancels to ~0 is held to the rounding of what it was
+# summed from. None of it is multiplied by the number of entries.
 def draw_probes(flat: Flat, probes: int, seed: int, coupled: bool) -> Probes:
     """Per NOTE [projection probes]; drawn on the CPU from ``seed``, moved to ``flat.x``."""
     gen = torch.Generator().manual_seed(seed)
@@ -55,25 +57,27 @@ def draw_probes(flat: Flat, probes: int, seed: int, coupled: bool) -> Probes:
 
 
 def projection_reference(ref_flat: Flat, probes: Probes) -> tuple[Reference, float]:
-    """Directional FD of each probe, reduced by its u: the reference (K,) with its error bound,
-    and the scale max_k ||u_k|| ||J v_k|| of NOTE [projection probes]."""
-    values, errors, scale = [], [], 0.0
+    """Directional FD of each probe, reduced by its u per sample: the reference (K, B) with its
+    error bound and its magnitude ||u_kb|| ||J_b v_kb|| (NOTE [projection probes]), and the
+    derivative scale (0: the magnitude holds it)."""
+    values, errors, sizes = [], [], []
     for u, v in zip(probes.u, probes.v):
         d = directional_differences(ref_flat, v, per_sample=True, independent=True)
         u = u.to(d.value)
-        values.append((u * d.value).sum())
-        errors.append((u.abs() * d.error).sum())
-        scale = max(scale, float(u.norm() * d.value.norm()))
-    return Reference("projection_fd", torch.stack(values), torch.stack(errors)), scale
+        values.append((u * d.value).sum(1))
+        errors.append((u.abs() * d.error).sum(1))
+        sizes.append(u.norm(dim=1) * d.value.norm(dim=1))
+    return Reference("projection_fd", torch.stack(values), torch.stack(errors),
+                     magnitude=torch.stack(sizes)), 0.0
 
 
 def project(jacobian: torch.Tensor, probes: Probes) -> torch.Tensor:
-    """u_kᵀ J v_k for each probe: (B, M, N) -> (K,), in float64.
+    """u_kbᵀ J_b v_kb for each probe and sample: (B, M, N) -> (K, B), in float64.
 
     >>> j = torch.eye(2).expand(3, 2, 2)
     >>> p = Probes(torch.ones(1, 3, 2, dtype=torch.float64), torch.ones(1, 3, 2, dtype=torch.float64))
     >>> project(j, p).tolist()
-    [6.0]
+    [[2.0, 2.0, 2.0]]
     """
     j = jacobian.detach().to(device=probes.u.device, dtype=torch.float64)
-    return torch.einsum("kbm,bmn,kbn->k", probes.u, j, probes.v)
+    return torch.einsum("kbm,bmn,kbn->kb", probes.u, j, probes.v)

@@ -1,0 +1,102 @@
+"""NOTE [cost model], [method budget], [verification choice], [coupling probes]: estimates decide
+what runs, never the machine's speed alone; each rule against a case it must refuse and one it
+must let through."""
+
+from __future__ import annotations
+
+import torch
+
+import jacverify
+from jacverify.case import flatten, make_case
+from jacverify.costs import FULL_FLOOR_S, METHOD_BUDGET_FLOOR_S, Budget, UnitCosts, Work, \
+    choose_verification
+from jacverify.oracles.prechecks import check_coupling
+
+
+def _wide(n: int = 8192) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return torch.nn.Linear(n, 2).double(), torch.randn(2, n, dtype=torch.float64)
+
+
+def test_a_method_over_the_budget_is_not_applicable_with_its_estimate():
+    """dual_loop makes N = 8192 passes where batched_grad makes M = 2: 4096x the cheapest, and
+    over the 10 ms floor at any speed above 1.2 µs a pass."""
+    net, x = _wide()
+    report = jacverify.check(net, x, verification="projection")
+    dual = report["dual_loop"]
+    assert dual.status == "not_applicable" and dual.time_s is None
+    assert "8,192 forward-mode passes of the batch" in dual.reason
+    assert "over this check's method budget" in dual.reason and "methods=" in dual.reason
+    assert report["batched_grad"].status == "agree" and report.passed
+
+
+def test_a_method_named_in_methods_runs_whatever_its_estimate():
+    net, x = _wide()
+    report = jacverify.check(net, x, verification="projection", methods=["dual_loop"])
+    assert report["dual_loop"].status == "agree"
+
+
+def test_no_budget_when_method_budget_is_none():
+    net, x = _wide(512)
+    report = jacverify.check(net, x, verification="projection", method_budget=None)
+    assert all(r.status != "not_applicable" for r in report.results)
+
+
+def test_the_budget_is_a_factor_of_the_cheapest_estimate_with_a_floor():
+    units = UnitCosts(forward=1e-3, reverse=2e-3, jvp=2e-3, saved_bytes=100)
+    budget = Budget.of(units, [Work(10, "reverse"), Work(100, "jvp")], 5.0)
+    assert budget.seconds == 5 * 10 * 2e-3
+    assert budget.refuses(Work(100, "jvp")) and not budget.refuses(Work(50, "reverse"))
+    tiny = Budget.of(UnitCosts(1e-6, 1e-6, 1e-6, 0), [Work(1, "reverse")], 5.0)
+    assert tiny.seconds == METHOD_BUDGET_FLOOR_S
+    assert Budget.of(units, [Work(1, "reverse")], None) is None
+    assert units.bytes(Work(10, "reverse", held=10), 7) == 10 * 100 + 7
+
+
+def test_auto_verification_is_full_when_cheap_and_projection_when_far_over_the_methods():
+    x = torch.zeros(4, 1000)
+    flat = flatten(make_case(torch.sin, x))
+    slow = UnitCosts(forward=1e-3, reverse=3e-3, jvp=3e-3, saved_bytes=0)
+    # references: 6 N forwards + B M reverse = 6 s + 12 s, methods' cheapest 0.01 s
+    mode, why = choose_verification(slow, flat, False, 0.01, 2**30)
+    assert mode == "projection" and "over 10x the cheapest method's estimate" in why
+    fast = UnitCosts(forward=1e-8, reverse=3e-8, jvp=3e-8, saved_bytes=0)
+    assert choose_verification(fast, flat, False, 1e-6, 2**30)[0] == "full"  # under the floor
+    assert FULL_FLOOR_S > 6 * 1000 * 1e-8
+    assert choose_verification(fast, flat, False, 1e-6, 2**10)[0] == "projection"  # memory
+
+
+def test_unit_costs_survive_a_backward_that_raises():
+    class NoBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(x):
+            return x * 2
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+        @staticmethod
+        def backward(ctx, g):
+            raise RuntimeError("broken on purpose")
+
+    flat = flatten(make_case(NoBackward.apply, torch.randn(3, 2)))
+    units = UnitCosts.measure(flat)
+    assert units.reverse == 3 * units.forward
+
+
+def test_coupling_between_two_distant_samples_is_found_and_named():
+    """NOTE [coupling probes]: samples 2 and 5 of 8 move each other, nothing else does."""
+    def f(x):
+        y = x.clone()
+        y[2] = x[2] + 0.5 * x[5]
+        y[5] = x[5] + 0.5 * x[2]
+        return torch.tanh(y)
+
+    flat = flatten(make_case(f, torch.randn(8, 3, dtype=torch.float64)))
+    coupling = check_coupling(flat, seed=0)
+    assert coupling.coupled
+    assert coupling.reason.startswith(("changing sample 2 changed the outputs of sample(s) 5",
+                                       "changing sample 5 changed the outputs of sample(s) 2"))
+    independent = check_coupling(flatten(make_case(torch.tanh, torch.randn(8, 3))), seed=0)
+    assert not independent.coupled and independent.probes == 6  # 2 ceil(log2 8) passes

@@ -1,0 +1,68 @@
+"""NOTE [route probes]: each AD route against its broken twin (flagged: exactly the routes that use
+the broken formula) and the correct function (not flagged), in both dtypes, with one probe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import jacverify
+from jacverify.examples.twins import CubeNoJvp, cube_net, cube_off
+
+REVERSE = {"vjp", "is_grads_batched", "vmap_vjp", "double_backward", "per_sample_vjp"}
+FORWARD = {"jvp", "vmap_jvp", "dual", "per_sample_jvp"}
+RULE = {"per_sample_vjp", "per_sample_jvp"}  # the forward's batching rule, under vmap
+
+
+def _off_routes(report) -> set[str]:
+    return {r.method.removeprefix("route:") for r in report.results if r.status != "agree"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("off, wrong", [({}, set()), ({"backward": 1.01}, REVERSE),
+                                        ({"jvp": 1.01}, FORWARD), ({"rule": 1.01}, RULE)],
+                         ids=["correct", "backward_1pct", "jvp_1pct", "rule_1pct"])
+def test_a_route_one_percent_wrong_is_flagged_and_only_its_routes(dtype, off, wrong):
+    net = cube_net(cube_off(**off)).to(dtype)
+    report = jacverify.check(net, torch.randn(8, 5, dtype=dtype), verification="routes")
+    assert report.verification == "routes (1 probes)"
+    assert _off_routes(report) == wrong
+    assert {str(r.status) for r in report.results if r.status != "agree"} <= {"mismatch"}
+    assert report.verdict == ("failed" if wrong else "passed")
+
+
+def test_a_route_that_cannot_run_is_unsupported_with_why_and_the_rest_still_pass():
+    report = jacverify.check(cube_net(CubeNoJvp), torch.randn(6, 5, dtype=torch.float64),
+                             verification="routes")
+    assert _off_routes(report) == FORWARD
+    assert all(r.status == "unsupported" and r.reason for r in report.results
+               if r.method.removeprefix("route:") in FORWARD)
+    assert report.passed
+
+
+def test_routes_do_not_earn_a_pass_for_methods_that_could_not_run():
+    """NOTE [earned verdict]: in a projection check the routes agree, the only method cannot run:
+    unverified, not passed; the routes are never 'the fastest method'."""
+    report = jacverify.check(torch.sin, torch.randn(2, 600), verification="projection",
+                             max_memory=2**20, methods=["vmap_jacrev"])
+    assert any(r.method == "route:vjp" and r.verified for r in report.results)
+    assert report.verdict == "unverified" and report.fastest is None
+
+
+def test_projection_checks_routes_and_methods_and_the_fastest_is_a_method():
+    net = torch.nn.Sequential(torch.nn.Linear(40, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    report = jacverify.check(net, torch.randn(4, 40), verification="projection", probes=2)
+    names = {r.method for r in report.results}
+    assert {f"route:{r}" for r in REVERSE | FORWARD} <= names and "vmap_jacrev" in names
+    assert report.passed and not report.fastest.startswith("route:")
+
+
+def test_interacting_samples_keep_the_full_batch_routes_and_drop_the_per_sample_ones():
+    from jacverify.examples.networks import BatchCoupled
+
+    net = BatchCoupled().double().train()
+    report = jacverify.check(net, torch.randn(6, 5, dtype=torch.float64), verification="routes")
+    status = {r.method.removeprefix("route:"): str(r.status) for r in report.results}
+    assert status["per_sample_vjp"] == status["per_sample_jvp"] == "not_applicable"
+    assert status["vjp"] == status["dual"] == "agree" and report.passed  # torch.func refuses
+    assert status["jvp"] == "unsupported"  # BatchNorm's in-place running-statistics update
