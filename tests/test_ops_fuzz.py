@@ -311,3 +311,54 @@ def test_cli_ops_budget_fuzzes_and_reports(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "jacverify", "ops", "--op", "sin", "--budget",
                           "-1"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--budget -1 must be >= 0" in bad.stderr
+
+
+def _det3(m):
+    return (m[0, 0] * (m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1])
+            - m[0, 1] * (m[1, 0] * m[2, 2] - m[1, 2] * m[2, 0])
+            + m[0, 2] * (m[1, 0] * m[2, 1] - m[1, 1] * m[2, 0]))
+
+
+def _fwd_over_fwd_cases():
+    import torch
+
+    b = torch.tensor([0.3, -1.2, 0.7], dtype=torch.float64)
+
+    def cramer(m):  # x_i = det(m with column i replaced by b) / det(m)
+        cols = [torch.stack([b if j == i else m[:, j] for j in range(3)], 1) for i in range(3)]
+        return torch.stack([_det3(c) for c in cols]) / _det3(m)
+
+    def layer_norm(t):
+        return (t - t.mean(-1, keepdim=True)) / torch.sqrt(t.var(-1, unbiased=False, keepdim=True)
+                                                           + 1e-5)
+
+    return [
+        ("layer_norm", lambda t: torch.nn.functional.layer_norm(t, (3,)), layer_norm, (2, 3)),
+        ("linalg.det", torch.linalg.det, _det3, (3, 3)),
+        ("linalg.solve", lambda m: torch.linalg.solve(m, b), cramer, (3, 3)),
+    ]
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "linalg.det", "linalg.solve"])
+def test_fwd_over_fwd_findings_by_decomposition(name):
+    """The independent check of the sweep's forward-over-forward findings (README): a
+    decomposition into ops whose routes agree, whose forward over forward FD of torch's own jvp
+    reproduces at three steps, while torch's forward over forward does not."""
+    import torch
+    from torch.func import jvp
+
+    _, op, decomposed, shape = next(c for c in _fwd_over_fwd_cases() if c[0] == name)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if shape == (3, 3):
+        x = x + 3 * torch.eye(3, dtype=torch.float64)
+    v, w = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(2))
+
+    def second(f):
+        return jvp(lambda y: jvp(f, (y,), (v,))[1], (x,), (w,))[1]
+
+    right = second(decomposed)
+    for h in (1e-3, 1e-4, 1e-5):
+        fd = (jvp(op, (x + h * w,), (v,))[1] - jvp(op, (x - h * w,), (v,))[1]) / (2 * h)
+        assert torch.allclose(fd, right, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(second(op), right, rtol=1e-2)  # torch 2.13: wrong (the finding)
