@@ -63,6 +63,7 @@ _GROUPS: dict[str, dict[str, str]] = {
     },
     "methods": {  # the registry of ways to compute a derivative
         "Method": "jacverify.methods",
+        "Work": "jacverify.costs",
         "register_method": "jacverify.methods",
         "unregister_method": "jacverify.methods",
         "registered_methods": "jacverify.methods",
@@ -116,6 +117,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; a test keeps
         NotApplicable,
         NotVerified,
     )
+    from jacverify.costs import Work
     from jacverify.fuzzing import FuzzFailure, FuzzResult, fuzz
     from jacverify.judge import MethodResult, Status, Verdict
     from jacverify.per_sample_grad import check_per_sample_grads
