@@ -98,6 +98,8 @@ def check_coupling(flat: Flat, seed: int, noise: float = 0.0, rtol: float = 0.0)
         y = flat.values(x)
         eps = torch.finfo(y.dtype).eps
         threshold = max(COUPLING_ROUNDING * eps * float(y.abs().max().clamp(min=1)), 4 * noise)
+        if _grouped_probes_unmoved(flat, y, probes, seed, threshold):
+            return Coupling(None, len(probes))
         faint = None
         for s in probes:
             x2 = x.clone()
@@ -122,3 +124,35 @@ def check_coupling(flat: Flat, seed: int, noise: float = 0.0, rtol: float = 0.0)
                     len(probes),
                 )
     return Coupling(None, len(probes), faint)
+
+
+
+# NOTE [grouped coupling probes]
+# The probes above cost one forward each: 17 forwards of 0.08 ms on a tanh MLP 8-64-8 at B=64, 4-5x
+# the Jacobian itself, which batch_jacobian's plan pays. (Stacking the perturbed copies into one
+# batch of 16 B rows saved nothing: the forward's cost is its arithmetic, linear in the rows.) So
+# first the probes in groups, 2 log2(P) forwards for P probes: for each bit of a probe's position
+# in the list, perturb the probes whose bit is 0, then those whose bit is 1, and look at every
+# unperturbed row. Any two probes differ in some bit, so coupling from a probe to any other sample
+# moves an unperturbed row in one of them, as the one-at-a-time probe of that sample would (the
+# perturbations' effects cancelling is a coincidence of measure zero). Only when no unperturbed
+# row moved past the threshold are the samples independent; anything else runs the one-at-a-time
+# probes, so a coupled or faintly coupled function is reported exactly as before. 8 forwards
+# instead of 16 for 16 probes; fewer than 8 probes are probed one at a time.
+def _grouped_probes_unmoved(flat: Flat, y: torch.Tensor, probes: list[int], seed: int,
+                            threshold: float) -> bool:
+    if len(probes) < 8:
+        return False
+    x = flat.x.detach()
+    gen = torch.Generator().manual_seed(seed + 1)
+    for bit in range((len(probes) - 1).bit_length()):
+        for value in (0, 1):
+            group = [s for k, s in enumerate(probes) if (k >> bit) & 1 == value]
+            delta = torch.randn(len(group), x.shape[1], generator=gen, dtype=torch.float64).to(x)
+            x2 = x.clone()
+            x2[group] += 0.1 * delta * x[group].abs().clamp(min=1)
+            moved = (flat.values(x2) - y).abs()
+            moved[group] = 0
+            if not (bool(torch.isfinite(moved).all()) and float(moved.max()) <= threshold):
+                return False
+    return True
