@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import weakref
@@ -13,9 +14,9 @@ import torch
 
 from jacverify.case import Flat, flatten, make_case
 from jacverify.errors import InvalidArgument, MismatchError
-from jacverify.judge import describe_worst
+from jacverify.judge import describe_worst, warm_up_transforms
 from jacverify.validation import check_int, check_number
-from jacverify.measure import peak_memory, saved_activation_bytes, time_calls
+from jacverify.measure import race, saved_activation_bytes, timer
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism
 from jacverify.oracles.projections import DEFAULT_PROBES
@@ -31,9 +32,16 @@ class Plan:
         method: the registered method it runs.
         chunk_size: cotangents (reverse) or tangents (forward) per pass; ``rows`` means one pass.
         rows: how many there are in all.
-        reason: the shapes, coupling and memory facts that chose it.
-        memory_budget: bytes the call may use: 2x the Jacobian plus the forward's saved activations
-            (or the caller's ``max_memory``).
+        reason: the shapes, coupling, timings and memory facts that chose it, and what planning cost.
+        memory_budget: bytes the call may use: 2x the Jacobian plus the activations the forward
+            saves (or the caller's ``max_memory``).
+        planning_seconds: what making the plan cost (NOTE [which clock]: CPU time on CPU), the
+            coupling probe and every candidate's calls included; torch's once-per-process
+            warm-up and ``compile``'s compilation excluded (``reason`` states them).
+        planning_calls: ``planning_seconds`` in steady calls of the plan: the bound NOTE [auto
+            plan] keeps (20).
+        compiled: the ``torch.compile`` backend of the route it runs, verified against the eager
+            route; None: eager.
     """
 
     method: str
@@ -41,6 +49,9 @@ class Plan:
     rows: int
     reason: str
     memory_budget: int
+    planning_seconds: float = 0.0
+    planning_calls: float = 0.0
+    compiled: str | None = None
 
     @property
     def chunks(self) -> int:
@@ -48,61 +59,124 @@ class Plan:
 
 
 # NOTE [auto plan]
-# Measured side by side on the bench suite (`jacverify bench`, numbers in the README): a reverse pass
-# costs about one backward per cotangent row, a forward pass one jvp per tangent, so
+# A reverse pass costs about one backward per cotangent row, a forward pass one jvp per tangent:
 # - samples interact (the coupling probe moved another sample's output): the per-sample truth is
 #   the diagonal block of the full Jacobian -> batched_grad_per_sample, B*M cotangent rows;
 # - M <= N: reverse mode, M cotangent rows: batched_grad (one autograd.grad with
-#   is_grads_batched), vmap_vjp (vmap over torch.func.vjp), repeat_trick (M copies, no vmap),
-#   functional_vectorized (autograd.functional.jacobian, vectorized) or loop_rows (M plain
-#   backward passes: with M = 4 they beat every vectorized way here);
+#   is_grads_batched), vmap_vjp (vmap over torch.func.vjp), functional_vectorized
+#   (autograd.functional.jacobian, vectorized), loop_rows (M plain backward passes) or
+#   repeat_trick (M copies of the batch, no vmap);
 # - M > N: forward mode, N tangent rows: batched_double_backward (J v out of two reverse passes,
 #   tangents batched; needs no forward-AD formula), forward_broadcast (vmap over jvp) or the plain
-#   double_backward (N passes, no vmap: it won the 4 -> 64 bench case by 1.1-1.5x);
-# - M and N within CLOSE_SHAPES of each other: both families are timed (the shape rule is a guess
-#   there).
-# Within the family the first call times each candidate for PLAN_TIMING_S and keeps the fastest:
-# which one wins depends on the device and the shape (vmap_vjp beat batched_grad by 1.25x at
-# B=16, 64-64-64 here; batched_grad won by 1.15x at B=64, 8-64-8). A candidate that raises (no
-# double backward, no forward-AD formula, no batching rule) drops out; when all do, batched_grad.
-# Memory: the budget is 2 |J| + the bytes the forward saves for backward, but never under
+#   double_backward (N passes, no vmap);
+# - M and N within CLOSE_SHAPES of each other: both families race (the shape rule is a guess there).
+# The candidates race per NOTE [race] in a fixed order of preference: the vectorized ways of the
+# shape's mode, those of the other mode, then the loops (an order by their predicted cost moved
+# with the noise in the prediction, and with it the preference);
+# functional_vectorized and forward_broadcast only stand in (FALLBACKS). Measured here (2 shared
+# cores, one torch thread, CPU time, medians), winners differ by case: batched_grad on mlp
+# 32-128-4 (vmap_vjp 1.08-1.26x), vmap_vjp on 64-64-64 at B=16 in a long-running process
+# (batched_grad 1.11-1.21x; in a fresh process vmap_vjp's first ~50 calls run slower, and the
+# median of 300 put batched_grad 20% ahead in float64) and on the CNN in float32 (batched_grad
+# 1.32x), batched_double_backward on 4-256-64 (double_backward 1.04x), repeat_trick at batch 1
+# (batched_grad 1.27x: the overhead of vmap dominates a 0.1 ms call), loop_rows on the transformer
+# layer in float64 among the unchunked ways (1024 plain backward passes, 1.8x faster than any
+# vectorized one: the attention kernel has no batching rule) -- but batched_grad in chunks of 102
+# rows beats it by 1.2x there, and every other way by 1.5-2x in float32.
+# So the race is needed; what keeps it cheap:
+# - the loops are predicted before they run, from one backward of the forward's graph timed twice
+#   (t_b) and one forward (t_f): loop_rows ~ 1.2 M t_b, double_backward ~ 1.2 N t_b (measured
+#   0.95-1.6x and 0.84-2.4x of M t_b and N t_b), repeat_trick ~ 0.5 M (t_f + t_b) (measured
+#   0.17-1.7x of M (t_f + t_b)); one predicted over 1.5x the best first call is not run (loop_rows
+#   at M=64 would cost 3.7 calls of the winner);
+# - torch's transforms are warmed up once per process on a 2x2 tensor (judge.warm_up_transforms),
+#   and every raced method once per process and dtype on a 2-sample tanh MLP (warm_up_methods):
+#   vmap's first use costs 0.2 s, torch.func's 0.6 s, whatever the shape (0.8-0.9 s in all here),
+#   and a first call that paid it would lose the race; it is stated in the reason, apart from the
+#   planning cost;
+# - the coupling probe, once 17 forwards, changes groups of samples (NOTE [coupling probes]:
+#   2 ceil(log2 B) forwards, 12 at B=64);
+# - the race's budget, RACE_BUDGET steady calls, counts the probes before it and every call of
+#   every candidate: it runs fewer rounds rather than exceed it.
+# Measured with `python benchmarks/auto_ratio.py` (3 fresh processes per case; the README has the
+# table): auto within 1.03x of the fastest correct method on 13 of the 16 cases in every process,
+# the same plan in all three on 13, planning 7-24 steady calls (over PLANNING_BUDGET = 20 on
+# batch 1 and 8-64-8 at B=64: the probes and first calls of 5-6 candidates cost 21-24 calls of a
+# 0.1-0.3 ms Jacobian). Not reached: on 64-64-64 at B=16 the race, early in a fresh process, sees
+# batched_grad, batched_double_backward and vmap_vjp within 5-10% and picks one of the first two,
+# while vmap_vjp, warmed up, is 1.11-1.16x faster; on 8-64-8 at B=64 in float64 and 4-256-64 in
+# float64 two candidates within TIE split the processes (1.16x in one process of the first).
+# Memory: the budget is 2 |J| + the activations the forward saves for backward, but never under
 # MEMORY_FLOOR: a vectorized pass over k rows holds k gradients of every hidden layer, so with
 # hidden layers wider than the Jacobian's rows (8-64-8 at B=64: 0.37 MB against a 0.17 MB budget)
 # only one row per pass would fit, tripling the time (0.32 -> 0.99 ms) to save 0.2 MB. The floor
 # keeps that trade for cases where the memory matters; pass max_memory= for a strict budget.
-# A pass over k rows is estimated at k x saved activations + |J|; when that may not fit, the plan
-# measures the peak (NOTE [peak memory]) at 1 and 2 rows per pass, extrapolates linearly (peak
-# grows sublinearly in k, so this errs on the safe side), and confirms the chunk it picks, halving it while
-# over. Plans are cached per function, input shape, dtype, device and train/eval state: the probes
-# and measurements run on the first call only.
+# A pass over k rows is estimated at k x the bytes the forward saves, parameters left out (measured
+# once, from the saved-tensor hooks: `saved_activation_bytes(..., parameters=False)`; a row of a
+# vectorized backward holds a gradient of each activation, not of each weight: counting the
+# weights split mlp 784-256-256-10 at B=32 into 2 passes, 1.08x slower) + |J|, and gets the most
+# rows that fit: no profiled run (the first version measured the peak with torch.profiler at 1, 2
+# and k rows, which cost more than the whole race). The loops hold one row whatever the budget.
+# Plans are cached per function, input shape, dtype, device, train/eval state and budget: the
+# probes and the race run on the first call only.
 MEMORY_FLOOR = 2**24  # 16 MiB
-REVERSE_FAMILY = ("batched_grad", "vmap_vjp", "repeat_trick", "functional_vectorized", "loop_rows")
+REVERSE_FAMILY = ("batched_grad", "vmap_vjp", "functional_vectorized", "loop_rows", "repeat_trick")
 FORWARD_FAMILY = ("batched_double_backward", "forward_broadcast", "double_backward")
-CLOSE_SHAPES = 2.0  # both families are timed when M and N are within this factor of each other
-PLAN_TIMING_S = 0.1  # per candidate, on the first call (after two warm-up calls)
+LOOPS = ("loop_rows", "double_backward", "repeat_trick")  # raced after the vectorized ways
+# forward_broadcast (forward AD) ran 1.34-3x batched_double_backward wherever both ran: it races
+# only where that one cannot (no double backward); functional_vectorized is batched_grad's
+# computation through autograd.functional (0.98-1.1x of it wherever both ran)
+FALLBACKS = {"forward_broadcast": "batched_double_backward",
+             "functional_vectorized": "batched_grad"}
+CLOSE_SHAPES = 2.0  # both families race when M and N are within this factor of each other
+PLANNING_BUDGET = 20  # steady calls of the plan, all planning included
+RACE_BUDGET = 16  # what the race may take of it, the probes before it included
+
+# NOTE [compiled route]
+# `compile=True` (or a backend name) adds a candidate after the eager race: torch.compile of the
+# eager winner's route and of one more (COMPILE_ROUTES in all: a route through torch.func alone
+# where one ran, TRACEABLE, else the eager runner-up), as a function of the flat input. Each is judged (judge.judge, one judge for every candidate) against the eager winner's
+# value under NOTE [tolerances]; one that raises or disagrees is rejected and never runs again.
+# The verified ones race the eager winner (NOTE [race], the eager route preferred on a tie) and
+# the fastest is kept. Measured on mlp 8-64-8 at B=64, float32 (inductor, this CPU, one thread):
+# vmap_vjp compiled 0.20-0.27 ms against 0.33 ms eager and batched_grad's 0.28 ms;
+# forward_broadcast 0.23 ms against 0.74 ms; compiling took 2-13 s each. batched_grad and
+# batched_double_backward do not compile (vmap over the compiled backward raises; aot_autograd
+# has no double backward): rejected, so a torch.func route is compiled second (TRACEABLE). A compiled plan holds its model (the
+# compiled code refers to it): it is cached in a small LRU of COMPILED_PLANS, not the weak cache.
+COMPILE_ROUTES = 2
+TRACEABLE = ("vmap_vjp", "forward_broadcast")  # torch.func all through: compiled first
+COMPILED_PLANS = 8
+DEFAULT_BACKEND = "inductor"
 
 
 def plan(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
-         max_memory: int | None = None) -> Plan:
+         max_memory: int | None = None, compile: bool | str = False) -> Plan:
     """The plan ``batch_jacobian(fn, x)`` would use (made and cached on first use).
 
     Args:
         fn: a function or module of one batched tensor (batch first).
         x: the inputs, (B, *in).
         max_memory: bytes a pass may use; the default is NOTE [auto plan]'s budget.
+        compile: also race ``torch.compile`` of the winning route, used only once verified
+            against the eager route (NOTE [compiled route]); True for "inductor", or a backend.
 
     Returns:
-        A :class:`Plan`: the method, rows per pass, the number of rows, why, and the budget.
+        A :class:`Plan`: the method, rows per pass, the number of rows, why, the budget, and
+        what planning cost.
 
     Raises:
-        InvalidArgument: ``fn`` or ``x`` is not usable, or ``max_memory`` is not a positive number.
+        InvalidArgument: ``fn`` or ``x`` is not usable, ``max_memory`` is not a positive number,
+            or ``compile`` is not a bool or a backend name.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
     >>> p = plan(net, torch.randn(32, 8))
-    >>> p.rows, "outputs M=2 <= inputs N=8: reverse mode" in p.reason  # the method: timed
+    >>> p.rows, "outputs M=2 <= inputs N=8: reverse mode" in p.reason  # the method: raced
     (2, True)
+    >>> p.planning_calls > 0 and "calls of the plan" in p.reason  # what planning cost
+    True
     """
-    return _planned(fn, x, max_memory)[0]
+    return _planned(fn, x, max_memory, compile)[0]
 
 
 def batch_jacobian(
@@ -113,6 +187,7 @@ def batch_jacobian(
     verify: bool = False,
     probes: int = DEFAULT_PROBES,
     max_memory: int | None = None,
+    compile: bool | str = False,
     seed: int = 0,
 ) -> torch.Tensor:
     """The per-sample Jacobian ``J[b] = d fn(x)[b] / d x[b]``, shaped (B, *out, *in).
@@ -124,13 +199,16 @@ def batch_jacobian(
         verify: check this answer against finite differences with ``probes`` random projections
             uᵀ J v (cost: 6 forward passes per probe, whatever the size); raise if it is wrong.
         max_memory: bytes the computation may use; the default is NOTE [auto plan]'s budget.
+        compile: with "auto", also race ``torch.compile`` of the winning route, verified against
+            the eager route first (NOTE [compiled route]; compiling can take a minute on CPU).
         seed: seeds the coupling probe and the projections.
 
     Returns:
         The Jacobian, (B, *out, *in), in ``x``'s dtype and device.
 
     Raises:
-        InvalidArgument: ``fn``, ``x`` or ``method`` is not usable; the message says why.
+        InvalidArgument: ``fn``, ``x``, ``method`` or ``compile`` is not usable; the message says
+            why.
         MismatchError: ``verify=True`` and the answer disagrees with finite differences.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
@@ -142,9 +220,8 @@ def batch_jacobian(
     True
     """
     if method == "auto":
-        chosen, flat, out_shape = _planned(fn, x, max_memory)
-        compute = chunked_compute(chosen.method)
-        value = compute(flat, _passes(chosen.chunk_size, chosen.rows))
+        chosen, flat, out_shape, run = _planned(fn, x, max_memory, compile)
+        value = run(flat)
         name = chosen.method
     else:
         (m,) = get_methods([method])
@@ -153,6 +230,8 @@ def batch_jacobian(
         value, name = m.compute(flat), m.name
     if verify:
         _verify(fn, x, value, name, probes, seed)
+    if x.ndim == 2 and len(out_shape) == 1:
+        return value
     return value.reshape(x.shape[0], *out_shape, *x.shape[1:])
 
 
@@ -164,8 +243,11 @@ def _case(fn, x):
 
 
 def _flat(fn, x: torch.Tensor, out_shape: tuple[int, ...]) -> Flat:
-    """The canonical form without the validating call (the plan validated this shape already)."""
+    """The canonical form without the validating call (the plan validated this shape already);
+    (B, N) -> (B, M) functions as they are (two reshapes cost 5% of a 0.1 ms Jacobian)."""
     in_shape = tuple(x.shape[1:])
+    if x.ndim == 2 and len(out_shape) == 1:
+        return Flat(fn, x.detach(), (in_shape,), (out_shape,))
 
     def g(z: torch.Tensor) -> torch.Tensor:
         return fn(z.reshape(z.shape[0], *in_shape)).reshape(z.shape[0], -1)
@@ -180,6 +262,7 @@ def _flat(fn, x: torch.Tensor, out_shape: tuple[int, ...]) -> Flat:
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _STRONG: OrderedDict = OrderedDict()
 _STRONG_SIZE = 8
+_COMPILED: OrderedDict = OrderedDict()  # (owner, func, key) -> entry; NOTE [compiled route]
 
 
 def plan_table(fn) -> dict:
@@ -198,6 +281,14 @@ def plan_table(fn) -> dict:
     return tables.setdefault(getattr(fn, "__func__", None), {})
 
 
+def clear_plans() -> None:
+    """Forget every cached plan (the next ``method="auto"`` call of each function plans again)."""
+    _PLANS.clear()
+    _STRONG.clear()
+    _COMPILED.clear()
+    _LAST[0] = None
+
+
 def call_key(fn, *tensors: torch.Tensor, extra: object = None) -> tuple:
     """What a cached choice depends on: shapes, dtypes, devices, train/eval modes, ``extra``."""
     owner = fn.__self__ if inspect.ismethod(fn) else fn
@@ -205,13 +296,44 @@ def call_key(fn, *tensors: torch.Tensor, extra: object = None) -> tuple:
     return (*((tuple(t.shape), t.dtype, t.device) for t in tensors), modes, extra)
 
 
-def _planned(fn, x: torch.Tensor, max_memory: int | None) -> tuple[Plan, Flat, tuple[int, ...]]:
+# The last plan used, checked first (a repeated call cost 7 us through the cache above, 2 us
+# here: 15% of a 0.1 ms Jacobian at batch 1 went to finding its plan): (a weak reference to fn,
+# shape, dtype, device, max_memory, compile, weak references to the modules and their train/eval
+# modes, the cache entry). Nothing in it keeps a model alive (a compiled entry's route does, as
+# in _COMPILED).
+_LAST: list = [None]
+
+
+def _memo(fn) -> Callable[[], object]:
+    try:
+        return weakref.ref(fn)
+    except TypeError:  # a builtin: holding it costs nothing
+        return lambda: fn
+
+
+def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = False
+             ) -> tuple[Plan, Flat, tuple[int, ...], Callable[[Flat], torch.Tensor]]:
+    last = _LAST[0]
+    if last is not None and last[0]() is fn and last[1] == x.shape and last[2] == x.dtype \
+            and last[3] == x.device and last[4] == max_memory and last[5] is compile \
+            and [getattr(m(), "training", None) for m in last[6]] == last[7]:
+        chosen, out_shape, run = last[8]
+        return chosen, _flat(fn, x, out_shape), out_shape, run
+    if compile is not False and not (compile is True or isinstance(compile, str) and compile):
+        raise InvalidArgument(f"compile={compile!r} (type={type(compile).__name__}) must be False, "
+                              f"True (the {DEFAULT_BACKEND!r} backend) or a torch.compile backend "
+                              "name such as 'aot_eager'")
+    backend = DEFAULT_BACKEND if compile is True else (compile or None)
     table = plan_table(fn)
-    key = call_key(fn, x, extra=("batch_jacobian", max_memory)) if isinstance(x, torch.Tensor) \
-        else None
-    if key in table:
-        chosen, out_shape = table[key]
-        return chosen, _flat(fn, x, out_shape), out_shape
+    key = call_key(fn, x, extra=("batch_jacobian", max_memory, backend)) \
+        if isinstance(x, torch.Tensor) else None
+    owner = fn.__self__ if inspect.ismethod(fn) else fn
+    strong = (owner, getattr(fn, "__func__", None), key) if backend and key is not None else None
+    entry = _COMPILED.get(strong) if strong is not None else table.get(key)
+    if entry is not None:
+        chosen, out_shape, run = entry
+        _remember(fn, x, max_memory, compile, owner, entry)
+        return chosen, _flat(fn, x, out_shape), out_shape, run
     case = _case(fn, x)
     if max_memory is not None:
         max_memory = int(check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30"))
@@ -219,58 +341,208 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None) -> tuple[Plan, Flat, t
     if len(flat.out_shapes) != 1:
         raise InvalidArgument("fn returned a tuple; batch_jacobian takes one output tensor "
                               "(use jacverify.check for several)")
-    chosen = _make_plan(flat, max_memory)
-    table[key] = (chosen, flat.out_shapes[0])
-    return chosen, _flat(fn, x, flat.out_shapes[0]), flat.out_shapes[0]
+    chosen, run, finishers = _make_plan(flat, max_memory)
+    if backend:
+        chosen, run = _compiled_plan(chosen, run, finishers, flat, backend)
+        _COMPILED[strong] = (chosen, flat.out_shapes[0], run)
+        while len(_COMPILED) > COMPILED_PLANS:
+            _COMPILED.popitem(last=False)
+    elif key is not None:
+        table[key] = (chosen, flat.out_shapes[0], run)
+    if key is not None:
+        _remember(fn, x, max_memory, compile, owner, (chosen, flat.out_shapes[0], run))
+    return chosen, _flat(fn, x, flat.out_shapes[0]), flat.out_shapes[0], run
 
 
-def _make_plan(flat: Flat, max_memory: int | None) -> Plan:
-    b, m, n = flat.batch_size, flat.n_out, flat.n_in
-    coupling = check_coupling(flat, seed=0, noise=check_determinism(flat))
-    if coupling.coupled:
-        family = {"batched_grad_per_sample": b * m}
-        why = f"samples interact ({coupling.reason}): rows of the full Jacobian, B*M = {b * m}"
-    elif max(m, n) <= CLOSE_SHAPES * min(m, n):
-        family = {**dict.fromkeys(REVERSE_FAMILY, m), **dict.fromkeys(FORWARD_FAMILY, n)}
+def _remember(fn, x: torch.Tensor, max_memory, compile, owner, entry) -> None:
+    modules = list(owner.modules()) if isinstance(owner, torch.nn.Module) else []
+    _LAST[0] = (_memo(fn), x.shape, x.dtype, x.device, max_memory, compile,
+                [weakref.ref(m) for m in modules], [m.training for m in modules], entry)
+
+
+def _candidates(m: int, n: int) -> tuple[tuple[str, ...], str]:
+    """The racing order (preference first, NOTE [auto plan]) and why, for independent samples."""
+    if max(m, n) <= CLOSE_SHAPES * min(m, n):
+        first, second = (REVERSE_FAMILY, FORWARD_FAMILY) if m <= n else (FORWARD_FAMILY,
+                                                                          REVERSE_FAMILY)
         why = (f"independent samples, outputs M={m} and inputs N={n} within {CLOSE_SHAPES:g}x: "
-               "both modes timed")
+               "both modes raced")
     elif m <= n:
-        family = dict.fromkeys(REVERSE_FAMILY, m)
+        first, second = REVERSE_FAMILY, ()
         why = f"independent samples, outputs M={m} <= inputs N={n}: reverse mode, M rows"
     else:
-        family = dict.fromkeys(FORWARD_FAMILY, n)
+        first, second = FORWARD_FAMILY, ()
         why = f"independent samples, outputs M={m} > inputs N={n}: forward mode, N rows"
-    saved = saved_activation_bytes(flat.fn, flat.x)
-    jac_bytes = b * m * n * flat.x.element_size()
-    budget = max_memory or max(2 * jac_bytes + saved, MEMORY_FLOOR)
-    chunks, failed = {}, []
-    for name, rows in family.items():
-        chunk = rows if rows * saved + jac_bytes <= budget else None
-        if name in _ONE_PASS and chunk is None:
-            failed.append(f"{name} does not fit in one pass")
-            continue
+    vectorized = [c for c in (*first, *second) if c not in LOOPS]
+    loops = [c for c in (*first, *second) if c in LOOPS]
+    return (*vectorized, *loops), why
+
+
+@functools.cache
+def warm_up_methods(dtype: torch.dtype, device: str) -> None:
+    """Every method auto races, once, on a tiny tanh MLP in ``dtype`` on ``device``: their
+    one-off costs per process and dtype (first calls on the first case ran 2-20x a steady call
+    here) are paid outside the race (NOTE [auto plan])."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    flat = flatten(make_case(net.to(device, dtype), x.to(device, dtype)))
+    for name in (*REVERSE_FAMILY, *FORWARD_FAMILY):
         try:
-            k = chunk or _chunk_within(flat, name, rows, budget)
-            chunked_compute(name)(flat, _passes(k, rows))  # raises here when it cannot run at all
-            chunks[name] = k
-        except Exception as e:  # noqa: BLE001 - no double backward, forward AD or batching rule
-            failed.append(f"{name} raised {type(e).__name__}")
-    if chunks:  # round-robin, so drift on a busy machine does not pick the winner
-        calls = {n: (lambda n=n, k=k: chunked_compute(n)(flat, _passes(k, family[n])))
-                 for n, k in chunks.items()}
-        timed = {n: (t.median, chunks[n]) for n, t in
-                 time_calls(calls, flat.x.device, warmup=2, min_seconds=PLAN_TIMING_S).items()}
-    else:  # the whole family failed: reverse mode over the outputs, which every op has
-        name, family = "batched_grad", {"batched_grad": m}
-        timed = {name: (0.0, m if m * saved + jac_bytes <= budget
-                        else _chunk_within(flat, name, m, budget))}
-    name = min(timed, key=lambda k: timed[k][0])
-    chunk, rows = timed[name][1], family[name]
-    why += f"; {name} timed fastest of {', '.join(family)}" if len(timed) > 1 else f"; {name}"
-    why += f" ({'; '.join(failed)})" if failed else ""
-    if chunk < rows:
-        why += f"; {math.ceil(rows / chunk)} passes of {chunk} rows to stay within {budget} bytes"
-    return Plan(name, chunk, rows, why, budget)
+            chunked_compute(name)(flat, None)
+        except Exception:  # noqa: BLE001 - a method that cannot run here races nowhere
+            pass
+
+
+def _pass_times(flat: Flat, clock, sync) -> tuple[float, float]:
+    """One forward (t_f) and the best of two backwards through it (t_b), in ``clock``'s seconds."""
+    leaf = flat.x.detach().requires_grad_()
+    sync()
+    start = clock()
+    y = flat.fn(leaf)
+    sync()
+    t_f = clock() - start
+    cotangent = torch.ones_like(y)
+    t_b = math.inf
+    for _ in range(2):
+        sync()
+        start = clock()
+        torch.autograd.grad(y, leaf, cotangent, retain_graph=True, allow_unused=True)
+        sync()
+        t_b = min(t_b, clock() - start)
+    return t_f, t_b
+
+
+def _make_plan(flat: Flat, max_memory: int | None
+               ) -> tuple[Plan, Callable[[Flat], torch.Tensor], list[tuple[str, int, int]]]:
+    """The plan, its route, and every candidate that ran (method, chunk, rows), fastest first."""
+    b, m, n = flat.batch_size, flat.n_out, flat.n_in
+    device = flat.x.device
+    clock = timer(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    warm_start = clock()
+    warm_up_transforms("reverse")
+    warm_up_methods(flat.x.dtype, str(device))
+    warmed = clock() - warm_start  # once per process and dtype: 0.0 after the first plan
+    start = clock()
+    coupling = check_coupling(flat, seed=0, noise=check_determinism(flat))
+    if coupling.coupled:
+        order, rows = ("batched_grad_per_sample",), {"batched_grad_per_sample": b * m}
+        why = f"samples interact ({coupling.reason}): rows of the full Jacobian, B*M = {b * m}"
+    else:
+        order, why = _candidates(m, n)
+        rows = {c: (n if c in FORWARD_FAMILY else m) for c in order}
+    if any(get_methods([c])[0].mode == "forward" for c in order):  # forward AD: warm it up too
+        forward_start = clock()
+        warm_up_transforms("forward")
+        warmed += clock() - forward_start
+        start += clock() - forward_start  # the coupling probe counts, the warm-up does not
+    per_row = max(saved_activation_bytes(flat.fn, flat.x, parameters=False), 1)
+    jac_bytes = b * m * n * flat.x.element_size()
+    budget = max_memory or max(2 * jac_bytes + per_row, MEMORY_FLOOR)
+    estimates: dict[str, float] = {}
+    if any(c in LOOPS for c in order):
+        t_f, t_b = _pass_times(flat, clock, sync)
+        estimates = {"loop_rows": 1.2 * m * t_b, "double_backward": 1.2 * n * t_b,
+                     "repeat_trick": 0.5 * m * (t_f + t_b)}
+    chunks, refused = {}, {}
+    for name in order:
+        fits = max(1, (budget - jac_bytes) // per_row)
+        if name in _ONE_PASS and fits < rows[name]:
+            refused[name] = "does not fit in one pass"
+        else:
+            chunks[name] = 1 if name in _ONE_ROW else int(min(rows[name], fits))
+    calls = {name: (lambda name=name: chunked_compute(name)(flat, _passes(chunks[name], rows[name])))
+             for name in chunks}
+    result = race(calls, device, estimates=estimates, fallbacks=FALLBACKS, budget=RACE_BUDGET,
+                  spent=clock() - start)
+    name = result.winner
+    if name is None:  # every candidate raised: reverse mode over the outputs, which every op has
+        name, rows = "batched_grad", {"batched_grad": m}
+        chunks = {name: int(min(m, max(1, (budget - jac_bytes) // per_row)))}
+    chunk = chunks[name]
+    dropped = {**refused, **result.dropped}
+    if len(calls) > 1:
+        times = ", ".join(f"{c} {t * 1e3:.3g} ms" for c, t in sorted(result.times.items(),
+                                                                    key=lambda kv: kv[1]))
+        why += f"; {name} won the race of {', '.join(order)} ({times})"
+    else:
+        why += f"; {name}"
+    why += f" (dropped: {'; '.join(f'{c} {r}' for c, r in dropped.items())})" if dropped else ""
+    if chunk < rows[name]:
+        why += (f"; {math.ceil(rows[name] / chunk)} passes of {chunk} rows"
+                + (" (a loop: one row per pass)" if name in _ONE_ROW
+                   else f" to stay within {budget} bytes"))
+    seconds = clock() - start
+    steady = result.steady or seconds
+    why += (f"; planned in {seconds * 1e3:.3g} ms = {seconds / steady:.1f} calls of the plan "
+            f"(the race: {result.calls} calls of candidates, worth {result.seconds / steady:.1f} "
+            "calls of the plan)")
+    if warmed > 0.01:
+        why += f" after {warmed:.2g} s warming up torch's transforms (once per process and dtype)"
+    compute, passes = chunked_compute(name), _passes(chunk, rows[name])
+    finishers = [(c, chunks[c], rows[c]) for c in sorted(result.times, key=result.times.get)]
+    return (Plan(name, chunk, rows[name], why, budget, seconds, seconds / steady),
+            lambda flat: compute(flat, passes), finishers)
+
+
+def compile_route(route: Callable[[torch.Tensor], torch.Tensor], backend: str
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile(route, backend=backend)``: the one place a route is compiled."""
+    return torch.compile(route, backend=backend)
+
+
+def _compiled_plan(chosen: Plan, eager: Callable[[Flat], torch.Tensor],
+                   finishers: list[tuple[str, int, int]], flat: Flat, backend: str
+                   ) -> tuple[Plan, Callable[[Flat], torch.Tensor]]:
+    """NOTE [compiled route]: compile, judge against the eager value, race; keep the fastest."""
+    from jacverify.compare import Reference, Scales, tolerances
+    from jacverify.judge import Status, judge
+    from jacverify.methods import Method
+
+    device = flat.x.device
+    clock = timer(device)
+    start = clock()
+    expected = eager(flat)
+    routes = [(chosen.method, chosen.chunk_size, chosen.rows)]
+    routes += sorted((r for r in finishers if r[0] != chosen.method),
+                     key=lambda r: r[0] not in TRACEABLE)  # the others by their eager time
+    verified: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    chunk_of = {name: (chunk, rows) for name, chunk, rows in routes}
+    notes = []
+    for name, chunk, rows in routes[:COMPILE_ROUTES]:
+        compute, passes = chunked_compute(name), _passes(chunk, rows)
+        compiled = compile_route(
+            lambda z, compute=compute, passes=passes, f=flat: compute(
+                Flat(f.fn, z, f.in_shapes, f.out_shapes), passes), backend)
+        candidate = Method(f"compiled {name}", lambda fl, c=compiled: c(fl.x), "reverse",
+                           vectorized=True, assumes_independent=True)
+        verdict = judge(candidate, flat, None, 2**62, (Reference(f"eager {chosen.method}",
+                                                                 expected),),
+                        None, flat.x.dtype, tolerances(), Scales(), runs=1)
+        if verdict.status == Status.AGREE:
+            verified[name] = compiled
+            notes.append(f"compiled {name} verified against eager {chosen.method}")
+        else:
+            detail = verdict.reason or (describe_worst(verdict.worst) if verdict.worst else "")
+            notes.append(f"compiled {name} rejected ({verdict.status}: {detail[:200]})")
+    compile_seconds = clock() - start
+    calls = {"eager": lambda: eager(flat),
+             **{name: (lambda c=c: c(flat.x)) for name, c in verified.items()}}
+    result = race(calls, device, budget=PLANNING_BUDGET) if verified else None
+    why = f"{chosen.reason}; compile={backend!r}: {'; '.join(notes)}"
+    why += f" ({compile_seconds:.3g} s compiling and verifying)"
+    if result is None or result.winner in (None, "eager"):
+        return Plan(chosen.method, chosen.chunk_size, chosen.rows,
+                    why + ("; the eager route stays (as fast or faster)" if verified else ""),
+                    chosen.memory_budget, chosen.planning_seconds, chosen.planning_calls), eager
+    name = result.winner
+    compiled = verified[name]
+    why += (f"; compiled {name} {result.times[name] * 1e3:.3g} ms against eager "
+            f"{result.times['eager'] * 1e3:.3g} ms: used")
+    return (Plan(name, *chunk_of[name], why, chosen.memory_budget, chosen.planning_seconds,
+                 chosen.planning_calls, backend),
+            lambda fl: compiled(fl.x))
 
 
 def _passes(chunk: int, rows: int) -> int | None:
@@ -278,33 +550,15 @@ def _passes(chunk: int, rows: int) -> int | None:
     return None if chunk >= rows else chunk
 
 
-def _chunk_within(flat: Flat, name: str, rows: int, budget: int) -> int:
-    """The most rows per pass whose measured peak memory fits ``budget`` (NOTE [auto plan])."""
-    if rows == 1:
-        return 1
-    compute = chunked_compute(name)
-
-    def peak(k: int) -> int:
-        return peak_memory(lambda: compute(flat, k), flat.x.device)
-
-    try:
-        one, two = peak(1), peak(2)
-        per_row = max(two - one, 1)
-        chunk = int(max(1, min(rows, (budget - one) // per_row + 1)))
-        while chunk > 1 and peak(chunk) > budget:
-            chunk //= 2
-    except RuntimeError:  # a profiler is running already (the caller's): one row per pass
-        return 1
-    return chunk
-
-
 def chunked_compute(name: str) -> Callable[[Flat, int | None], torch.Tensor]:
     """The registered method ``name`` as ``f(flat, chunk_size)`` (``Method.compute_chunked``)."""
     return get_methods([name])[0].compute_chunked
 
 
-# one pass whatever the chunk: only chosen when that pass fits (loop_rows holds one row)
+# one pass whatever the chunk: only chosen when that pass fits
 _ONE_PASS = {"functional_vectorized"}
+# a Python loop over the rows, one per pass: fits any budget that holds one row
+_ONE_ROW = {"loop_rows", "double_backward"}
 
 
 def _verify(fn, x: torch.Tensor, value: torch.Tensor, name: str, probes: int, seed: int) -> None:

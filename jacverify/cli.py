@@ -167,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
                         "to one forward pass and to the loop, and methods over 10x slower than the "
                         "best flagged with the likely cause. With no FILE, runs --suite.")
     bn.add_argument("files", nargs="*", metavar="FILE", help="a .py file or dotted module name")
-    bn.add_argument("--suite", default=None, choices=["default", "quick"],
+    bn.add_argument("--suite", default=None, choices=["default", "realistic", "quick"],
                     help="the tanh-MLP suite and its batch/size sweeps (default when no FILE)")
     options.add_to_argparse(bn, ("methods", "device", "dtype", "seed"))
     bn.add_argument("--batch-size", type=int, default=64, metavar="B",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import statistics
 import sys
 import time
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Timing", "stats", "timer", "time_call", "time_calls", "peak_memory", "saved_activation_bytes"]
+__all__ = ["Timing", "Race", "stats", "timer", "time_call", "time_calls", "race", "peak_memory",
+           "saved_activation_bytes"]
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,12 @@ def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", *,
 
 
 def time_calls(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", *,
-               warmup: int = 1, min_seconds: float = MIN_SECONDS) -> dict[str, Timing]:
-    """Time each of ``fns`` round-robin per NOTE [benchmark rounds]: {name: Timing}."""
+               warmup: int = 1, min_seconds: float = MIN_SECONDS,
+               shuffle: int | None = None) -> dict[str, Timing]:
+    """Time each of ``fns`` round-robin per NOTE [benchmark rounds]: {name: Timing}.
+
+    ``shuffle``: a seed; each round then calls them in a new random order, so no function always
+    runs after the same other one (NOTE [race]: that moved a 0.1 ms call by up to 1.4x)."""
     sync = _sync(torch.device(device))
     clock = timer(device)
     first: dict[str, float] = {}
@@ -110,8 +116,12 @@ def time_calls(fns: dict[str, Callable[[], object]], device: torch.device | str 
               max(MIN_ROUNDS, min(MAX_ROUNDS, math.ceil(min_seconds / max(t, 1e-9))))
               for name, t in first.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns.items())
+    rng = random.Random(shuffle)
     for r in range(max(wanted.values(), default=0)):
-        for name, fn in fns.items():
+        if shuffle is not None:
+            rng.shuffle(order)
+        for name, fn in order:
             if r >= wanted[name]:
                 continue
             sync()
@@ -137,6 +147,151 @@ def stats(times: list[float]) -> Timing:
                   mean, sd, ld15iqr=min(inside), hd15iqr=max(inside),
                   iqr_outliers=sum(not low <= t <= high for t in times),
                   stddev_outliers=sum(not mean - sd <= t <= mean + sd for t in times))
+
+
+@dataclass(frozen=True)
+class Race:
+    """What :func:`race` measured: the winner, each candidate's best call (seconds) and first
+    call, who dropped out and why, and what the race cost (calls made and their seconds)."""
+
+    winner: str | None
+    times: dict[str, float]
+    first: dict[str, float]
+    dropped: dict[str, str]
+    calls: int
+    seconds: float
+
+    @property
+    def steady(self) -> float:
+        """The winner's best timed call (seconds); 0.0 when nothing ran."""
+        return self.times.get(self.winner, 0.0) if self.winner else 0.0
+
+
+# NOTE [race]
+# Picking the fastest of a few ways to compute the same thing, cheaply and the same way every time
+# (what `batch_jacobian(method="auto")` plans with; numbers in NOTE [auto plan]). Single calls are
+# noisy here (the same call's CPU time varied 1.3-6 ms on a shared 2-core machine), a candidate's
+# first call on a new shape ran 1.0-1.8x its steady time, and a call of 0.1 ms ran 1.1-1.4x slower
+# after a different method than after itself (caches, the allocator's free lists), so no single
+# call decides:
+# 1. each candidate is called once, in the caller's order of preference. A candidate with an
+#    `estimates` entry (a cost predicted before running it, e.g. M backward passes for a loop over
+#    the outputs) is not called when that estimate is over ESTIMATE_CUT x the best first call so
+#    far, or would take the race past its budget; one in `fallbacks` runs only when the one it
+#    stands in for raised. One that raises drops out; so does one whose first call is over
+#    FIRST_CUT x the best first call, except the champion (the first that ran: it paid the
+#    shape's one-off costs for everyone). When one round of the rest would take the race past
+#    `budget` calls of the best first call, the slowest first calls drop out until it fits (the
+#    champion and the fastest stay);
+# 2. the rest are timed round-robin, one call each per round, in reverse order every other round,
+#    at most ROUNDS rounds. A candidate's estimate is the median of its timed calls (the first
+#    call left out), paired with the champion's: the median over rounds of its time over the
+#    champion's in the same round, times the champion's median, so a load that drifts between
+#    rounds moves both alike. The minimum was tried first and misled: vmap_vjp's calls spread
+#    wide (64-64-64 at B=16, float64: its best call 7% under batched_grad's, its median 20% over).
+#    After the first round a candidate whose best call is over ROUND_CUT x the best estimate
+#    drops out, after later rounds one over CONTEND x (the rounds go to the contenders); a round
+#    that would take the race past `budget` calls of the best estimate is not run (the first
+#    always is);
+# 3. the winner is the champion unless another is faster by more than TIE; among several, the
+#    first in preference order within TIE of the fastest. Candidates that close cannot be told
+#    apart by a few calls here, and a fixed order makes separate processes choose the same one;
+#    two candidates whose true ratio is near TIE still split processes (NOTE [auto plan]).
+FIRST_CUT, ESTIMATE_CUT, ROUND_CUT, CONTEND, ROUNDS, TIE = 2.0, 1.5, 1.3, 1.15, 4, 1.07
+
+
+def race(calls: dict[str, Callable[[], object]], device: torch.device | str = "cpu", *,
+         estimates: dict[str, float] | None = None, fallbacks: dict[str, str] | None = None,
+         budget: float = 16.0, spent: float = 0.0, rounds: int = ROUNDS, tie: float = TIE) -> Race:
+    """The fastest of ``calls`` (preference order: the dict's), per NOTE [race].
+
+    ``budget`` is in calls of the best candidate; ``spent``, seconds the caller has spent already
+    (counted against it); ``estimates``, predicted seconds per call for some candidates;
+    ``fallbacks``, {candidate: the one it stands in for}: run only when that one raised.
+
+    >>> fast, slow = (lambda: sum(range(100))), (lambda: sum(range(100_000)))
+    >>> r = race({"slow": slow, "fast": fast, "broken": lambda: 1 / 0})
+    >>> r.winner, r.dropped["broken"], r.calls >= 3, r.steady > 0
+    ('fast', 'raised ZeroDivisionError', True, True)
+    """
+    sync = _sync(torch.device(device))
+    clock = timer(device)
+    estimates = estimates or {}
+    first: dict[str, float] = {}
+    dropped: dict[str, str] = {}
+    made, before = 0, spent
+
+    def call(fn: Callable[[], object]) -> float:
+        nonlocal spent, made
+        sync()
+        start = clock()
+        fn()
+        sync()
+        elapsed = clock() - start
+        spent, made = spent + elapsed, made + 1
+        return elapsed
+
+    for name, fn in calls.items():
+        best_first = min(first.values(), default=math.inf)
+        instead = (fallbacks or {}).get(name)
+        if instead in first:
+            dropped[name] = f"stands in for {instead}, which ran"
+            continue
+        guess = estimates.get(name, 0.0)
+        if name in estimates and (guess > ESTIMATE_CUT * best_first
+                                  or spent + guess > budget * best_first):
+            dropped[name] = (f"predicted {guess * 1e3:.3g} ms, over {ESTIMATE_CUT:g}x the best "
+                             f"first call ({best_first * 1e3:.3g} ms) or the budget")
+            continue
+        try:
+            first[name] = call(fn)
+        except Exception as e:  # noqa: BLE001 - no formula, rule or memory for this one here
+            dropped[name] = f"raised {type(e).__name__}"
+    champion = next(iter(first), None)
+    best_first = min(first.values(), default=math.inf)
+    for name, t in first.items():
+        if t > FIRST_CUT * best_first and name != champion:
+            dropped[name] = f"first call {t / best_first:.2f}x the best"
+    alive = sorted((n for n in first if n not in dropped), key=first.get)
+    keep = {champion, alive[0]} if alive else set()
+    while len(alive) > len(keep) and spent + sum(first[n] for n in alive) > budget * best_first:
+        slowest = next(n for n in reversed(alive) if n not in keep)
+        alive.remove(slowest)
+        dropped[slowest] = "first call among the slowest, over the budget for a timed round"
+    alive = [n for n in first if n in alive]  # back in preference order
+    samples: dict[str, list[float]] = {n: [] for n in first}
+    ref = [champion]  # the candidate the others are paired with, while it races
+
+    def estimate(name: str) -> float:
+        """The median of its timed calls (its first call before it has one); paired with the
+        reference: the median of its time over the reference's in the same round, times the
+        reference's median (a load that drifts between rounds moves both alike)."""
+        own = samples[name]
+        if not own:
+            return first[name]
+        base = samples[ref[0]] if ref[0] in samples else []
+        if name == ref[0] or len(base) < len(own):
+            return statistics.median(own)
+        return statistics.median(a / b for a, b in zip(own, base)) * statistics.median(base)
+
+    for r in range(rounds if alive else 0):
+        if r and (len(alive) == 1 or spent + sum(map(estimate, alive))
+                  > budget * min(map(estimate, alive))):
+            break
+        for name in (alive if r % 2 == 0 else alive[::-1]):  # what ran just before matters
+            samples[name].append(call(calls[name]))
+        best = min(map(estimate, alive))
+        cut = ROUND_CUT if r == 0 and len(alive) > 2 else CONTEND
+        for name in alive:
+            if min(first[name], *samples[name]) > cut * best:
+                dropped[name] = f"{estimate(name) / best:.2f}x the fastest after {r + 1} round(s)"
+        alive = [n for n in alive if n not in dropped]
+        if ref[0] not in alive and alive:
+            ref[0] = alive[0]
+    finishers = {n: estimate(n) for n in alive}
+    fastest = min(finishers.values(), default=math.inf)
+    winner = next((n for n in finishers if finishers[n] <= tie * fastest), None)
+    return Race(winner, {n: estimate(n) for n in first}, first, dropped, made, spent - before)
 
 
 # NOTE [peak memory]
@@ -193,16 +348,25 @@ def _quiet_native_output() -> Iterator[None]:
         os.close(null)
 
 
-def saved_activation_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
+def saved_activation_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
+                           parameters: bool = True) -> int:
     """Bytes of the tensors one forward of ``fn`` saves for backward (each storage counted once,
-    the input excluded; weights a layer saves are included, as autograd keeps them alive too).
+    the input excluded; weights a layer saves are included, as autograd keeps them alive too,
+    unless ``parameters=False``: then leaves that require grad are left out, which leaves what
+    grows with the batch and with every extra row of a vectorized backward).
 
     >>> saved_activation_bytes(torch.tanh, torch.zeros(4, 3, dtype=torch.float64))  # saves tanh(x)
     96
+    >>> lin = torch.nn.Linear(3, 2, bias=False).double()  # saves its input and its weight
+    >>> saved_activation_bytes(lin, torch.zeros(4, 3, dtype=torch.float64), parameters=False)
+    0
     """
     seen: dict[tuple[int, torch.device], int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
+        base = t if t._base is None else t._base  # a layer may save a view of its weight
+        if not parameters and base.is_leaf and base.requires_grad:
+            return t
         if t.layout == torch.strided and t.untyped_storage().nbytes():
             seen[(t.untyped_storage().data_ptr(), t.device)] = t.untyped_storage().nbytes()
         return t

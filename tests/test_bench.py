@@ -37,7 +37,7 @@ def test_auto_matches_the_loop_and_picks_the_mode_by_shape(n, m):
     torch.testing.assert_close(jac, _truth(net, x), rtol=0, atol=1e-12)  # same float64 formulas
     plan = jacverify.plan(net, x)
     if max(m, n) <= CLOSE_SHAPES * min(m, n):  # close shapes: both modes are timed
-        assert plan.method in REVERSE_FAMILY + FORWARD_FAMILY and "both modes timed" in plan.reason
+        assert plan.method in REVERSE_FAMILY + FORWARD_FAMILY and "both modes raced" in plan.reason
     else:
         assert plan.method in (REVERSE_FAMILY if m <= n else FORWARD_FAMILY)
 

@@ -1,0 +1,187 @@
+"""batch_jacobian(method="auto")'s plan: the race (NOTE [race]), its cost, chunks without a
+profiler, the compiled route (NOTE [compiled route]), the coupling probes (NOTE [coupling probes]) and the suites.
+No test here asserts on timing or on the machine's speed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import jacverify
+from jacverify import auto, measure
+from jacverify.auto import clear_plans
+from jacverify.bench import SUITES, SuiteCase
+from jacverify.case import flatten, make_case
+from jacverify.examples.networks import BatchCoupled
+from jacverify.measure import TIE, race, saved_activation_bytes
+from jacverify.methods.loops import loop
+from jacverify.oracles import check_coupling
+
+
+def _mlp(n: int, h: int, m: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(n, h), torch.nn.Tanh(),
+                               torch.nn.Linear(h, m)).double()
+
+
+def _busy(n: int):
+    return lambda: sum(range(n))
+
+
+def test_race_prefers_the_earlier_candidate_within_the_tie():
+    """Identical work: no measurement can put one TIE ahead of the other, so the first in
+    preference order wins every race (what makes separate processes choose alike)."""
+    winners = {race({"first": _busy(20_000), "second": _busy(20_000)}).winner for _ in range(5)}
+    assert winners == {"first"} and TIE > 1
+
+
+def test_race_drops_what_raises_or_is_predicted_slow_and_honours_fallbacks():
+    calls = {"fast": _busy(1_000), "broken": lambda: 1 / 0, "predicted": _busy(10),
+             "stand_in": _busy(10), "slow": _busy(200_000)}
+    r = race(calls, estimates={"predicted": 1e3}, fallbacks={"stand_in": "fast"})
+    assert r.winner == "fast"
+    assert r.dropped["broken"] == "raised ZeroDivisionError"
+    assert r.dropped["predicted"].startswith("predicted 1e+06 ms")
+    assert r.dropped["stand_in"] == "stands in for fast, which ran"
+    assert "slow" in r.dropped and r.calls >= 3 and r.seconds > 0 and r.steady > 0
+    # a stand-in runs when the one it stands for raised
+    r = race({"broken": lambda: 1 / 0, "stand_in": _busy(10)}, fallbacks={"stand_in": "broken"})
+    assert r.winner == "stand_in"
+
+
+def test_plan_is_the_same_after_the_cache_is_cleared():
+    """A seeded case whose race has one possible outcome (samples that interact: one candidate),
+    planned afresh: the same plan, made again (not the cached one). Between candidates that run
+    equally fast, the tie rule decides (test_race_prefers_the_earlier_candidate_within_the_tie);
+    no test can promise more without asserting on the machine's speed."""
+    net = BatchCoupled().double().train()
+    x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    plans = []
+    for _ in range(2):
+        clear_plans()
+        plans.append(jacverify.plan(net, x))
+    assert plans[0] is not plans[1]
+    assert (plans[0].method, plans[0].chunk_size, plans[0].rows) == \
+        (plans[1].method, plans[1].chunk_size, plans[1].rows)
+    assert plans[0].method == "batched_grad_per_sample"
+
+
+def test_plan_states_its_cost():
+    net, x = _mlp(6, 16, 3), torch.randn(8, 6, dtype=torch.float64)
+    clear_plans()
+    p = jacverify.plan(net, x)
+    assert p.planning_seconds > 0 and p.planning_calls > 0
+    assert "calls of the plan" in p.reason and "won the race of" in p.reason
+    assert f"planning_calls={p.planning_calls!r}" in repr(p)
+    assert p.compiled is None
+
+
+def test_chunks_come_from_saved_bytes_without_a_profiler(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the plan ran a profiler")
+
+    monkeypatch.setattr(measure, "peak_memory", refuse)
+    monkeypatch.setattr(torch.profiler, "profile", refuse)
+    net, x = _mlp(4, 64, 3), torch.randn(32, 4, dtype=torch.float64)
+    tight = saved_activation_bytes(lambda z: net(z), x)
+    clear_plans()
+    p = jacverify.plan(net, x, max_memory=tight)
+    assert p.chunks > 1 and "passes of" in p.reason
+    per_row = saved_activation_bytes(lambda z: net(z), x, parameters=False)
+    if p.method not in ("loop_rows", "double_backward"):  # a loop holds one row anyway
+        assert p.chunk_size == max(1, (tight - 32 * 3 * 4 * 8) // per_row)
+    torch.testing.assert_close(jacverify.batch_jacobian(net, x, max_memory=tight),
+                               loop(flatten(make_case(net, x))), rtol=0, atol=1e-12)
+
+
+def test_saved_bytes_per_row_leave_the_weights_out():
+    net = _mlp(32, 64, 2)
+    x = torch.randn(4, 32, dtype=torch.float64)
+    weights = sum(p.numel() * 8 for n, p in net.named_parameters() if "weight" in n)
+    assert saved_activation_bytes(net, x) - saved_activation_bytes(net, x, parameters=False) \
+        >= weights - 2 * 64 * 8
+
+
+def test_a_compiled_route_that_disagrees_is_never_used(monkeypatch):
+    def wrong(route, backend):
+        return lambda z: 1.5 * route(z)
+
+    monkeypatch.setattr(auto, "compile_route", wrong)
+    net, x = _mlp(5, 8, 3), torch.randn(6, 5, dtype=torch.float64)
+    clear_plans()
+    p = jacverify.plan(net, x, compile="aot_eager")
+    assert p.compiled is None and "rejected (mismatch" in p.reason
+    torch.testing.assert_close(jacverify.batch_jacobian(net, x, compile="aot_eager"),
+                               loop(flatten(make_case(net, x))), rtol=0, atol=1e-12)
+
+
+def test_a_compiled_route_that_raises_is_never_used(monkeypatch):
+    def broken(route, backend):
+        def run(z):
+            raise RuntimeError("no graph for this")
+        return run
+
+    monkeypatch.setattr(auto, "compile_route", broken)
+    net, x = _mlp(5, 8, 3), torch.randn(6, 5, dtype=torch.float64)
+    clear_plans()
+    p = jacverify.plan(net, x, compile="aot_eager")
+    assert p.compiled is None and "rejected (unsupported" in p.reason
+
+
+def test_compiled_route_with_a_cheap_backend_is_verified_before_use():
+    """aot_eager traces without generating code (seconds, not the minute inductor takes on CPU);
+    whether the compiled route is used depends on its speed, which is not asserted."""
+    net, x = _mlp(5, 8, 3), torch.randn(6, 5, dtype=torch.float64)
+    clear_plans()
+    p = jacverify.plan(net, x, compile="aot_eager")
+    assert "verified against eager" in p.reason or "rejected" in p.reason
+    assert p.compiled in (None, "aot_eager")
+    assert jacverify.plan(net, x, compile="aot_eager") is p  # cached apart from the eager plan
+    torch.testing.assert_close(jacverify.batch_jacobian(net, x, compile="aot_eager"),
+                               loop(flatten(make_case(net, x))), rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_compiled_route_with_inductor():
+    net, x = _mlp(5, 8, 3), torch.randn(6, 5, dtype=torch.float64)
+    clear_plans()
+    p = jacverify.plan(net, x, compile=True)
+    assert "compile='inductor'" in p.reason and p.compiled in (None, "inductor")
+    torch.testing.assert_close(jacverify.batch_jacobian(net, x, compile=True),
+                               loop(flatten(make_case(net, x))), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [1, "", None])
+def test_compile_must_be_a_bool_or_a_backend(bad):
+    with pytest.raises(jacverify.InvalidArgument, match=r"compile=.* must be False, True"):
+        jacverify.plan(_mlp(2, 4, 2), torch.randn(3, 2, dtype=torch.float64), compile=bad)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda z: z + 0.1 * z.roll(1, 0),  # each sample moves its neighbour
+    lambda z: z + 0.1 * torch.nn.functional.one_hot(torch.tensor(7), z.shape[0]).to(z)[:, None]
+    * z[0],  # sample 0 moves sample 7 only
+    lambda z: z - z.mean(0),  # a batch statistic
+], ids=["neighbour", "one_pair", "batch_mean"])
+def test_grouped_coupling_probes_miss_no_coupling(fn):
+    flat = flatten(make_case(fn, torch.randn(40, 3, dtype=torch.float64)))
+    found = check_coupling(flat, seed=0)
+    assert found.coupled and found.reason.startswith("changing sample")
+
+
+def test_grouped_coupling_probes_pass_independent_samples():
+    flat = flatten(make_case(_mlp(3, 8, 2), torch.randn(40, 3, dtype=torch.float64)))
+    assert check_coupling(flat, seed=0).coupled is False
+
+
+def test_realistic_suite_names_and_shapes():
+    names = [c.name for c in SUITES["realistic"]]
+    assert names == [f"{base}/{dt}" for base in ("mlp784-256-10/B32", "cnn1x28x28/B8",
+                                                 "encoder16x64/B4", "mlp8-64-8/B1")
+                     for dt in ("float64", "float32")]
+    assert {c.dtype for c in SUITES["default"] if c.sizes == (4, 256, 64)} == {"float32",
+                                                                             "float64"}
+    for spec, out in [(SUITES["realistic"][2], (8, 10)), (SUITES["realistic"][4], (4, 16, 64))]:
+        net, x = spec.build()
+        assert net(x).shape == out and eval(repr(spec)) == spec  # noqa: S307 - its own repr
+    assert SuiteCase(4, (16, 64), model="encoder").params["model"] == "encoder"
