@@ -425,7 +425,8 @@ def _make_plan(flat: Flat, max_memory: int | None
     warm_up_methods(flat.x.dtype, str(device))
     warmed = clock() - warm_start  # once per process and dtype: 0.0 after the first plan
     start = clock()
-    coupling = check_coupling(flat, seed=0, noise=check_determinism(flat))
+    noise, center = check_determinism(flat)
+    coupling = check_coupling(flat, seed=0, noise=noise, center=center)
     if coupling.coupled:
         order, rows = ("batched_grad_per_sample",), {"batched_grad_per_sample": b * m}
         why = f"samples interact ({coupling.reason}): rows of the full Jacobian, B*M = {b * m}"

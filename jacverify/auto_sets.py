@@ -129,7 +129,8 @@ def batch_hessian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *
     flat = flatten(make_case(fn, x))
     key = call_key(fn, x, extra="hessian")
     if key not in plan_table(fn):
-        coupling = check_coupling(flat, 0, check_determinism(flat))
+        noise, center = check_determinism(flat)
+        coupling = check_coupling(flat, 0, noise, center=center)
         if coupling.coupled:
             raise InvalidArgument(f"samples interact ({coupling.reason}): every per-sample Hessian "
                                   "method assumes they do not; call model.eval() or fix the batch")

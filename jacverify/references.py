@@ -84,11 +84,12 @@ def prechecked(case: Case, flat: Flat | None = None) -> Prechecked:
     """
     flat = flatten(case) if flat is None else flat
     notes: list[str] = []
-    noise = check_determinism(flat)
+    noise, center = check_determinism(flat)
     ref_flat = _reference_version(case, notes) or flat
     if ref_flat is not flat:
-        noise = check_determinism(ref_flat, "the reference copy of the function")
-    coupling = check_coupling(ref_flat, case.seed, noise, torch.finfo(case.dtype).eps ** 0.5)
+        noise, center = check_determinism(ref_flat, "the reference copy of the function")
+    coupling = check_coupling(ref_flat, case.seed, noise, torch.finfo(case.dtype).eps ** 0.5,
+                              center)
     if coupling.below_resolution:
         notes.append(coupling.below_resolution)
     return Prechecked(flat, ref_flat, coupling, tuple(notes))

@@ -28,11 +28,27 @@ def _busy(n: int):
     return lambda: sum(range(n))
 
 
-def test_race_prefers_the_earlier_candidate_within_the_tie():
-    """Identical work: no measurement can put one TIE ahead of the other, so the first in
-    preference order wins every race (what makes separate processes choose alike)."""
-    winners = {race({"first": _busy(20_000), "second": _busy(20_000)}).winner for _ in range(5)}
-    assert winners == {"first"} and TIE > 1
+def test_race_prefers_the_earlier_candidate_within_the_tie(monkeypatch):
+    """Times within TIE of each other: the first in preference order wins every race (what
+    makes separate processes choose alike). A clock that ticks alike for every call stands in
+    for the machine's (two identical busy loops measured 7% apart on this loaded machine), and
+    one that makes the second candidate 3% faster is still a tie."""
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(measure, "timer", lambda device: lambda: next(ticks) * 1e-3)
+    assert race({"first": _busy(10), "second": _busy(10)}).winner == "first"
+    faster = {"second": 0.97}
+    clock = {"t": 0.0, "who": None}
+
+    def timed(name):
+        def fn():
+            clock["t"] += 1e-3 * faster.get(name, 1.0)
+        return fn
+
+    monkeypatch.setattr(measure, "timer", lambda device: lambda: clock["t"])
+    assert race({"first": timed("first"), "second": timed("second")}).winner == "first"
+    assert TIE > 1.03
+    faster["second"] = 0.5  # far faster: not a tie
+    assert race({"first": timed("first"), "second": timed("second")}).winner == "second"
 
 
 def test_race_drops_what_raises_or_is_predicted_slow_and_honours_fallbacks():

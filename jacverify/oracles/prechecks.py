@@ -38,8 +38,9 @@ class Coupling:
         return self.reason is not None
 
 
-def check_determinism(flat: Flat, what: str = "the function") -> float:
-    """Call twice on the same input; return the run-to-run noise (0.0 when bitwise equal).
+def check_determinism(flat: Flat, what: str = "the function") -> tuple[float, torch.Tensor]:
+    """Call twice on the same input; return the run-to-run noise (0.0 when bitwise equal) and the
+    output (B, M), which the coupling probes start from.
 
     Raises:
         NonFiniteOutput: an output is NaN or Inf.
@@ -76,7 +77,7 @@ def check_determinism(flat: Flat, what: str = "the function") -> float:
             "well defined. Call model.eval() (dropout and friends), seed the RNG inside f, or "
             "remove the state it updates between calls"
         )
-    return noise
+    return noise, y1
 
 
 # NOTE [coupling probes]
@@ -88,9 +89,10 @@ def check_determinism(flat: Flat, what: str = "the function") -> float:
 # at a time saw only the samples probed (16 of them, 17 forward passes, before). Where a group
 # moves another sample, its members are changed one at a time until one is found that does, so
 # the report names one sample and the samples it moved.
-def check_coupling(flat: Flat, seed: int, noise: float = 0.0, rtol: float = 0.0) -> Coupling:
+def check_coupling(flat: Flat, seed: int, noise: float = 0.0, rtol: float = 0.0,
+                   center: torch.Tensor | None = None) -> Coupling:
     """Change groups of samples (NOTE [coupling probes]) and see whether any other sample's
-    output moves.
+    output moves; ``center`` is ``flat``'s output at its point, when the caller has it.
 
     ``rtol`` is the methods' relative tolerance: moves below rtol / (B - 1) of the changed
     samples' own move are below resolution (NOTE [coupling threshold]).
@@ -106,7 +108,7 @@ def check_coupling(flat: Flat, seed: int, noise: float = 0.0, rtol: float = 0.0)
               for side in (((index >> k) & 1) == 0, ((index >> k) & 1) == 1)]
     calls = 0
     with torch.no_grad():
-        y = flat.values(x)
+        y = flat.values(x) if center is None else center
         eps = torch.finfo(y.dtype).eps
         threshold = max(COUPLING_ROUNDING * eps * float(y.abs().max().clamp(min=1)), 4 * noise)
 
