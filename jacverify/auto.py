@@ -71,8 +71,9 @@ class Plan:
 #   double_backward (N passes, no vmap);
 # - M and N within CLOSE_SHAPES of each other: both families race (the shape rule is a guess there).
 # The candidates race per NOTE [race] in a fixed order of preference: the vectorized ways of the
-# shape's mode, those of the other mode, then the loops (an order by their predicted cost moved
-# with the noise in the prediction, and with it the preference);
+# shape's mode, those of the other mode, then the loops, cheapest predicted first (in a fixed
+# order instead, loop_rows first, the loops ran more often: planning took 24-30 calls at batch 1
+# instead of 21-24, and 6 cases split the processes instead of 3);
 # functional_vectorized and forward_broadcast only stand in (FALLBACKS). Measured here (2 shared
 # cores, one torch thread, CPU time, medians), winners differ by case: batched_grad on mlp
 # 32-128-4 (vmap_vjp 1.08-1.26x), vmap_vjp on 64-64-64 at B=16 in a long-running process
@@ -99,13 +100,14 @@ class Plan:
 # - the race's budget, RACE_BUDGET steady calls, counts the probes before it and every call of
 #   every candidate: it runs fewer rounds rather than exceed it.
 # Measured with `python benchmarks/auto_ratio.py` (3 fresh processes per case; the README has the
-# table): auto within 1.03x of the fastest correct method on 13 of the 16 cases in every process,
-# the same plan in all three on 13, planning 7-24 steady calls (over PLANNING_BUDGET = 20 on
-# batch 1 and 8-64-8 at B=64: the probes and first calls of 5-6 candidates cost 21-24 calls of a
-# 0.1-0.3 ms Jacobian). Not reached: on 64-64-64 at B=16 the race, early in a fresh process, sees
-# batched_grad, batched_double_backward and vmap_vjp within 5-10% and picks one of the first two,
-# while vmap_vjp, warmed up, is 1.11-1.16x faster; on 8-64-8 at B=64 in float64 and 4-256-64 in
-# float64 two candidates within TIE split the processes (1.16x in one process of the first).
+# table), two runs of this planner: auto within 1.1x of the fastest correct method in every
+# process on 13 and 12 of the 16 cases, the same plan in all three on 13 and 8, planning 6-27
+# steady calls (over PLANNING_BUDGET = 20 at batch 1 and on 8-64-8 at B=64: the probes and the
+# first calls of 4-6 candidates cost that much of a 0.1-0.3 ms Jacobian). Not reached: candidates
+# within 5-10% split the processes (single calls vary 10-30% under the machine's other job, and
+# 3-4 calls each do not resolve that), up to 1.23x in one process; on 64-64-64 at B=16 the race,
+# early in a fresh process, sees vmap_vjp slow (its first ~50 calls) and picks batched_grad or
+# batched_double_backward, 1.01-1.16x once vmap_vjp has warmed.
 # Memory: the budget is 2 |J| + the activations the forward saves for backward, but never under
 # MEMORY_FLOOR: a vectorized pass over k rows holds k gradients of every hidden layer, so with
 # hidden layers wider than the Jacobian's rows (8-64-8 at B=64: 0.37 MB against a 0.17 MB budget)
@@ -446,6 +448,8 @@ def _make_plan(flat: Flat, max_memory: int | None
         t_f, t_b = _pass_times(flat, clock, sync)
         estimates = {"loop_rows": 1.2 * m * t_b, "double_backward": 1.2 * n * t_b,
                      "repeat_trick": 0.5 * m * (t_f + t_b)}
+    vectorized = [c for c in order if c not in estimates]  # then the loops, cheapest predicted first
+    order = (*vectorized, *sorted((c for c in order if c in estimates), key=estimates.get))
     chunks, refused = {}, {}
     for name in order:
         fits = max(1, (budget - jac_bytes) // per_row)
