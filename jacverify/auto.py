@@ -326,6 +326,13 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
                               f"True (the {DEFAULT_BACKEND!r} backend) or a torch.compile backend "
                               "name such as 'aot_eager'")
     backend = DEFAULT_BACKEND if compile is True else (compile or None)
+    if backend is not None:
+        from torch._dynamo import list_backends
+
+        known = list_backends(exclude_tags=())
+        if backend not in known:
+            raise InvalidArgument(f"compile={compile!r} (type={type(compile).__name__}) names no "
+                                  f"torch.compile backend; known: {', '.join(sorted(known))}")
     table = plan_table(fn)
     key = call_key(fn, x, extra=("batch_jacobian", max_memory, backend)) \
         if isinstance(x, torch.Tensor) else None

@@ -496,7 +496,7 @@ def _print_outcome(o, quiet: bool, out) -> None:
             line += (f", {len(r.mismatches)} mismatch: {', '.join(x.method for x in r.mismatches)};"
                      f" worst {worst.max_abs_error:.3g} at {worst.worst_index})")
         else:
-            line += f", fastest {r.fastest})"
+            line += f", fastest {r.fastest})" if r.fastest else ")"
         out.print(line, markup=False)
         return
     out.rule(f"{o.name} ({o.kind})")

@@ -139,7 +139,7 @@ class Budget:
         cheapest = min(units.seconds(w) for w in works)
         seconds = max(factor * cheapest, METHOD_BUDGET_FLOOR_S)
         why = (f"{factor:g}x the cheapest method's estimate ({cheapest * 1e3:.2g} ms)"
-               if seconds > METHOD_BUDGET_FLOOR_S else f"{METHOD_BUDGET_FLOOR_S:g} s")
+               if seconds > METHOD_BUDGET_FLOOR_S else "its floor")
         return cls(units, seconds, why)
 
     def refuses(self, work: Work) -> str | None:
@@ -171,7 +171,10 @@ def choose_verification(units: UnitCosts, flat: Flat, coupled: bool, cheapest: f
     if need > max_memory:
         return "projection", (f"the full references need {need / 2**20:.0f} MiB, over max_memory")
     if refs <= FULL_FLOOR_S or (cheapest is not None and refs <= FULL_WITHIN * cheapest):
-        return "full", f"full references estimated at {_seconds(refs)}"
+        rule = (f"under {FULL_FLOOR_S:g} s" if refs <= FULL_FLOOR_S else
+                f"within {FULL_WITHIN:g}x the cheapest method's estimate ({_seconds(cheapest or 0)})")
+        return "full", (f"full references estimated at {_seconds(refs)}, {rule} "
+                        "(NOTE [verification choice])")
     return "projection", (f"full references estimated at {_seconds(refs)}, over "
                           f"{FULL_WITHIN:g}x the cheapest method's estimate ({_seconds(cheapest or 0)})"
                           f" and over {FULL_FLOOR_S:g} s (NOTE [verification choice])")

@@ -85,7 +85,8 @@ def check(
             loop; "projection" compares ``probes`` random projections uᵀ J v with directional
             finite differences (NOTE [projection probes]): a few forward passes per probe, for
             inputs too wide for 6 N of them, with every AD route checked the same way (NOTE
-            [route probes]); "routes" checks the routes alone (no full Jacobian: the cost of
+            [route probes]); "routes" checks the routes, and only the methods named in
+            ``methods`` or ``extra_methods`` (none by default: the cost of
             gradcheck's fast mode); "auto" picks full or projection from their estimated costs
             (NOTE [verification choice]). ``report.verification`` says which ran and why.
         probes: the number of projections; None: 4 (``DEFAULT_PROBES``), or 1 with
@@ -146,15 +147,18 @@ def _run_check(fn, inputs, *, methods, batch_axis, out_batch_axis, dtype, device
     runs = 2 if warm_timing else 1
     with isolated(case.fn):
         pre = prechecked(case, flatten(case))
-        costs = None if verification == "routes" else _Costs.of(
-            pre, chosen, None if methods is not None else method_budget)
+        costs = None if verification == "routes" and not (methods or extra_methods) else \
+            _Costs.of(pre, chosen, None if methods is not None else method_budget)
         why = ""
         if verification == "auto":
             verification, why = choose_verification(costs.units, pre.flat, bool(pre.coupling.coupled),
                                                      costs.cheapest, max_memory)
         if verification in ("projection", "routes"):
-            return _check_projected(case, pre, () if verification == "routes" else chosen, rtols,
-                                    max_memory, runs, probes, required, costs, why)
+            # "routes" alone, plus only the methods the caller named (NOTE [route probes])
+            named = chosen if verification == "projection" or methods is not None \
+                else tuple(extra_methods)
+            return _check_projected(case, pre, named, rtols, max_memory, runs, probes, required,
+                                    costs, why, verification)
         return _check(case, pre, chosen, rtols, max_memory, runs, required, time_budget, costs,
                       why)
 
@@ -195,13 +199,14 @@ def _check(case: Case, pre: Prechecked, chosen: Sequence[Method], rtols, max_mem
 
 def _check_projected(case: Case, pre: Prechecked, chosen: Sequence[Method], rtols,
                      max_memory: int, runs: int, probes: int, required: tuple[str, ...],
-                     costs: _Costs | None, why: str) -> Report:
+                     costs: _Costs | None, why: str, mode: str = "projection") -> Report:
     """Every AD route (NOTE [route probes]) and every method's Jacobian reduced to uᵀ J v per
     probe, against directional FD of them."""
     flat, ref_flat, coupling, notes = pre.flat, pre.ref_flat, pre.coupling, list(pre.notes)
     drawn = draw_probes(ref_flat, probes, case.seed, coupling.coupled)
     ref, scale = projection_reference(ref_flat, drawn)
-    notes.append(f"verification by {probes} random projections uᵀJv against directional finite "
+    notes.append(f"verification by {probes} random projection{'s' * (probes > 1)} uᵀJv against "
+                 "directional finite "
                  "differences (NOTE [projection probes]), not entry by entry: the report's "
                  "indices are (probe, sample)" + (f"; chosen by verification='auto': {why}" if why else ""))
     scales = Scales(0.0, scale)
@@ -219,10 +224,10 @@ def _check_projected(case: Case, pre: Prechecked, chosen: Sequence[Method], rtol
                       coupling.reason, max_memory, (ref,), None, case.dtype, rtols, scales, runs,
                       expected=shape, budget=costs and costs.budget,
                       units=costs and costs.units) for m in chosen]
-    mode = "projection" if chosen else "routes"
     return Report(case, tuple(results), (ref.name,), coupling, ref.value, ref_flat.x.dtype,
                   tuple(notes), flat, index_labels=("probe", "sample"),
-                  verification=f"{mode} ({probes} probes)", required=required)
+                  verification=f"{mode} ({probes} probe{'s' * (probes > 1)})",
+                  required=required)
 
 
 def _projected(compute: Callable[[Flat], torch.Tensor], drawn: Probes, flat: Flat) -> torch.Tensor:

@@ -705,6 +705,12 @@ def _explain(r: MethodResult, s: Seen, report, quantity: str, full=None) -> Meth
     c = r.worst
     if c is None or s.layout is None:
         return r
+    if report.index_labels[:1] == ("probe",):  # projections: no entry of the user's layout
+        where = report.flat.describe_index(c.worst_index, report.index_labels)
+        text = (f"worst projection uᵀJv ({where}): you returned {c.value_at_worst:.6g}, the "
+                f"reference is {c.reference_at_worst:.6g} (layout read: {s.layout.name}; "
+                "verification='full' names the entry)")
+        return dataclasses.replace(r, reason=f"{r.reason}; {text}" if r.reason else text)
     flat, index = report.flat, tuple(c.worst_index)
     if full is not None and quantity == "hessian_diagonal":  # selected coordinates -> whole input
         from jacverify.case import flatten

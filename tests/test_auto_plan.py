@@ -201,3 +201,9 @@ def test_realistic_suite_names_and_shapes():
         net, x = spec.build()
         assert net(x).shape == out and eval(repr(spec)) == spec  # noqa: S307 - its own repr
     assert SuiteCase(4, (16, 64), model="encoder").params["model"] == "encoder"
+
+
+def test_compile_names_a_backend_torch_knows():
+    with pytest.raises(jacverify.InvalidArgument, match=r"names no torch.compile backend; known: .*aot_eager"):
+        jacverify.plan(_mlp(2, 4, 2), torch.randn(3, 2, dtype=torch.float64),
+                       compile="bogus_backend")
