@@ -17,7 +17,8 @@ import torch
 from jacverify.case import Flat
 from jacverify.measure import saved_activation_bytes, timer
 
-__all__ = ["Work", "UnitCosts", "Budget", "choose_verification", "METHOD_BUDGET",
+__all__ = ["Work", "UnitCosts", "Budget", "choose_verification", "reference_passes",
+           "reference_bytes", "METHOD_BUDGET",
            "METHOD_BUDGET_FLOOR_S", "FULL_WITHIN", "FULL_FLOOR_S"]
 
 Kind = Literal["forward", "reverse", "jvp"]
@@ -62,8 +63,7 @@ class UnitCosts:
     """Seconds of one pass of each kind over the case's batch, and bytes one forward saves."""
 
     forward: float
-    reverse: float
-    jvp: float
+    reverse: float  # a forward-mode pass is estimated as this too (NOTE [cost model])
     saved_bytes: int
 
     @classmethod
@@ -98,12 +98,11 @@ class UnitCosts:
             saved = saved_activation_bytes(flat.fn, x)
         except Exception:  # noqa: BLE001 - the function ran above; a hook it refuses costs nothing
             saved = 0
-        return cls(forward, back, back, saved)
+        return cls(forward, back, saved)
 
     def seconds(self, work: Work) -> float:
         """The estimated time of ``work``."""
-        return work.passes * {"forward": self.forward, "reverse": self.reverse,
-                              "jvp": self.jvp}[work.kind]
+        return work.passes * (self.forward if work.kind == "forward" else self.reverse)
 
     def bytes(self, work: Work, result_bytes: int) -> int:
         """The estimated memory of ``work``: what its vectorized pass holds, plus its result."""
@@ -155,19 +154,33 @@ class Budget:
 # NOTE [verification choice]
 # verification="auto" (the default) runs the full references -- finite differences of every input
 # entry, 6 N forward passes (6 N B when samples interact), and the float64 loop, B M backward
-# passes -- when their estimate is within FULL_WITHIN times the cheapest method's estimate or under
+# passes of about 3 forwards each (`reference_passes`, the estimate NOTE [cost estimate] refuses
+# over time_budget) -- when their estimate is within FULL_WITHIN times the cheapest method's
+# estimate or under
 # FULL_FLOOR_S, and fit max_memory; otherwise the projections of NOTE [projection probes], a few
 # passes per probe whatever N. The report says which ran and why.
 FULL_WITHIN = 10.0
 FULL_FLOOR_S = 0.5
 
 
+def reference_passes(flat: Flat, coupled: bool, second_order: bool = False) -> int:
+    """Forward passes the full references of ``flat`` take (NOTE [cost estimate] in
+    :mod:`jacverify.references`): finite differences of every input entry and the loop."""
+    b, m, n = flat.batch_size, flat.n_out, flat.n_in
+    groups = b if coupled else 1
+    return 6 * n * 3 * m * groups if second_order else 6 * n * groups + 3 * b * m
+
+
+def reference_bytes(flat: Flat) -> int:
+    """Bytes of the full references' three float64 copies of (B, M, N)."""
+    return 3 * flat.batch_size * flat.n_out * flat.n_in * 8
+
+
 def choose_verification(units: UnitCosts, flat: Flat, coupled: bool, cheapest: float | None,
                         max_memory: int) -> tuple[str, str]:
     """"full" or "projection", and why (NOTE [verification choice])."""
-    b, m, n = flat.batch_size, flat.n_out, flat.n_in
-    refs = 6 * n * (b if coupled else 1) * units.forward + b * m * units.reverse
-    need = 3 * b * m * n * 8
+    refs = reference_passes(flat, coupled) * units.forward
+    need = reference_bytes(flat)
     if need > max_memory:
         return "projection", (f"the full references need {need / 2**20:.0f} MiB, over max_memory")
     if refs <= FULL_FLOOR_S or (cheapest is not None and refs <= FULL_WITHIN * cheapest):

@@ -147,17 +147,17 @@ def _run_check(fn, inputs, *, methods, batch_axis, out_batch_axis, dtype, device
     runs = 2 if warm_timing else 1
     with isolated(case.fn):
         pre = prechecked(case, flatten(case))
-        costs = None if verification == "routes" and not (methods or extra_methods) else \
-            _Costs.of(pre, chosen, None if methods is not None else method_budget)
+        # "routes": the routes, plus only the methods the caller named (NOTE [route probes])
+        if verification == "routes" and methods is None:
+            chosen = tuple(extra_methods)
+        costs = _Costs.of(pre, chosen, None if methods is not None else method_budget) \
+            if chosen else None
         why = ""
         if verification == "auto":
             verification, why = choose_verification(costs.units, pre.flat, bool(pre.coupling.coupled),
                                                      costs.cheapest, max_memory)
         if verification in ("projection", "routes"):
-            # "routes" alone, plus only the methods the caller named (NOTE [route probes])
-            named = chosen if verification == "projection" or methods is not None \
-                else tuple(extra_methods)
-            return _check_projected(case, pre, named, rtols, max_memory, runs, probes, required,
+            return _check_projected(case, pre, chosen, rtols, max_memory, runs, probes, required,
                                     costs, why, verification)
         return _check(case, pre, chosen, rtols, max_memory, runs, required, time_budget, costs,
                       why)
@@ -206,9 +206,10 @@ def _check_projected(case: Case, pre: Prechecked, chosen: Sequence[Method], rtol
     drawn = draw_probes(ref_flat, probes, case.seed, coupling.coupled)
     ref, scale = projection_reference(ref_flat, drawn)
     notes.append(f"verification by {probes} random projection{'s' * (probes > 1)} uᵀJv against "
-                 "directional finite "
-                 "differences (NOTE [projection probes]), not entry by entry: the report's "
-                 "indices are (probe, sample)" + (f"; chosen by verification='auto': {why}" if why else ""))
+                 "directional finite differences (NOTE [projection probes]), not entry by entry: "
+                 "the report's indices are (probe, sample)")
+    if why:
+        notes.append(_verification_note(mode, why))
     scales = Scales(0.0, scale)
     shape = (probes, flat.batch_size)
     # The routes run on the first probe when methods run on all of them (the methods cover every
@@ -222,8 +223,7 @@ def _check_projected(case: Case, pre: Prechecked, chosen: Sequence[Method], rtol
                         scales, 1, expected=(k, flat.batch_size)))
     results += [judge(dataclasses.replace(m, compute=partial(_projected, m.compute, drawn)), flat,
                       coupling.reason, max_memory, (ref,), None, case.dtype, rtols, scales, runs,
-                      expected=shape, budget=costs and costs.budget,
-                      units=costs and costs.units) for m in chosen]
+                      expected=shape, budget=costs.budget, units=costs.units) for m in chosen]
     return Report(case, tuple(results), (ref.name,), coupling, ref.value, ref_flat.x.dtype,
                   tuple(notes), flat, index_labels=("probe", "sample"),
                   verification=f"{mode} ({probes} probe{'s' * (probes > 1)})",

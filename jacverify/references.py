@@ -18,6 +18,7 @@ import torch
 
 from jacverify.case import Case, Flat, flatten
 from jacverify.compare import Reference, Scales, compare
+from jacverify.costs import reference_bytes, reference_passes
 from jacverify.errors import FunctionRaised, InvalidArgument, JacobianTooLarge
 from jacverify.judge import first_line
 from jacverify.methods.loops import loop
@@ -104,12 +105,7 @@ def prechecked(case: Case, flat: Flat | None = None) -> Prechecked:
 # starts -- never a check that runs for an hour with no word.
 def estimate_seconds(flat: Flat, coupled: bool, second_order: bool = False) -> float:
     """The references' estimated time in seconds (NOTE [cost estimate])."""
-    forward = _forward_seconds(flat)
-    b, m, n = flat.batch_size, flat.n_out, flat.n_in
-    groups = b if coupled else 1
-    if second_order:
-        return forward * 6 * n * 3 * m * groups
-    return forward * (6 * n * groups + 3 * b * m)
+    return _forward_seconds(flat) * reference_passes(flat, coupled, second_order)
 
 
 def _forward_seconds(flat: Flat) -> float:
@@ -154,7 +150,7 @@ def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None,
         NondeterministicFunction, NonFiniteOutput, FunctionRaised: from :func:`prechecked`.
     """
     flat = flatten(case) if pre is None else pre.flat
-    need = 3 * flat.batch_size * flat.n_out * flat.n_in * 8
+    need = reference_bytes(flat)
     if need > max_memory:
         raise JacobianTooLarge(
             f"the references need {need / 2**20:.1f} MiB ({need} bytes; B={flat.batch_size}, "

@@ -43,11 +43,11 @@ def test_no_budget_when_method_budget_is_none():
 
 
 def test_the_budget_is_a_factor_of_the_cheapest_estimate_with_a_floor():
-    units = UnitCosts(forward=1e-3, reverse=2e-3, jvp=2e-3, saved_bytes=100)
+    units = UnitCosts(forward=1e-3, reverse=2e-3, saved_bytes=100)
     budget = Budget.of(units, [Work(10, "reverse"), Work(100, "jvp")], 5.0)
     assert budget.seconds == 5 * 10 * 2e-3
     assert budget.refuses(Work(100, "jvp")) and not budget.refuses(Work(50, "reverse"))
-    tiny = Budget.of(UnitCosts(1e-6, 1e-6, 1e-6, 0), [Work(1, "reverse")], 5.0)
+    tiny = Budget.of(UnitCosts(1e-6, 1e-6, 0), [Work(1, "reverse")], 5.0)
     assert tiny.seconds == METHOD_BUDGET_FLOOR_S
     assert Budget.of(units, [Work(1, "reverse")], None) is None
     assert units.bytes(Work(10, "reverse", held=10), 7) == 10 * 100 + 7
@@ -56,11 +56,11 @@ def test_the_budget_is_a_factor_of_the_cheapest_estimate_with_a_floor():
 def test_auto_verification_is_full_when_cheap_and_projection_when_far_over_the_methods():
     x = torch.zeros(4, 1000)
     flat = flatten(make_case(torch.sin, x))
-    slow = UnitCosts(forward=1e-3, reverse=3e-3, jvp=3e-3, saved_bytes=0)
-    # references: 6 N forwards + B M reverse = 6 s + 12 s, methods' cheapest 0.01 s
+    slow = UnitCosts(forward=1e-3, reverse=3e-3, saved_bytes=0)
+    # references: 6 N + 3 B M forwards = 6 s + 12 s, methods' cheapest 0.01 s
     mode, why = choose_verification(slow, flat, False, 0.01, 2**30)
     assert mode == "projection" and "over 10x the cheapest method's estimate" in why
-    fast = UnitCosts(forward=1e-8, reverse=3e-8, jvp=3e-8, saved_bytes=0)
+    fast = UnitCosts(forward=1e-8, reverse=3e-8, saved_bytes=0)
     assert choose_verification(fast, flat, False, 1e-6, 2**30)[0] == "full"  # under the floor
     assert FULL_FLOOR_S > 6 * 1000 * 1e-8
     assert choose_verification(fast, flat, False, 1e-6, 2**10)[0] == "projection"  # memory
