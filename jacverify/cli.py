@@ -90,11 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="how long to shrink a failure (default: 30)")
     fz.add_argument("--max-depth", type=int, default=3, metavar="D", help="max depth (default: 3)")
     fz.add_argument("--max-width", type=int, default=5, metavar="W", help="max width (default: 5)")
-    fz.add_argument("--json", metavar="PATH",
-                    help="write the campaign's counts and failure as JSON")
-    fz.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
-                    help="fuzz only shard I of N of the families (NOTE [shards] in "
-                    "jacverify/shards.py); combine the shards' --json with jacverify merge")
+    _sharded(fz, "the campaign's counts and failure", "fuzz only shard I of N of the families")
     sub.add_parser("demo", help="check the README's network and print the report",
                    description="Checks the README's example network (a 5-16-3 tanh MLP on a batch "
                    "of 8) every registered way and prints the report: a first look at what "
@@ -117,10 +113,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="largest batch drawn (default: 4)")
     fr.add_argument("--shrink-seconds", type=float, default=30.0, metavar="S",
                     help="how long to shrink a failure (default: 30)")
-    fr.add_argument("--json", metavar="PATH", help="write every rule's counts and failure as JSON")
-    fr.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
-                    help="fuzz only shard I of N of the rules; combine the shards' --json with "
-                    "jacverify merge")
+    _sharded(fr, "every rule's counts and failure", "fuzz only shard I of N of the rules")
     ops = sub.add_parser("ops", help="sweep and fuzz torch's own operators: vmap, forward and "
                          "reverse AD, second derivatives, batching, against loops and FD",
                          description="Runs torch's OpInfo sample inputs (needs expecttest) "
@@ -148,10 +141,7 @@ def _parser() -> argparse.ArgumentParser:
         "seed": "seed of the drawn values (default: 0)",
         "device": "device the routes run on, e.g. cuda (default: cpu); samples are drawn and "
                   "references computed on the CPU in float64 (NOTE [ops on a device])"})
-    ops.add_argument("--json", metavar="PATH", help="write per-operator results as JSON")
-    ops.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
-                     help="check only shard I of N of the operators (NOTE [shards] in "
-                     "jacverify/shards.py); combine the shards' --json with jacverify merge")
+    _sharded(ops, "per-operator results", "check only shard I of N of the operators")
     mg = sub.add_parser("merge", help="combine the JSON of a run's shards (ops, fuzz-rules or "
                         "fuzz --shard I/N --json ...) into one report and one exit status",
                         description="Combines the JSON documents that the shards of one "
@@ -181,6 +171,14 @@ def _parser() -> argparse.ArgumentParser:
                     help="compare each median with a run saved by --json (ratio now / saved)")
     bn.add_argument("--html", metavar="PATH", help="write tables and sweep plots as HTML")
     return parser
+
+
+def _sharded(parser: argparse.ArgumentParser, written: str, shard: str) -> None:
+    """``--json PATH`` and ``--shard I/N`` of a command whose runs shard (NOTE [shards])."""
+    parser.add_argument("--json", metavar="PATH", help=f"write {written} as JSON")
+    parser.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                        help=f"{shard} (NOTE [shards] in jacverify/shards.py); combine the "
+                        "shards' --json with jacverify merge")
 
 
 def main(argv: list[str] | None = None) -> int:
