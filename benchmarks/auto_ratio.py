@@ -5,15 +5,17 @@ For every case of ``SUITES["default"]`` and ``SUITES["realistic"]`` (the MNIST-s
 the transformer encoder layer, batch 1; the default suite holds the 4 -> 64 case), in float32 and
 float64:
 
-1. this process checks every registered method (``jacverify.check``): the correct ones;
-2. PROCESSES fresh subprocesses per case each plan it (``jacverify.plan``: the process's first
-   plan; torch's once-per-process warm-up is stated apart, ``Plan.planning_seconds`` leaves it
-   out), call each correct method once, then time auto and every correct method within SCREEN of
-   the best single call round-robin in a new random order each round
-   (``measure.time_calls(shuffle=...)``, CPU time, one torch thread, medians). Each reports the
-   plan, auto / the fastest method, auto / its own method called directly ("own": what finding
-   the plan costs per call) and the planning cost in steady calls of auto
-   (``plan.planning_seconds`` / auto's median).
+1. this process checks every registered method (``jacverify.check``, every method estimated
+   within CHECK_BUDGET of the cheapest; the route probes are not methods): the correct ones;
+2. PROCESSES fresh subprocesses per case each warm torch's transforms up (once per process,
+   stated apart by the plan), call ``batch_jacobian(net, x)`` until its race has ended (the race
+   runs on these calls, NOTE [auto plan]), call each correct method once, then time auto and
+   every correct method within SCREEN of the best single call round-robin in a new random order
+   each round (``measure.time_calls(shuffle=...)``, CPU time, one torch thread, medians). Each
+   reports the plan, auto / the fastest method, auto / its own method called directly ("own":
+   what finding the plan costs per call) and the planning cost in steady calls of auto: the CPU
+   time of the calls until the race ended, beyond as many steady calls of auto (everything the
+   first call validates and probes included).
 
 Run (about 10 minutes here):  OMP_NUM_THREADS=1 python benchmarks/auto_ratio.py [--json out.json]
 ``--compile aot_eager`` (or ``inductor``) races compiled routes too (NOTE [compiled route]).
@@ -26,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -33,14 +36,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 import jacverify  # noqa: E402
+from jacverify import auto  # noqa: E402
 from jacverify.auto import chunked_compute  # noqa: E402
+from jacverify.judge import warm_up_transforms  # noqa: E402
 from jacverify.bench import SUITES, SuiteCase  # noqa: E402
 from jacverify.case import flatten, make_case  # noqa: E402
 from jacverify.measure import time_calls  # noqa: E402
+from jacverify.routes import ROUTE_QUANTITY  # noqa: E402
 
 PROCESSES = 3
 SCREEN = 2.0  # methods timed side by side with auto: within this of the best single call
 MIN_SECONDS = 1.0  # per method in the round-robin timing (NOTE [benchmark rounds])
+# every method estimated within this of the cheapest is checked (and so can be "the fastest
+# correct"): the check's default, 5x, left out methods whose estimate was 4.3x too high
+CHECK_BUDGET = 25.0
+MAX_EXPLORING = 500  # auto's calls before giving up on its race ending (it ends within ~100)
 
 
 def cases(suites: list[str], only: list[str]) -> list[SuiteCase]:
@@ -54,9 +64,20 @@ def describe(p: jacverify.Plan) -> str:
 
 
 def measure(spec: SuiteCase, correct: list[str], compile: str | bool, seed: int) -> dict:
-    """In a fresh process: plan, then auto against every correct method."""
+    """In a fresh process: auto's calls until its race has ended (NOTE [auto plan]: the race runs
+    on them), then auto against every correct method."""
     net, x = spec.build()
-    p = jacverify.plan(net, x, compile=compile)
+    warm_up_transforms("reverse")  # torch's once-per-process set-up, which the plan states apart
+    warm_up_transforms("forward")
+    auto.warm_up_methods(x.dtype, "cpu")
+    exploring = []
+    while len(exploring) < MAX_EXPLORING:
+        start = time.process_time()
+        jacverify.batch_jacobian(net, x, compile=compile)
+        exploring.append(time.process_time() - start)
+        if auto._LAST[0][8][0].explore is None:  # the race has ended (a private field: a bench)
+            break
+    p = jacverify.plan(net, x, compile=compile)  # the cached plan those calls made
     flat = flatten(make_case(net, x))
     methods = {m.name: m for m in jacverify.get_methods(correct)}
     once = time_calls({n: (lambda c=m.compute: c(flat)) for n, m in methods.items()},
@@ -69,14 +90,15 @@ def measure(spec: SuiteCase, correct: list[str], compile: str | bool, seed: int)
     passes = None if p.chunk_size >= p.rows else p.chunk_size
     timed["auto's method"] = lambda: own(flat, passes)
     timings = time_calls(timed, min_seconds=MIN_SECONDS, shuffle=seed)
-    auto = timings.pop("auto").median
+    auto_s = timings.pop("auto").median
     itself = timings.pop("auto's method").median
     fastest = min(timings, key=lambda n: timings[n].median)
+    excess = sum(exploring) - len(exploring) * auto_s
     return {"case": spec.name, "plan": describe(p), "fastest": fastest,
-            "fastest_ms": timings[fastest].median * 1e3, "auto_ms": auto * 1e3,
-            "ratio": auto / timings[fastest].median, "own": auto / itself,
-            "planning_calls": p.planning_seconds / auto, "plan_says": p.planning_calls,
-            "reason": p.reason}
+            "fastest_ms": timings[fastest].median * 1e3, "auto_ms": auto_s * 1e3,
+            "ratio": auto_s / timings[fastest].median, "own": auto_s / itself,
+            "planning_calls": excess / auto_s, "exploring_calls": len(exploring),
+            "plan_says": p.planning_calls, "reason": p.reason}
 
 
 def main() -> None:
@@ -102,8 +124,9 @@ def main() -> None:
     rows = []
     for spec in specs:
         net, x = spec.build()
-        report = jacverify.check(net, x, warm_timing=False)
-        correct = [r.method for r in report.results if r.status == "agree"]
+        report = jacverify.check(net, x, warm_timing=False, method_budget=CHECK_BUDGET)
+        correct = [r.method for r in report.results
+                   if r.status == "agree" and r.quantity != ROUTE_QUANTITY]
         runs = []
         for i in range(args.processes):
             cmd = [sys.executable, __file__, "--measure", f"{spec.name}:{','.join(correct)}:{i}"]

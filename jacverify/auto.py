@@ -16,7 +16,7 @@ from jacverify.case import Flat, flatten, make_case
 from jacverify.errors import InvalidArgument, MismatchError
 from jacverify.judge import describe_worst, warm_up_transforms
 from jacverify.validation import check_int, check_number
-from jacverify.measure import race, saved_activation_bytes, timer
+from jacverify.measure import ROUNDS, Race, race, racing, recorded_forward, timer
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism
 from jacverify.oracles.projections import DEFAULT_PROBES
@@ -35,9 +35,11 @@ class Plan:
         reason: the shapes, coupling, timings and memory facts that chose it, and what planning cost.
         memory_budget: bytes the call may use: 2x the Jacobian plus the activations the forward
             saves (or the caller's ``max_memory``).
-        planning_seconds: what making the plan cost (NOTE [which clock]: CPU time on CPU), the
-            coupling probe and every candidate's calls included; torch's once-per-process
-            warm-up and ``compile``'s compilation excluded (``reason`` states them).
+        planning_seconds: what making the plan cost (NOTE [which clock]: CPU time on CPU): the
+            probes, every candidate call whose value was thrown away, and each of the caller's
+            calls that ran the race beyond one steady call of the plan (NOTE [auto plan]);
+            torch's once-per-process warm-up and ``compile``'s compilation excluded (``reason``
+            states them).
         planning_calls: ``planning_seconds`` in steady calls of the plan: the bound NOTE [auto
             plan] keeps (20).
         compiled: the ``torch.compile`` backend of the route it runs, verified against the eager
@@ -85,42 +87,50 @@ class Plan:
 # vectorized one: the attention kernel has no batching rule) -- but batched_grad in chunks of 102
 # rows beats it by 1.2x there, and every other way by 1.5-2x in float32.
 # So the race is needed; what keeps it cheap:
-# - the loops are predicted before they run, from one backward of the forward's graph timed twice
-#   (t_b) and one forward (t_f): loop_rows ~ 1.2 M t_b, double_backward ~ 1.2 N t_b (measured
-#   0.95-1.6x and 0.84-2.4x of M t_b and N t_b), repeat_trick ~ 0.5 M (t_f + t_b) (measured
-#   0.17-1.7x of M (t_f + t_b)); one predicted over 1.5x the best first call is not run (loop_rows
-#   at M=64 would cost 3.7 calls of the winner);
+# - the loops are predicted before they run, from one backward of the forward's graph (t_b) and
+#   one forward (t_f): loop_rows ~ 1.2 M t_b, double_backward ~ 1.2 N t_b (measured
+#   0.95-1.6x and 0.84-2.4x of M t_b and N t_b); repeat_trick, one forward and backward on M
+#   copies of the batch, ~ o + M s, where a forward and backward cost o + s on the batch and
+#   o + 2 s on the batch twice over (a fixed cost and one per B samples: at batch 1 the fixed cost
+#   is nearly all, and the former guess, 0.5 M (t_f + t_b), put repeat_trick at 3.8x its time
+#   and kept the fastest way out of the race); one predicted over 1.5x the best first call is not
+#   run (loop_rows at M=64 would cost 3.7 calls of the winner);
 # - torch's transforms are warmed up once per process on a 2x2 tensor (judge.warm_up_transforms),
 #   and every raced method once per process and dtype on a 2-sample tanh MLP (warm_up_methods):
 #   vmap's first use costs 0.2 s, torch.func's 0.6 s, whatever the shape (0.8-0.9 s in all here),
 #   and a first call that paid it would lose the race; it is stated in the reason, apart from the
 #   planning cost;
 # - the coupling probe, once 17 forwards, changes groups of samples (NOTE [coupling probes]:
-#   2 ceil(log2 B) forwards, 12 at B=64);
-# - the race's budget, RACE_BUDGET steady calls, counts the probes before it and every call of
-#   every candidate: it runs fewer rounds rather than exceed it.
-# Measured with `python benchmarks/auto_ratio.py` (3 fresh processes per case; the README has the
-# table), two runs of this planner: auto within 1.1x of the fastest correct method in every
-# process on 13 and 12 of the 16 cases, the same plan in all three on 13 and 8, planning 6-27
-# steady calls (over PLANNING_BUDGET = 20 at batch 1 and on 8-64-8 at B=64: the probes and the
-# first calls of 4-6 candidates cost that much of a 0.1-0.3 ms Jacobian). Not reached: candidates
-# within 5-10% split the processes (single calls vary 10-30% under the machine's other job, and
-# 3-4 calls each do not resolve that), up to 1.23x in one process; on 64-64-64 at B=16 the race,
-# early in a fresh process, sees vmap_vjp slow (its first ~50 calls) and picks batched_grad or
-# batched_double_backward, 1.01-1.16x once vmap_vjp has warmed.
+#   k forwards with C(k, k/2) >= B, 8 at B=64);
+# - the race runs on the caller's own calls (exploring): batch_jacobian's first calls each run
+#   the race's next candidate on that call's input and return its value, which is the Jacobian
+#   whichever candidate computed it. A call then costs the plan only its time beyond the winner's
+#   steady call, so the race can afford what deciding stably needs: up to EXPLORE_ROUNDS paired
+#   rounds, each candidate called twice in a row and the second call timed (NOTE [race]; a call
+#   right after another method's ran up to 1.3x slower, which once made batched_double_backward
+#   look 10% faster than batched_grad where it is 10-25% slower). A first version also called the
+#   champion up to ten times before the others while a fresh process settled: that cost batch 1
+#   four calls of its plan and changed no choice once the rounds were primed. `plan()` before any
+#   call, and `compile=`, run the race on the spot instead (ROUNDS rounds, every call counted);
+# - the race's budget, RACE_BUDGET calls of its best median, counts the probes before it and
+#   every call's time (exploring: beyond that median): it runs fewer rounds rather than exceed
+#   it. Plan.planning_seconds states the cost: the probes, the calls whose values were thrown
+#   away, and the caller's calls beyond one steady call of the plan each.
+# Measured with `python benchmarks/auto_ratio.py` (3 fresh processes per case, each calling
+# batch_jacobian until its race ended; the README has the table and what it did not reach).
 # Memory: the budget is 2 |J| + the activations the forward saves for backward, but never under
 # MEMORY_FLOOR: a vectorized pass over k rows holds k gradients of every hidden layer, so with
 # hidden layers wider than the Jacobian's rows (8-64-8 at B=64: 0.37 MB against a 0.17 MB budget)
 # only one row per pass would fit, tripling the time (0.32 -> 0.99 ms) to save 0.2 MB. The floor
 # keeps that trade for cases where the memory matters; pass max_memory= for a strict budget.
 # A pass over k rows is estimated at k x the bytes the forward saves, parameters left out (measured
-# once, from the saved-tensor hooks: `saved_activation_bytes(..., parameters=False)`; a row of a
+# once, from the saved-tensor hooks of the timed forward (`measure.recorded_forward`); a row of a
 # vectorized backward holds a gradient of each activation, not of each weight: counting the
 # weights split mlp 784-256-256-10 at B=32 into 2 passes, 1.08x slower) + |J|, and gets the most
 # rows that fit: no profiled run (the first version measured the peak with torch.profiler at 1, 2
 # and k rows, which cost more than the whole race). The loops hold one row whatever the budget.
 # Plans are cached per function, input shape, dtype, device, train/eval state and budget: the
-# probes and the race run on the first call only.
+# probes run on the first call only, the race on the first calls.
 MEMORY_FLOOR = 2**24  # 16 MiB
 REVERSE_FAMILY = ("batched_grad", "vmap_vjp", "functional_vectorized", "loop_rows", "repeat_trick")
 FORWARD_FAMILY = ("batched_double_backward", "forward_broadcast", "double_backward")
@@ -130,9 +140,13 @@ LOOPS = ("loop_rows", "double_backward", "repeat_trick")  # raced after the vect
 # computation through autograd.functional (0.98-1.1x of it wherever both ran)
 FALLBACKS = {"forward_broadcast": "batched_double_backward",
              "functional_vectorized": "batched_grad"}
+# vmap_vjp is batched_grad's work through torch.func (0.8-1.3x of it wherever both ran): called
+# after the others, and only when batched_grad's first call says it could win (NOTE [race])
+SIBLINGS = {"vmap_vjp": "batched_grad"}
 CLOSE_SHAPES = 2.0  # both families race when M and N are within this factor of each other
 PLANNING_BUDGET = 20  # steady calls of the plan, all planning included
-RACE_BUDGET = 16  # what the race may take of it, the probes before it included
+EXPLORE_ROUNDS = 20  # timed rounds of a race run on the caller's calls (NOTE [auto plan])
+RACE_BUDGET = 18  # what the race may take of it (the probes included), in its best median
 
 # NOTE [compiled route]
 # `compile=True` (or a backend name) adds a candidate after the eager race: torch.compile of the
@@ -178,7 +192,8 @@ def plan(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
     >>> p.planning_calls > 0 and "calls of the plan" in p.reason  # what planning cost
     True
     """
-    return _planned(fn, x, max_memory, compile)[0]
+    route, flat, _ = _planned(fn, x, max_memory, compile, explore=False)
+    return route.finish(flat)
 
 
 def batch_jacobian(
@@ -197,7 +212,9 @@ def batch_jacobian(
     Args:
         fn: a function or module of one batched tensor (batch first).
         x: the inputs, (B, *in).
-        method: "auto" (NOTE [auto plan]) or the name of a registered batch_jacobian method.
+        method: "auto" (NOTE [auto plan]: its first calls on a new shape race the candidates,
+            each returning the Jacobian its candidate computed) or the name of a registered
+            batch_jacobian method.
         verify: check this answer against finite differences with ``probes`` random projections
             uᵀ J v (cost: 6 forward passes per probe, whatever the size); raise if it is wrong.
         max_memory: bytes the computation may use; the default is NOTE [auto plan]'s budget.
@@ -222,9 +239,9 @@ def batch_jacobian(
     True
     """
     if method == "auto":
-        chosen, flat, out_shape, run = _planned(fn, x, max_memory, compile)
-        value = run(flat)
-        name = chosen.method
+        route, flat, out_shape = _planned(fn, x, max_memory, compile, explore=True)
+        value = route(flat)
+        name = route.last
     else:
         (m,) = get_methods([method])
         flat = flatten(_case(fn, x))
@@ -313,14 +330,16 @@ def _memo(fn) -> Callable[[], object]:
         return lambda: fn
 
 
-def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = False
-             ) -> tuple[Plan, Flat, tuple[int, ...], Callable[[Flat], torch.Tensor]]:
+def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = False,
+             explore: bool = True) -> tuple[_Route, Flat, tuple[int, ...]]:
+    """The cached route for this call (made on first use: ``explore``, the race runs on the
+    caller's calls, NOTE [auto plan]), ``x`` in the canonical form, and the output's shape."""
     last = _LAST[0]
     if last is not None and last[0]() is fn and last[1] == x.shape and last[2] == x.dtype \
             and last[3] == x.device and last[4] == max_memory and last[5] is compile \
             and [getattr(m(), "training", None) for m in last[6]] == last[7]:
-        chosen, out_shape, run = last[8]
-        return chosen, _flat(fn, x, out_shape), out_shape, run
+        route, out_shape = last[8]
+        return route, _flat(fn, x, out_shape), out_shape
     if compile is not False and not (compile is True or isinstance(compile, str) and compile):
         raise InvalidArgument(f"compile={compile!r} (type={type(compile).__name__}) must be False, "
                               f"True (the {DEFAULT_BACKEND!r} backend) or a torch.compile backend "
@@ -340,9 +359,9 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     strong = (owner, getattr(fn, "__func__", None), key) if backend and key is not None else None
     entry = _COMPILED.get(strong) if strong is not None else table.get(key)
     if entry is not None:
-        chosen, out_shape, run = entry
+        route, out_shape = entry
         _remember(fn, x, max_memory, compile, owner, entry)
-        return chosen, _flat(fn, x, out_shape), out_shape, run
+        return route, _flat(fn, x, out_shape), out_shape
     case = _case(fn, x)
     if max_memory is not None:
         max_memory = int(check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30"))
@@ -350,17 +369,18 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     if len(flat.out_shapes) != 1:
         raise InvalidArgument("fn returned a tuple; batch_jacobian takes one output tensor "
                               "(use jacverify.check for several)")
-    chosen, run, finishers = _make_plan(flat, max_memory)
+    route = _make_plan(flat, max_memory, explore=explore and not backend)
     if backend:
-        chosen, run = _compiled_plan(chosen, run, finishers, flat, backend)
-        _COMPILED[strong] = (chosen, flat.out_shapes[0], run)
+        route.finish(flat)
+        route = _compiled_plan(route, flat, backend)
+        _COMPILED[strong] = (route, flat.out_shapes[0])
         while len(_COMPILED) > COMPILED_PLANS:
             _COMPILED.popitem(last=False)
     elif key is not None:
-        table[key] = (chosen, flat.out_shapes[0], run)
+        table[key] = (route, flat.out_shapes[0])
     if key is not None:
-        _remember(fn, x, max_memory, compile, owner, (chosen, flat.out_shapes[0], run))
-    return chosen, _flat(fn, x, flat.out_shapes[0]), flat.out_shapes[0], run
+        _remember(fn, x, max_memory, compile, owner, (route, flat.out_shapes[0]))
+    return route, _flat(fn, x, flat.out_shapes[0]), flat.out_shapes[0]
 
 
 def _remember(fn, x: torch.Tensor, max_memory, compile, owner, entry) -> None:
@@ -401,30 +421,68 @@ def warm_up_methods(dtype: torch.dtype, device: str) -> None:
             chunked_compute(name)(flat, None)
         except Exception:  # noqa: BLE001 - a method that cannot run here races nowhere
             pass
+    # and the plan's own probes: their first use in a process (saved-tensor hooks, the first
+    # plain backward) took 0.4 ms more than later ones, 4 calls of a batch-1 Jacobian
+    noise, center = check_determinism(flat)
+    check_coupling(flat, seed=0, noise=noise, center=center)
+    _pass_times(flat, timer(device), lambda: None)
 
 
-def _pass_times(flat: Flat, clock, sync) -> tuple[float, float]:
-    """One forward (t_f) and the best of two backwards through it (t_b), in ``clock``'s seconds."""
-    leaf = flat.x.detach().requires_grad_()
+def _pass_times(flat: Flat, clock, sync, slope: bool = True
+                ) -> tuple[int, float, float, float | None]:
+    """The bytes one forward saves per row (parameters left out), that forward's time (t_f) and
+    one backward's through it (t_b) on the batch, and what a forward and backward on the batch
+    twice over cost more than on the batch (the work per B samples; None when not asked for, or
+    when ``flat.fn`` takes no other batch size), in ``clock``'s seconds."""
     sync()
     start = clock()
-    y = flat.fn(leaf)
+    leaf, y, saved = recorded_forward(flat.fn, flat.x, parameters=False)
     sync()
-    t_f = clock() - start
-    cotangent = torch.ones_like(y)
-    t_b = math.inf
-    for _ in range(2):
-        sync()
-        start = clock()
-        torch.autograd.grad(y, leaf, cotangent, retain_graph=True, allow_unused=True)
-        sync()
-        t_b = min(t_b, clock() - start)
-    return t_f, t_b
+    middle = clock()
+    torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
+    sync()
+    t_f, t_b = middle - start, clock() - middle
+    if not slope:
+        return saved, t_f, t_b, None
+    leaf = torch.cat([flat.x, flat.x]).requires_grad_()
+    sync()
+    start = clock()
+    try:
+        y = flat.fn(leaf)
+    except Exception:  # noqa: BLE001 - a function of one batch size: no slope
+        return saved, t_f, t_b, None
+    torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
+    sync()
+    return saved, t_f, t_b, max(0.0, clock() - start - t_f - t_b)
 
 
-def _make_plan(flat: Flat, max_memory: int | None
-               ) -> tuple[Plan, Callable[[Flat], torch.Tensor], list[tuple[str, int, int]]]:
-    """The plan, its route, and every candidate that ran (method, chunk, rows), fastest first."""
+class _Route:
+    """What a cache entry holds: the plan and its route; while the race is still being run on the
+    caller's own calls (NOTE [auto plan]), each call runs the race's next candidate instead."""
+
+    def __init__(self) -> None:
+        self.plan: Plan | None = None
+        self.route: Callable[[Flat], torch.Tensor] | None = None
+        self.explore: Callable[[Flat, bool], torch.Tensor] | None = None
+        self.last = ""  # the method that computed the latest value
+        self.finishers: list[tuple[str, int, int]] = []
+
+    def __call__(self, flat: Flat, useful: bool = True) -> torch.Tensor:
+        if self.explore is not None:
+            return self.explore(flat, useful)
+        self.last = self.plan.method  # type: ignore[union-attr]
+        return self.route(flat)  # type: ignore[misc]
+
+    def finish(self, flat: Flat) -> Plan:
+        """Run what is left of the race here (its values thrown away); the plan."""
+        while self.explore is not None:
+            self.explore(flat, False)
+        return self.plan  # type: ignore[return-value]
+
+
+def _make_plan(flat: Flat, max_memory: int | None, explore: bool) -> _Route:
+    """Probe ``flat``, pick the candidates and start the race (NOTE [auto plan]); ``explore``:
+    the race runs on the caller's calls (their values used), else on the first that needs it."""
     b, m, n = flat.batch_size, flat.n_out, flat.n_in
     device = flat.x.device
     clock = timer(device)
@@ -434,8 +492,11 @@ def _make_plan(flat: Flat, max_memory: int | None
     warm_up_methods(flat.x.dtype, str(device))
     warmed = clock() - warm_start  # once per process and dtype: 0.0 after the first plan
     start = clock()
-    noise, center = check_determinism(flat)
-    coupling = check_coupling(flat, seed=0, noise=noise, center=center)
+    if b > 1:  # the coupling probe needs the run-to-run noise; one sample has no coupling
+        noise, center = check_determinism(flat)
+        coupling = check_coupling(flat, seed=0, noise=noise, center=center)
+    else:
+        coupling = check_coupling(flat, seed=0)
     if coupling.coupled:
         order, rows = ("batched_grad_per_sample",), {"batched_grad_per_sample": b * m}
         why = f"samples interact ({coupling.reason}): rows of the full Jacobian, B*M = {b * m}"
@@ -447,14 +508,16 @@ def _make_plan(flat: Flat, max_memory: int | None
         warm_up_transforms("forward")
         warmed += clock() - forward_start
         start += clock() - forward_start  # the coupling probe counts, the warm-up does not
-    per_row = max(saved_activation_bytes(flat.fn, flat.x, parameters=False), 1)
+    saved, t_f, t_b, slope = _pass_times(flat, clock, sync, "repeat_trick" in order)
+    per_row = max(saved, 1)
     jac_bytes = b * m * n * flat.x.element_size()
     budget = max_memory or max(2 * jac_bytes + per_row, MEMORY_FLOOR)
     estimates: dict[str, float] = {}
     if any(c in LOOPS for c in order):
-        t_f, t_b = _pass_times(flat, clock, sync)
+        pair = t_f + t_b
         estimates = {"loop_rows": 1.2 * m * t_b, "double_backward": 1.2 * n * t_b,
-                     "repeat_trick": 0.5 * m * (t_f + t_b)}
+                     "repeat_trick": 0.5 * m * pair if slope is None
+                     else max(pair, pair - slope + m * slope)}
     vectorized = [c for c in order if c not in estimates]  # then the loops, cheapest predicted first
     order = (*vectorized, *sorted((c for c in order if c in estimates), key=estimates.get))
     chunks, refused = {}, {}
@@ -464,38 +527,83 @@ def _make_plan(flat: Flat, max_memory: int | None
             refused[name] = "does not fit in one pass"
         else:
             chunks[name] = 1 if name in _ONE_ROW else int(min(rows[name], fits))
-    calls = {name: (lambda name=name: chunked_compute(name)(flat, _passes(chunks[name], rows[name])))
-             for name in chunks}
-    result = race(calls, device, estimates=estimates, fallbacks=FALLBACKS, budget=RACE_BUDGET,
-                  spent=clock() - start)
-    name = result.winner
-    if name is None:  # every candidate raised: reverse mode over the outputs, which every op has
-        name, rows = "batched_grad", {"batched_grad": m}
-        chunks = {name: int(min(m, max(1, (budget - jac_bytes) // per_row)))}
-    chunk = chunks[name]
-    dropped = {**refused, **result.dropped}
-    if len(calls) > 1:
-        times = ", ".join(f"{c} {t * 1e3:.3g} ms" for c, t in sorted(result.times.items(),
-                                                                    key=lambda kv: kv[1]))
-        why += f"; {name} won the race of {', '.join(order)} ({times})"
-    else:
-        why += f"; {name}"
-    why += f" (dropped: {'; '.join(f'{c} {r}' for c, r in dropped.items())})" if dropped else ""
-    if chunk < rows[name]:
-        why += (f"; {math.ceil(rows[name] / chunk)} passes of {chunk} rows"
-                + (" (a loop: one row per pass)" if name in _ONE_ROW
-                   else f" to stay within {budget} bytes"))
-    seconds = clock() - start
-    steady = result.steady or seconds
-    why += (f"; planned in {seconds * 1e3:.3g} ms = {seconds / steady:.1f} calls of the plan "
-            f"(the race: {result.calls} calls of candidates, worth {result.seconds / steady:.1f} "
-            "calls of the plan)")
-    if warmed > 0.01:
-        why += f" after {warmed:.2g} s warming up torch's transforms (once per process and dtype)"
-    compute, passes = chunked_compute(name), _passes(chunk, rows[name])
-    finishers = [(c, chunks[c], rows[c]) for c in sorted(result.times, key=result.times.get)]
-    return (Plan(name, chunk, rows[name], why, budget, seconds, seconds / steady),
-            lambda flat: compute(flat, passes), finishers)
+    probes = clock() - start
+    steps = racing([c for c in order if c in chunks], estimates=estimates, fallbacks=FALLBACKS,
+                   siblings=SIBLINGS, budget=RACE_BUDGET, spent=probes,
+                   rounds=EXPLORE_ROUNDS if explore else ROUNDS, useful=explore, primed=True)
+    route = _Route()
+    calls: list[tuple[float, bool]] = []  # (seconds, value used) of every call the race made
+
+    def conclude(result: Race) -> None:
+        name = result.winner
+        chosen_rows = rows
+        if name is None:  # every candidate raised: reverse mode over the outputs, which every op has
+            name, chosen_rows = "batched_grad", {"batched_grad": m}
+            chunks[name] = int(min(m, max(1, (budget - jac_bytes) // per_row)))
+        chunk = chunks[name]
+        dropped = {**refused, **result.dropped}
+        text = why
+        if len(result.first) + len(result.dropped) > 1:
+            times = ", ".join(f"{c} {t * 1e3:.3g} ms" for c, t in sorted(result.times.items(),
+                                                                        key=lambda kv: kv[1]))
+            text += f"; {name} won the race of {', '.join(order)} ({times})"
+        else:
+            text += f"; {name}"
+        if dropped:
+            text += f" (dropped: {'; '.join(f'{c} {r}' for c, r in dropped.items())})"
+        if chunk < chosen_rows[name]:
+            text += (f"; {math.ceil(chosen_rows[name] / chunk)} passes of {chunk} rows"
+                     + (" (a loop: one row per pass)" if name in _ONE_ROW
+                        else f" to stay within {budget} bytes"))
+        steady = result.steady or max(probes, 1e-9)
+        used = sum(t for t, kept in calls if kept)
+        kept = sum(kept for _, kept in calls)
+        seconds = probes + sum(t for t, k in calls if not k) + used - kept * steady
+        text += (f"; planned in {seconds * 1e3:.3g} ms = {seconds / steady:.1f} calls of the plan "
+                 f"(the probes {probes * 1e3:.3g} ms, then {len(calls)} calls of candidates"
+                 + (f", {kept} of which answered the caller's calls and count only beyond one "
+                    "call of the plan" if kept else "") + ")")
+        if warmed > 0.01:
+            text += (f"; after {warmed:.2g} s warming up torch's transforms (once per process "
+                     "and dtype)")
+        compute, passes = chunked_compute(name), _passes(chunk, chosen_rows[name])
+        route.plan = Plan(name, chunk, chosen_rows[name], text, budget, seconds, seconds / steady)
+        route.route = lambda fl: compute(fl, passes)
+        route.finishers = [(c, chunks[c], rows[c]) for c in sorted(result.times,
+                                                                   key=result.times.get)]
+        route.explore = None
+
+    pending: list[str | None] = [None]
+
+    def step(fl: Flat, useful: bool) -> torch.Tensor:
+        """One call of the race on ``fl``; the value of the first candidate that does not raise."""
+        while route.explore is not None:
+            name = str(pending[0])
+            compute, passes = chunked_compute(name), _passes(chunks[name], rows[name])
+            sync()
+            begin = clock()
+            try:
+                value = compute(fl, passes)
+                sync()
+                outcome: float | BaseException = clock() - begin
+            except Exception as e:  # noqa: BLE001 - the race drops it (NOTE [race])
+                value, outcome = None, e
+            calls.append((clock() - begin, useful and value is not None))
+            try:
+                pending[0] = steps.send(outcome)
+            except StopIteration as stop:
+                conclude(stop.value)
+            if value is not None:
+                route.last = name
+                return value
+        return route(fl, useful)
+
+    route.explore = step
+    try:
+        pending[0] = next(steps)
+    except StopIteration as stop:  # nothing to race
+        conclude(stop.value)
+    return route
 
 
 def compile_route(route: Callable[[torch.Tensor], torch.Tensor], backend: str
@@ -504,14 +612,14 @@ def compile_route(route: Callable[[torch.Tensor], torch.Tensor], backend: str
     return torch.compile(route, backend=backend)
 
 
-def _compiled_plan(chosen: Plan, eager: Callable[[Flat], torch.Tensor],
-                   finishers: list[tuple[str, int, int]], flat: Flat, backend: str
-                   ) -> tuple[Plan, Callable[[Flat], torch.Tensor]]:
+def _compiled_plan(eager: _Route, flat: Flat, backend: str) -> _Route:
     """NOTE [compiled route]: compile, judge against the eager value, race; keep the fastest."""
     from jacverify.compare import Reference, Scales, tolerances
     from jacverify.judge import Status, judge
     from jacverify.methods import Method
 
+    chosen, finishers = eager.plan, eager.finishers
+    assert chosen is not None  # the eager race has finished
     device = flat.x.device
     clock = timer(device)
     start = clock()
@@ -544,17 +652,21 @@ def _compiled_plan(chosen: Plan, eager: Callable[[Flat], torch.Tensor],
     result = race(calls, device, budget=PLANNING_BUDGET) if verified else None
     why = f"{chosen.reason}; compile={backend!r}: {'; '.join(notes)}"
     why += f" ({compile_seconds:.3g} s compiling and verifying)"
+    route = _Route()
     if result is None or result.winner in (None, "eager"):
-        return Plan(chosen.method, chosen.chunk_size, chosen.rows,
-                    why + ("; the eager route stays (as fast or faster)" if verified else ""),
-                    chosen.memory_budget, chosen.planning_seconds, chosen.planning_calls), eager
+        route.plan = Plan(chosen.method, chosen.chunk_size, chosen.rows,
+                          why + ("; the eager route stays (as fast or faster)" if verified else ""),
+                          chosen.memory_budget, chosen.planning_seconds, chosen.planning_calls)
+        route.route = eager.route
+        return route
     name = result.winner
     compiled = verified[name]
     why += (f"; compiled {name} {result.times[name] * 1e3:.3g} ms against eager "
             f"{result.times['eager'] * 1e3:.3g} ms: used")
-    return (Plan(name, *chunk_of[name], why, chosen.memory_budget, chosen.planning_seconds,
-                 chosen.planning_calls, backend),
-            lambda fl: compiled(fl.x))
+    route.plan = Plan(name, *chunk_of[name], why, chosen.memory_budget, chosen.planning_seconds,
+                      chosen.planning_calls, backend)
+    route.route = lambda fl: compiled(fl.x)
+    return route
 
 
 def _passes(chunk: int, rows: int) -> int | None:

@@ -9,13 +9,13 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Timing", "Race", "stats", "timer", "time_call", "time_calls", "race", "peak_memory",
-           "saved_activation_bytes"]
+__all__ = ["Timing", "Race", "stats", "timer", "time_call", "time_calls", "race", "racing",
+           "peak_memory", "recorded_forward", "saved_activation_bytes"]
 
 
 @dataclass(frozen=True)
@@ -171,126 +171,202 @@ class Race:
 # Picking the fastest of a few ways to compute the same thing, cheaply and the same way every time
 # (what `batch_jacobian(method="auto")` plans with; numbers in NOTE [auto plan]). Single calls are
 # noisy here (the same call's CPU time varied 1.3-6 ms on a shared 2-core machine), a candidate's
-# first call on a new shape ran 1.0-1.8x its steady time, and a call of 0.1 ms ran 1.1-1.4x slower
-# after a different method than after itself (caches, the allocator's free lists), so no single
-# call decides:
-# 1. each candidate is called once, in the caller's order of preference. A candidate with an
+# first call on a new shape ran 1.0-1.8x its steady time, and a call ran up to 1.3x slower after a
+# different method than after itself (caches, the allocator's free lists), so no single call
+# decides. Each timed round asks the question a tie can be settled by: is this candidate faster
+# than the preferred one, measured side by side?
+# 1. Each candidate is called once, in the caller's order of preference. A candidate with an
 #    `estimates` entry (a cost predicted before running it, e.g. M backward passes for a loop over
 #    the outputs) is not called when that estimate is over ESTIMATE_CUT x the best first call so
-#    far, or would take the race past its budget; one in `fallbacks` runs only when the one it
-#    stands in for raised. One that raises drops out; so does one whose first call is over
-#    FIRST_CUT x the best first call, except the champion (the first that ran: it paid the
-#    shape's one-off costs for everyone). When one round of the rest would take the race past
-#    `budget` calls of the best first call, the slowest first calls drop out until it fits (the
-#    champion and the fastest stay);
-# 2. the rest are timed round-robin, one call each per round, in reverse order every other round,
-#    at most ROUNDS rounds. A candidate's estimate is the median of its timed calls (the first
-#    call left out), paired with the champion's: the median over rounds of its time over the
-#    champion's in the same round, times the champion's median, so a load that drifts between
-#    rounds moves both alike. The minimum was tried first and misled: vmap_vjp's calls spread
-#    wide (64-64-64 at B=16, float64: its best call 7% under batched_grad's, its median 20% over).
-#    After the first round a candidate whose best call is over ROUND_CUT x the best estimate
-#    drops out, after later rounds one over CONTEND x (the rounds go to the contenders); a round
-#    that would take the race past `budget` calls of the best estimate is not run (the first
-#    always is);
-# 3. the winner is the champion unless another is faster by more than TIE; among several, the
-#    first in preference order within TIE of the fastest. Candidates that close cannot be told
-#    apart by a few calls here, and a fixed order makes separate processes choose the same one;
-#    two candidates whose true ratio is near TIE still split processes (NOTE [auto plan]).
-FIRST_CUT, ESTIMATE_CUT, ROUND_CUT, CONTEND, ROUNDS, TIE = 2.0, 1.5, 1.3, 1.15, 4, 1.07
+#    far, or would take the race past its budget. One in `siblings` (the same work through another
+#    API: vmap over torch.func.vjp and autograd.grad's is_grads_batched) is called after the
+#    others, predicted at its sibling's first call (they ran 0.8-1.3x of each other here). One in
+#    `fallbacks` runs only when the one it stands in for raised. One that raises drops out. The
+#    first that ran is the champion (the caller's preferred way); any other whose first call is
+#    over FIRST_CUT x the best first call drops out, and when one round of the rest would take the
+#    race past `budget`, the slowest first calls drop out until it fits.
+# 2. The champion and its challengers are timed round-robin, in reverse order every other round,
+#    at most `rounds` rounds; `primed`, each is called twice in a row and the second call timed:
+#    what a call costs after a call of itself, as the plan will run (on 64-64-64 at B=16, float32,
+#    vmap_vjp took 0.50-0.54 ms after itself and 0.64-1.03 ms after batched_grad; unprimed, its
+#    ratio swung from round to round). Each round gives a challenger a paired ratio: its time over
+#    the champion's in the same round (a load that drifts between rounds moves both alike). A
+#    challenger whose median ratio is over ROUND_CUT after one round, over TIE after two or three,
+#    or over 1 after four, drops out: it will not unseat the champion (dropped at a median over 1
+#    after two rounds, one of them noisy, vmap_vjp lost where it is 13% faster; kept four rounds,
+#    challengers 1.2x slower cost the CNN's plan 5 calls). The rounds stop when no challenger is
+#    left, or when the next would take the race past `budget`.
+# 3. A challenger unseats the champion only with evidence: at least `min_rounds` rounds, a median
+#    ratio under 1 / TIE, and faster than the champion in every round (all but one in four when
+#    there were four or more). Two rounds were too few: loop_rows, 1.2x slower than batched_grad
+#    on the CNN in float64, won in two processes of three where the budget ended the rounds there. Otherwise the champion wins: a challenger within TIE, or one the
+#    budget left too few rounds to judge, loses the same way in every process, which is what
+#    makes separate processes choose alike (the first version took the fastest median after 1-4
+#    unprimed rounds and split processes on 8 of 16 cases here). Among challengers with that
+#    evidence, the first in preference order within TIE of the fastest wins. TIE is the margin
+#    auto promises (within 1.1x of the fastest way): a challenger faster by less is not worth a
+#    plan that differs from process to process (at 1.07, vmap_vjp, 4-7% faster than batched_grad
+#    on 64-64-64 at B=16 in float64, won in two processes of three). The rounds end early once a
+#    challenger has won CONCLUSIVE rounds of CONCLUSIVE with a median under 1 / (TIE x CLEAR): a
+#    clear win needs no more rounds, one near the TIE line gets every round there is (a tie wins
+#    four rounds of four one time in 16, before the median's test).
+# The budget is counted in the best median so far (before any, the fastest call seen): the
+# winner's steady time or near it, so a race under `budget` of them costs about `budget` calls of
+# the plan it picks, however slow its first calls were. When the caller uses every call's value
+# (`useful`), a call counts only beyond that median.
+FIRST_CUT, ESTIMATE_CUT, ROUND_CUT, ROUNDS, MIN_ROUNDS, TIE = 2.0, 1.5, 1.3, 6, 3, 1.1
+CONCLUSIVE, CLEAR = 4, 1.1  # rounds all won by a challenger faster by TIE x CLEAR: the end
 
 
-def race(calls: dict[str, Callable[[], object]], device: torch.device | str = "cpu", *,
-         estimates: dict[str, float] | None = None, fallbacks: dict[str, str] | None = None,
-         budget: float = 16.0, spent: float = 0.0, rounds: int = ROUNDS, tie: float = TIE) -> Race:
-    """The fastest of ``calls`` (preference order: the dict's), per NOTE [race].
-
-    ``budget`` is in calls of the best candidate; ``spent``, seconds the caller has spent already
-    (counted against it); ``estimates``, predicted seconds per call for some candidates;
-    ``fallbacks``, {candidate: the one it stands in for}: run only when that one raised.
+def race(calls: dict[str, Callable[[], object]], device: torch.device | str = "cpu",
+         **options) -> Race:
+    """The fastest of ``calls`` (preference order: the dict's), per NOTE [race]: :func:`racing`
+    with every call made here (``options`` are its own).
 
     >>> fast, slow = (lambda: sum(range(100))), (lambda: sum(range(100_000)))
-    >>> r = race({"slow": slow, "fast": fast, "broken": lambda: 1 / 0})
+    >>> r = race({"slow": slow, "fast": fast, "broken": lambda: 1 / 0}, budget=1e4)
     >>> r.winner, r.dropped["broken"], r.calls >= 3, r.steady > 0
     ('fast', 'raised ZeroDivisionError', True, True)
     """
-    sync = _sync(torch.device(device))
-    clock = timer(device)
-    estimates = estimates or {}
+    sync, clock = _sync(torch.device(device)), timer(device)
+    steps = racing(list(calls), **options)
+    try:
+        name = next(steps)
+        while True:
+            sync()
+            start = clock()
+            try:
+                calls[name]()
+                sync()
+                outcome: float | BaseException = clock() - start
+            except Exception as e:  # noqa: BLE001 - no formula, rule or memory for this one here
+                outcome = e
+            name = steps.send(outcome)
+    except StopIteration as stop:
+        return stop.value
+
+
+def racing(names: list[str], *, estimates: dict[str, float] | None = None,
+           fallbacks: dict[str, str] | None = None, siblings: dict[str, str] | None = None,
+           budget: float = 16.0, spent: float = 0.0, rounds: int = ROUNDS,
+           min_rounds: int = MIN_ROUNDS, tie: float = TIE, useful: bool = False,
+           primed: bool = False) -> Generator[str, float | BaseException, Race]:
+    """NOTE [race] as a generator: it yields the name of the candidate to call next and is sent
+    that call's seconds (or the exception it raised); it returns the :class:`Race`.
+
+    ``names``: the candidates in preference order. ``budget`` is in calls of the best median
+    so far (the fastest call seen before any); ``spent``, seconds the caller has spent already (counted against it); ``estimates``,
+    predicted seconds per call for some candidates; ``fallbacks``, {candidate: the one it stands
+    in for}: run only when that one raised; ``siblings``, {candidate: one doing the same work
+    another way}: called after the others, predicted at its sibling's first call; ``useful``: the
+    caller uses every call's result (NOTE [auto plan]'s exploration), so a call costs the budget
+    only its time beyond the best median so far; ``primed``: in each round a candidate is
+    called twice in a row and the second call timed (what it costs after itself, as the plan
+    will run).
+    """
+    estimates = dict(estimates or {})
+    siblings = siblings or {}
     first: dict[str, float] = {}
     dropped: dict[str, str] = {}
-    made, before = 0, spent
+    own: dict[str, list[float]] = {}  # the rounds' timed calls
+    made, before, floor = 0, spent, math.inf
 
-    def call(fn: Callable[[], object]) -> float:
-        nonlocal spent, made
-        sync()
-        start = clock()
-        fn()
-        sync()
-        elapsed = clock() - start
-        spent, made = spent + elapsed, made + 1
-        return elapsed
+    def over(seconds: float = 0.0, calls: int = 0) -> bool:
+        """Would ``calls`` more calls taking ``seconds`` take the race past its budget? (Useful
+        calls count beyond the best median so far: what the plan's own calls will take.)"""
+        medians = [statistics.median(t) for t in own.values() if t]
+        steady = min(medians) if medians else floor
+        total = spent + seconds - ((made + calls) * steady if useful else 0.0)
+        return total > budget * steady
 
-    for name, fn in calls.items():
+    def record(outcome: float) -> float:
+        nonlocal spent, made, floor
+        spent, made, floor = spent + outcome, made + 1, min(floor, max(outcome, 1e-9))
+        return outcome
+
+    for name in [n for n in names if n not in siblings] + [n for n in names if n in siblings]:
         best_first = min(first.values(), default=math.inf)
         instead = (fallbacks or {}).get(name)
         if instead in first:
             dropped[name] = f"stands in for {instead}, which ran"
             continue
+        if siblings.get(name) in first:
+            estimates[name] = first[siblings[name]]
         guess = estimates.get(name, 0.0)
-        if name in estimates and (guess > ESTIMATE_CUT * best_first
-                                  or spent + guess > budget * best_first):
+        if name in estimates and (guess > ESTIMATE_CUT * best_first or over(guess, 1)):
             dropped[name] = (f"predicted {guess * 1e3:.3g} ms, over {ESTIMATE_CUT:g}x the best "
                              f"first call ({best_first * 1e3:.3g} ms) or the budget")
             continue
-        try:
-            first[name] = call(fn)
-        except Exception as e:  # noqa: BLE001 - no formula, rule or memory for this one here
-            dropped[name] = f"raised {type(e).__name__}"
-    champion = next(iter(first), None)
+        outcome = yield name
+        if isinstance(outcome, BaseException):
+            dropped[name] = f"raised {type(outcome).__name__}"
+            continue
+        first[name] = record(outcome)
+    champion = next((n for n in names if n in first), None)
     best_first = min(first.values(), default=math.inf)
     for name, t in first.items():
         if t > FIRST_CUT * best_first and name != champion:
             dropped[name] = f"first call {t / best_first:.2f}x the best"
-    alive = sorted((n for n in first if n not in dropped), key=first.get)
-    keep = {champion, alive[0]} if alive else set()
-    while len(alive) > len(keep) and spent + sum(first[n] for n in alive) > budget * best_first:
-        slowest = next(n for n in reversed(alive) if n not in keep)
-        alive.remove(slowest)
+    challengers = sorted((n for n in first if n not in dropped and n != champion), key=first.get)
+    while challengers and over(first[champion] + sum(first[n] for n in challengers),
+                               1 + len(challengers)):
+        slowest = challengers.pop()
         dropped[slowest] = "first call among the slowest, over the budget for a timed round"
-    alive = [n for n in first if n in alive]  # back in preference order
-    samples: dict[str, list[float]] = {n: [] for n in first}
-    ref = [champion]  # the candidate the others are paired with, while it races
-
-    def estimate(name: str) -> float:
-        """The median of its timed calls (its first call before it has one); paired with the
-        reference: the median of its time over the reference's in the same round, times the
-        reference's median (a load that drifts between rounds moves both alike)."""
-        own = samples[name]
-        if not own:
-            return first[name]
-        base = samples[ref[0]] if ref[0] in samples else []
-        if name == ref[0] or len(base) < len(own):
-            return statistics.median(own)
-        return statistics.median(a / b for a, b in zip(own, base)) * statistics.median(base)
-
-    for r in range(rounds if alive else 0):
-        if r and (len(alive) == 1 or spent + sum(map(estimate, alive))
-                  > budget * min(map(estimate, alive))):
+    challengers = [n for n in names if n in challengers]  # back in preference order
+    own.update({n: [] for n in first})
+    ratios: dict[str, list[float]] = {n: [] for n in challengers}
+    for r in range(rounds if challengers else 0):
+        alive = [champion, *challengers]
+        per_call = (2 if primed else 1)
+        if r and over(per_call * sum((own[n] or [first[n]])[-1] for n in alive),
+                      per_call * len(alive)):
             break
         for name in (alive if r % 2 == 0 else alive[::-1]):  # what ran just before matters
-            samples[name].append(call(calls[name]))
-        best = min(map(estimate, alive))
-        cut = ROUND_CUT if r == 0 and len(alive) > 2 else CONTEND
-        for name in alive:
-            if min(first[name], *samples[name]) > cut * best:
-                dropped[name] = f"{estimate(name) / best:.2f}x the fastest after {r + 1} round(s)"
-        alive = [n for n in alive if n not in dropped]
-        if ref[0] not in alive and alive:
-            ref[0] = alive[0]
-    finishers = {n: estimate(n) for n in alive}
-    fastest = min(finishers.values(), default=math.inf)
-    winner = next((n for n in finishers if finishers[n] <= tie * fastest), None)
+            if primed:
+                outcome = yield name
+                if not isinstance(outcome, BaseException):
+                    spent += outcome
+                    made += 1
+            outcome = yield name
+            if isinstance(outcome, BaseException):
+                dropped[name] = f"raised {type(outcome).__name__} in a timed round"
+            else:
+                own[name].append(record(outcome))
+        if champion in dropped:  # it ran once; challengers that kept running take its place
+            champion = next((n for n in challengers if n not in dropped), None)
+            ratios, challengers = {}, []
+            break
+        for name in challengers:
+            if name in dropped:
+                continue
+            ratios[name].append(own[name][-1] / own[champion][-1])
+            median = statistics.median(ratios[name])
+            if median > (ROUND_CUT if r == 0 else tie if r < 3 else 1.0):
+                dropped[name] = (f"{median:.2f}x the champion {champion} after {r + 1} "
+                                 "round(s), paired")
+        challengers = [n for n in challengers if n not in dropped]
+        if not challengers or any(len(q) >= CONCLUSIVE and max(q) < 1
+                                  and statistics.median(q) < 1 / (tie * CLEAR)
+                                  for q in (ratios[n] for n in challengers)):
+            break
+    proven = {n: statistics.median(ratios[n]) for n in challengers
+              if len(ratios[n]) >= min_rounds and statistics.median(ratios[n]) < 1 / tie
+              and sum(q >= 1 for q in ratios[n]) <= len(ratios[n]) // 4}
+    if proven:
+        fastest = min(proven.values())
+        winner = next(n for n in proven if proven[n] <= tie * fastest)
+    else:
+        winner = champion
+    base = statistics.median(own[champion]) if champion and own.get(champion) else None
+
+    def estimate(name: str) -> float:
+        """Its paired median times the champion's median (its first call when never timed)."""
+        if name == champion and base is not None:
+            return base
+        if ratios.get(name) and base is not None:
+            return statistics.median(ratios[name]) * base
+        return statistics.median(own[name]) if own.get(name) else first[name]
+
     return Race(winner, {n: estimate(n) for n in first}, first, dropped, made, spent - before)
 
 
@@ -361,6 +437,18 @@ def saved_activation_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.
     >>> saved_activation_bytes(lin, torch.zeros(4, 3, dtype=torch.float64), parameters=False)
     0
     """
+    return recorded_forward(fn, x, parameters=parameters)[2]
+
+
+def recorded_forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
+                     parameters: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One forward of ``fn`` on a leaf copy of ``x``: (the leaf, the output with its graph, the
+    bytes it saved for backward as :func:`saved_activation_bytes` counts them).
+
+    >>> leaf, y, saved = recorded_forward(torch.tanh, torch.zeros(4, 3, dtype=torch.float64))
+    >>> leaf.requires_grad, y.grad_fn is not None, saved
+    (True, True, 96)
+    """
     seen: dict[tuple[int, torch.device], int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -373,6 +461,6 @@ def saved_activation_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.
 
     leaf = x.detach().requires_grad_()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(leaf)
+        y = fn(leaf)
     seen.pop((leaf.untyped_storage().data_ptr(), leaf.device), None)
-    return sum(seen.values())
+    return leaf, y, sum(seen.values())

@@ -51,6 +51,47 @@ def test_race_prefers_the_earlier_candidate_within_the_tie(monkeypatch):
     assert race({"first": timed("first"), "second": timed("second")}).winner == "second"
 
 
+def _fake_clock(monkeypatch, seconds: dict[str, list[float]]):
+    """A clock under which candidate ``name``'s calls take ``seconds[name]`` in turn (the last
+    repeated): the race sees exactly these times."""
+    clock = {"t": 0.0}
+
+    def timed(name):
+        times = iter(seconds[name])
+        last = [seconds[name][-1]]
+
+        def fn():
+            last[0] = next(times, last[0])
+            clock["t"] += last[0]
+        return fn
+
+    monkeypatch.setattr(measure, "timer", lambda device: lambda: clock["t"])
+    return {name: timed(name) for name in seconds}
+
+
+def test_a_challenger_unseats_the_champion_only_with_evidence(monkeypatch):
+    """NOTE [race] 3: faster in every round by more than the tie: it wins; faster in the median
+    but slower in two rounds of six: the champion stays; faster in every round but with too few rounds
+    in the budget to judge: the champion stays (the same choice in every process)."""
+    ms = 1e-3
+    clear = {"champion": [2 * ms, ms], "challenger": [ms, 0.8 * ms]}
+    assert race(_fake_clock(monkeypatch, clear), budget=100).winner == "challenger"
+    split = {"champion": [ms], "challenger": [0.8 * ms, 0.8 * ms, 0.8 * ms, 1.1 * ms, 1.1 * ms,
+                                              0.8 * ms, 0.8 * ms]}
+    r = race(_fake_clock(monkeypatch, split), budget=100)
+    assert r.winner == "champion" and "challenger" not in r.dropped
+    assert race(_fake_clock(monkeypatch, clear), budget=3.5).winner == "champion"  # no round fits
+    assert race(_fake_clock(monkeypatch, clear), budget=100, min_rounds=1, rounds=1).winner \
+        == "challenger"
+    slower = {"champion": [ms], "challenger": [ms, 1.2 * ms]}
+    r = race(_fake_clock(monkeypatch, slower), budget=100)
+    assert r.winner == "champion" and r.dropped["challenger"].startswith("1.20x the champion")
+    assert r.calls == 2 + 2 * 2  # two rounds to drop it (one noisy round must not), no more
+    far = {"champion": [ms], "challenger": [ms, 1.5 * ms]}
+    r = race(_fake_clock(monkeypatch, far), budget=100)
+    assert r.dropped["challenger"].startswith("1.50x the champion") and r.calls == 4  # one round
+
+
 def test_race_drops_what_raises_or_is_predicted_slow_and_honours_fallbacks():
     calls = {"fast": _busy(1_000), "broken": lambda: 1 / 0, "predicted": _busy(10),
              "stand_in": _busy(10), "slow": _busy(200_000)}
@@ -59,7 +100,8 @@ def test_race_drops_what_raises_or_is_predicted_slow_and_honours_fallbacks():
     assert r.dropped["broken"] == "raised ZeroDivisionError"
     assert r.dropped["predicted"].startswith("predicted 1e+06 ms")
     assert r.dropped["stand_in"] == "stands in for fast, which ran"
-    assert "slow" in r.dropped and r.calls >= 3 and r.seconds > 0 and r.steady > 0
+    # nothing left to challenge the champion after the first calls: no timed round
+    assert "slow" in r.dropped and r.calls == 2 and r.seconds > 0 and r.steady > 0
     # a stand-in runs when the one it stands for raised
     r = race({"broken": lambda: 1 / 0, "stand_in": _busy(10)}, fallbacks={"stand_in": "broken"})
     assert r.winner == "stand_in"
@@ -207,3 +249,62 @@ def test_compile_names_a_backend_torch_knows():
     with pytest.raises(jacverify.InvalidArgument, match=r"names no torch.compile backend; known: .*aot_eager"):
         jacverify.plan(_mlp(2, 4, 2), torch.randn(3, 2, dtype=torch.float64),
                        compile="bogus_backend")
+
+
+def _answers(net, calls: int, batch: int) -> torch.Tensor:
+    """``calls`` calls of batch_jacobian on new inputs, each checked against the loop; the last x."""
+    for i in range(calls):
+        x = torch.randn(batch, net[0].in_features, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(i))
+        torch.testing.assert_close(jacverify.batch_jacobian(net, x),
+                                   loop(flatten(make_case(net, x))), rtol=0, atol=1e-12)
+    return x
+
+
+def _patched(monkeypatch, wrap) -> None:
+    """Every candidate auto runs goes through ``wrap(name, compute)``."""
+    real = auto.chunked_compute
+    monkeypatch.setattr(auto, "chunked_compute", lambda name: wrap(name, real(name)))
+
+
+def test_the_race_runs_on_the_callers_calls_and_every_call_gets_the_jacobian(monkeypatch):
+    """NOTE [auto plan]: batch_jacobian's first calls on a new shape each run one candidate of the
+    race on that call's input; every value is the Jacobian of that input, whichever candidate
+    computed it, and the race ends in a plan that states the calls it ran on."""
+    ran = []
+
+    def recording(name, compute):
+        def run(flat, chunk):
+            ran.append(name)
+            return compute(flat, chunk)
+        return run
+
+    _patched(monkeypatch, recording)
+    net = _mlp(6, 16, 6)
+    clear_plans()
+    x = _answers(net, 40, 5)
+    assert len(set(ran)) >= 2  # several candidates answered calls
+    p = jacverify.plan(net, x)  # the race's end (run here if 40 calls did not finish it)
+    assert "answered the caller's calls" in p.reason and p.method in ran
+    del ran[:]
+    _answers(net, 10, 5)
+    assert ran == [p.method] * 10  # the race has ended: the plan runs alone
+
+
+def test_a_candidate_that_raises_while_exploring_costs_the_caller_nothing(monkeypatch):
+    """The race drops a candidate that raises (NOTE [race]); the caller's call is answered by the
+    next one, and the plan never picks the broken one."""
+    def broken(name, compute):
+        if name != "batched_grad":
+            return compute
+
+        def run(flat, chunk):
+            raise RuntimeError("no batching rule here")
+        return run
+
+    _patched(monkeypatch, broken)
+    net = _mlp(6, 16, 3)
+    clear_plans()
+    x = _answers(net, 40, 4)
+    p = jacverify.plan(net, x)
+    assert p.method != "batched_grad" and "batched_grad raised RuntimeError" in p.reason

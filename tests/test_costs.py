@@ -4,13 +4,17 @@ must let through."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 import torch
 
 import jacverify
 from jacverify.case import flatten, make_case
 from jacverify.costs import FULL_FLOOR_S, METHOD_BUDGET_FLOOR_S, Budget, UnitCosts, Work, \
     choose_verification
-from jacverify.oracles.prechecks import check_coupling
+from jacverify.oracles.prechecks import separating_groups, check_coupling
 
 
 def _wide(n: int = 8192) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -99,4 +103,25 @@ def test_coupling_between_two_distant_samples_is_found_and_named():
     assert coupling.reason.startswith(("changing sample 2 changed the outputs of sample(s) 5",
                                        "changing sample 5 changed the outputs of sample(s) 2"))
     independent = check_coupling(flatten(make_case(torch.tanh, torch.randn(8, 3))), seed=0)
-    assert not independent.coupled and independent.probes == 6  # 2 ceil(log2 8) passes
+    assert not independent.coupled and independent.probes == 5  # C(5, 2) = 10 >= 8 samples
+
+
+@pytest.mark.parametrize("b", [2, 3, 8, 20, 64, 71])
+def test_coupling_groups_separate_every_ordered_pair_with_the_fewest_passes(b):
+    """NOTE [coupling probes]: for every i != j some group holds i and not j, and no smaller k
+    has C(k, k/2) >= B (Sperner); an interaction from one sample alone to one other is found for
+    every such pair at B=8."""
+    groups = [set(g) for g in separating_groups(b)]
+    assert all(any(i in g and j not in g for g in groups)
+               for i in range(b) for j in range(b) if i != j)
+    k = len(groups)
+    assert math.comb(k, k // 2) >= b > math.comb(k - 1, (k - 1) // 2)
+    if b == 8:
+        for i in range(b):
+            for j in range(b):
+                if i != j:
+                    def f(x, i=i, j=j):
+                        return x + 0.5 * torch.nn.functional.one_hot(
+                            torch.tensor(j), b).to(x)[:, None] * x[i]
+                    flat = flatten(make_case(f, torch.randn(b, 2, dtype=torch.float64)))
+                    assert check_coupling(flat, seed=0).coupled, (i, j)
