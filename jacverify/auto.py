@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
+import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -15,13 +17,13 @@ import torch
 from jacverify.case import Flat, flatten, make_case
 from jacverify.errors import InvalidArgument, MismatchError
 from jacverify.judge import describe_worst, warm_up_transforms
-from jacverify.validation import check_int, check_number
+from jacverify.validation import check_bool, check_int, check_number
 from jacverify.measure import ROUNDS, Race, race, racing, recorded_forward, timer
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism
 from jacverify.oracles.projections import DEFAULT_PROBES
 
-__all__ = ["batch_jacobian", "plan", "Plan"]
+__all__ = ["batch_jacobian", "plan", "Plan", "modules_of"]
 
 
 @dataclass(frozen=True)
@@ -192,8 +194,9 @@ def plan(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
     >>> p.planning_calls > 0 and "calls of the plan" in p.reason  # what planning cost
     True
     """
-    route, flat, _ = _planned(fn, x, max_memory, compile, explore=False)
-    return route.finish(flat)
+    with _differentiable(x) as x:
+        route, flat, _ = _planned(fn, x, max_memory, compile, explore=False)
+        return route.finish(flat)
 
 
 def batch_jacobian(
@@ -220,7 +223,8 @@ def batch_jacobian(
         max_memory: bytes the computation may use; the default is NOTE [auto plan]'s budget.
         compile: with "auto", also race ``torch.compile`` of the winning route, verified against
             the eager route first (NOTE [compiled route]; compiling can take a minute on CPU).
-        seed: seeds the coupling probe and the projections.
+        seed: seeds the projections of ``verify=True`` (the plan's probes use a fixed seed, so
+            a cached plan does not depend on it).
 
     Returns:
         The Jacobian, (B, *out, *in), in ``x``'s dtype and device.
@@ -238,27 +242,58 @@ def batch_jacobian(
     >>> torch.allclose(jac[1], torch.func.jacrev(net)(x[1]))
     True
     """
-    if method == "auto":
-        route, flat, out_shape = _planned(fn, x, max_memory, compile, explore=True)
-        value = route(flat)
-        name = route.last
-    else:
-        (m,) = get_methods([method])
-        flat = flatten(_case(fn, x))
-        out_shape = flat.out_shapes[0]
-        value, name = m.compute(flat), m.name
-    if verify:
-        _verify(fn, x, value, name, probes, seed)
+    with _differentiable(x) as x:
+        if method == "auto":
+            route, flat, out_shape = _planned(fn, x, max_memory, compile, explore=True)
+            value = route(flat)
+            name = route.last
+        else:
+            (m,) = get_methods([method])
+            if max_memory is not None:
+                check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30")
+            if compile is not False:
+                raise InvalidArgument(f"compile={compile!r} races compiled routes in method='auto'; "
+                                      f"method={method!r} runs as it is: drop compile= or use "
+                                      "method='auto'")
+            flat = _one_output(flatten(_case(fn, x)))
+            out_shape = flat.out_shapes[0]
+            value, name = m.compute(flat), m.name
+        value = value.detach()
+        if check_bool("verify", verify):
+            _verify(fn, x, value, name, probes, seed)
     if x.ndim == 2 and len(out_shape) == 1:
         return value
     return value.reshape(x.shape[0], *out_shape, *x.shape[1:])
 
 
+@contextlib.contextmanager
+def _differentiable(x):
+    """Gradients on, whatever the caller's mode (torch.func.jacrev works under torch.no_grad
+    too), and ``x`` out of inference mode (an inference tensor cannot be saved for backward)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield x.clone() if isinstance(x, torch.Tensor) and x.is_inference() else x
+
+
 def _case(fn, x):
     if not isinstance(x, torch.Tensor) or x.ndim < 1:
-        raise InvalidArgument(f"x={type(x).__name__} must be a tensor with the batch first, (B, *in); "
+        what = f"a tensor with {x.ndim} dimensions" if isinstance(x, torch.Tensor) \
+            else type(x).__name__
+        raise InvalidArgument(f"x={what} must be a tensor with the batch first, (B, *in); "
                               "batch_jacobian takes one input (use jacverify.check for several)")
+    params = [p for m in modules_of(fn) for p in m.parameters(recurse=False)
+              if p.is_floating_point()]
+    if params and params[0].dtype != x.dtype:
+        raise InvalidArgument(f"fn's parameters are {params[0].dtype} but x is {x.dtype}: pass "
+                              f"x.to({params[0].dtype}) or convert the model, e.g. "
+                              f"model.to({x.dtype})")
     return make_case(fn, x)
+
+
+def _one_output(flat: Flat) -> Flat:
+    if len(flat.out_shapes) != 1:
+        raise InvalidArgument("fn returned a tuple; batch_jacobian takes one output tensor "
+                              "(use jacverify.check for several)")
+    return flat
 
 
 def _flat(fn, x: torch.Tensor, out_shape: tuple[int, ...]) -> Flat:
@@ -309,10 +344,48 @@ def clear_plans() -> None:
 
 
 def call_key(fn, *tensors: torch.Tensor, extra: object = None) -> tuple:
-    """What a cached choice depends on: shapes, dtypes, devices, train/eval modes, ``extra``."""
-    owner = fn.__self__ if inspect.ismethod(fn) else fn
-    modes = tuple(m.training for m in owner.modules()) if isinstance(owner, torch.nn.Module) else ()
+    """What a cached choice depends on: shapes, dtypes, devices, the train/eval modes of the
+    modules ``fn`` reaches (:func:`modules_of`), ``extra``."""
+    modes = tuple(m.training for m in modules_of(fn))
     return (*((tuple(t.shape), t.dtype, t.device) for t in tensors), modes, extra)
+
+
+def modules_of(fn, depth: int = 2) -> list[torch.nn.Module]:
+    """The modules (with their submodules) ``fn`` reaches: ``fn`` itself, a bound method's
+    object, a ``functools.partial``'s function and arguments, and what a Python function holds
+    in its closure, its defaults and the globals its code names; functions found there are
+    followed ``depth`` levels. A model switched to train() behind a lambda changes the plan's key
+    (its BatchNorm makes samples interact) as the model passed itself does.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    >>> len(modules_of(lambda z: net(z)))  # the Sequential, its Linear and its BatchNorm
+    3
+    """
+    found: dict[int, torch.nn.Module] = {}
+
+    def visit(obj, level: int) -> None:
+        if isinstance(obj, torch.nn.Module):
+            found.update((id(m), m) for m in obj.modules())
+        elif isinstance(obj, functools.partial) and level:
+            for o in (obj.func, *obj.args, *obj.keywords.values()):
+                visit(o, level - 1)
+        elif inspect.ismethod(obj) and level:
+            visit(obj.__self__, level - 1)
+            visit(obj.__func__, level - 1)
+        elif isinstance(obj, types.FunctionType) and level:
+            cells = []
+            for cell in obj.__closure__ or ():
+                try:
+                    cells.append(cell.cell_contents)
+                except ValueError:  # a cell not yet filled
+                    pass
+            named = [obj.__globals__[n] for n in obj.__code__.co_names if n in obj.__globals__]
+            for o in (*cells, *(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values(),
+                      *named):
+                visit(o, level - 1)
+
+    visit(fn, depth + 1)
+    return list(found.values())
 
 
 # The last plan used, checked first (a repeated call cost 7 us through the cache above, 2 us
@@ -335,7 +408,8 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     """The cached route for this call (made on first use: ``explore``, the race runs on the
     caller's calls, NOTE [auto plan]), ``x`` in the canonical form, and the output's shape."""
     last = _LAST[0]
-    if last is not None and last[0]() is fn and last[1] == x.shape and last[2] == x.dtype \
+    if last is not None and isinstance(x, torch.Tensor) and last[0]() is fn \
+            and last[1] == x.shape and last[2] == x.dtype \
             and last[3] == x.device and last[4] == max_memory and last[5] is compile \
             and [getattr(m(), "training", None) for m in last[6]] == last[7]:
         route, out_shape = last[8]
@@ -360,15 +434,12 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     entry = _COMPILED.get(strong) if strong is not None else table.get(key)
     if entry is not None:
         route, out_shape = entry
-        _remember(fn, x, max_memory, compile, owner, entry)
+        _remember(fn, x, max_memory, compile, entry)
         return route, _flat(fn, x, out_shape), out_shape
     case = _case(fn, x)
     if max_memory is not None:
         max_memory = int(check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30"))
-    flat = flatten(case)
-    if len(flat.out_shapes) != 1:
-        raise InvalidArgument("fn returned a tuple; batch_jacobian takes one output tensor "
-                              "(use jacverify.check for several)")
+    flat = _one_output(flatten(case))
     route = _make_plan(flat, max_memory, explore=explore and not backend)
     if backend:
         route.finish(flat)
@@ -379,12 +450,12 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     elif key is not None:
         table[key] = (route, flat.out_shapes[0])
     if key is not None:
-        _remember(fn, x, max_memory, compile, owner, (route, flat.out_shapes[0]))
+        _remember(fn, x, max_memory, compile, (route, flat.out_shapes[0]))
     return route, _flat(fn, x, flat.out_shapes[0]), flat.out_shapes[0]
 
 
-def _remember(fn, x: torch.Tensor, max_memory, compile, owner, entry) -> None:
-    modules = list(owner.modules()) if isinstance(owner, torch.nn.Module) else []
+def _remember(fn, x: torch.Tensor, max_memory, compile, entry) -> None:
+    modules = modules_of(fn)
     _LAST[0] = (_memo(fn), x.shape, x.dtype, x.device, max_memory, compile,
                 [weakref.ref(m) for m in modules], [m.training for m in modules], entry)
 
@@ -492,11 +563,8 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool) -> _Route:
     warm_up_methods(flat.x.dtype, str(device))
     warmed = clock() - warm_start  # once per process and dtype: 0.0 after the first plan
     start = clock()
-    if b > 1:  # the coupling probe needs the run-to-run noise; one sample has no coupling
-        noise, center = check_determinism(flat)
-        coupling = check_coupling(flat, seed=0, noise=noise, center=center)
-    else:
-        coupling = check_coupling(flat, seed=0)
+    noise, center = check_determinism(flat)  # a function with randomness has no Jacobian
+    coupling = check_coupling(flat, seed=0, noise=noise, center=center)
     if coupling.coupled:
         order, rows = ("batched_grad_per_sample",), {"batched_grad_per_sample": b * m}
         why = f"samples interact ({coupling.reason}): rows of the full Jacobian, B*M = {b * m}"
@@ -587,6 +655,9 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool) -> _Route:
                 sync()
                 outcome: float | BaseException = clock() - begin
             except Exception as e:  # noqa: BLE001 - the race drops it (NOTE [race])
+                with torch.no_grad():
+                    fl.fn(fl.x)  # the function itself raises on this input: the caller's error,
+                    # not the candidate's (raised here; the race goes on at the next call)
                 value, outcome = None, e
             calls.append((clock() - begin, useful and value is not None))
             try:

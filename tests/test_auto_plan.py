@@ -11,6 +11,7 @@ import jacverify
 from jacverify import auto, measure
 from jacverify.auto import clear_plans
 from jacverify.bench import SUITES, SuiteCase
+from jacverify.errors import InvalidArgument, NondeterministicFunction
 from jacverify.case import flatten, make_case
 from jacverify.examples.networks import BatchCoupled
 from jacverify.measure import TIE, race, saved_activation_bytes
@@ -308,3 +309,77 @@ def test_a_candidate_that_raises_while_exploring_costs_the_caller_nothing(monkey
     x = _answers(net, 40, 4)
     p = jacverify.plan(net, x)
     assert p.method != "batched_grad" and "batched_grad raised RuntimeError" in p.reason
+
+
+def test_a_model_behind_a_lambda_switched_to_train_is_planned_again():
+    """modules_of: the plan's key holds the train/eval modes of the modules a closure reaches;
+    a BatchNorm model switched to train() behind a lambda makes samples interact, and the cached
+    independent-samples plan would return wrong blocks (0.27 off, found by a fresh user)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6),
+                              torch.nn.Tanh(), torch.nn.Linear(6, 3)).double().eval()
+    f = lambda z: net(z)  # noqa: E731 - the closure is the point
+    clear_plans()
+    x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    jacverify.batch_jacobian(f, x)
+    net.train()
+    full = torch.autograd.functional.jacobian(f, x)  # (B, M, B, N): the blocks on the diagonal
+    blocks = torch.stack([full[b, :, b] for b in range(8)])
+    torch.testing.assert_close(jacverify.batch_jacobian(f, x), blocks, rtol=0, atol=1e-10)
+    assert jacverify.plan(f, x).method == "batched_grad_per_sample"
+
+
+def test_batch_jacobian_refuses_or_handles_what_a_fresh_user_tried():
+    net = _mlp(4, 8, 3)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    clear_plans()
+    with pytest.raises(InvalidArgument, match="parameters are torch.float64 but x is torch.float32"):
+        jacverify.batch_jacobian(net, x.float())
+    expected = jacverify.batch_jacobian(net, x)
+    with pytest.raises(InvalidArgument, match="must be a tensor"):  # after a cached call, too
+        jacverify.batch_jacobian(net, x.tolist())
+    with pytest.raises(InvalidArgument, match="0 dimensions"):
+        jacverify.batch_jacobian(net, torch.tensor(1.0, dtype=torch.float64))
+    with torch.no_grad():
+        torch.testing.assert_close(jacverify.batch_jacobian(net, x), expected)
+    with torch.inference_mode():
+        frozen = x.clone()
+        torch.testing.assert_close(jacverify.batch_jacobian(net, frozen), expected)
+    for method in ("auto", "vmap_vjp", "batched_grad"):
+        assert jacverify.batch_jacobian(net, x, method=method).grad_fn is None
+    with pytest.raises(InvalidArgument, match="compile="):
+        jacverify.batch_jacobian(net, x, method="loop_rows", compile="eager")
+    with pytest.raises(InvalidArgument, match="max_memory"):
+        jacverify.batch_jacobian(net, x, method="loop_rows", max_memory=-1)
+    with pytest.raises(InvalidArgument, match="returned a tuple"):
+        jacverify.batch_jacobian(lambda z: (net(z), net(z)), x, method="batched_grad")
+    with pytest.raises(InvalidArgument, match="verify"):
+        jacverify.batch_jacobian(net, x, verify="yes")
+
+
+def test_a_function_with_randomness_is_refused_at_batch_1_too():
+    drop = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5)).double().train()
+    clear_plans()
+    with pytest.raises(NondeterministicFunction):
+        jacverify.batch_jacobian(drop, torch.randn(1, 4, dtype=torch.float64))
+
+
+def test_an_input_the_function_rejects_raises_its_error_and_the_race_goes_on(monkeypatch):
+    """A call whose input makes fn itself raise gets fn's error; no candidate is dropped for it
+    (each raised on it, and all were dropped before: the race ended on one bad input)."""
+    net = _mlp(4, 8, 3)
+
+    def f(z):
+        if bool((z > 100).any()):
+            raise ValueError("inputs over 100 are not allowed")
+        return net(z)
+
+    clear_plans()
+    good = torch.randn(5, 4, dtype=torch.float64)
+    jacverify.batch_jacobian(f, good)
+    with pytest.raises(ValueError, match="over 100"):
+        jacverify.batch_jacobian(f, good + 1000)
+    for _ in range(60):
+        torch.testing.assert_close(jacverify.batch_jacobian(f, good),
+                                   loop(flatten(make_case(net, good))), rtol=0, atol=1e-12)
+    assert "raised ValueError" not in jacverify.plan(f, good).reason
