@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import math
@@ -194,9 +193,12 @@ def plan(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
     >>> p.planning_calls > 0 and "calls of the plan" in p.reason  # what planning cost
     True
     """
-    with _differentiable(x) as x:
-        route, flat, _ = _planned(fn, x, max_memory, compile, explore=False)
-        return route.finish(flat)
+    if _needs_grad_mode(x):
+        with torch.inference_mode(False), torch.enable_grad():
+            return plan(fn, x.clone() if isinstance(x, torch.Tensor) else x,
+                        max_memory=max_memory, compile=compile)
+    route, flat, _ = _planned(fn, x, max_memory, compile, explore=False)
+    return route.finish(flat)
 
 
 def batch_jacobian(
@@ -242,36 +244,40 @@ def batch_jacobian(
     >>> torch.allclose(jac[1], torch.func.jacrev(net)(x[1]))
     True
     """
-    with _differentiable(x) as x:
-        if method == "auto":
-            route, flat, out_shape = _planned(fn, x, max_memory, compile, explore=True)
-            value = route(flat)
-            name = route.last
-        else:
-            (m,) = get_methods([method])
-            if max_memory is not None:
-                check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30")
-            if compile is not False:
-                raise InvalidArgument(f"compile={compile!r} races compiled routes in method='auto'; "
-                                      f"method={method!r} runs as it is: drop compile= or use "
-                                      "method='auto'")
-            flat = _one_output(flatten(_case(fn, x)))
-            out_shape = flat.out_shapes[0]
-            value, name = m.compute(flat), m.name
-        value = value.detach()
-        if check_bool("verify", verify):
-            _verify(fn, x, value, name, probes, seed)
+    if _needs_grad_mode(x):
+        with torch.inference_mode(False), torch.enable_grad():
+            return batch_jacobian(fn, x.clone() if isinstance(x, torch.Tensor) else x,
+                                  method=method, verify=verify, probes=probes,
+                                  max_memory=max_memory, compile=compile, seed=seed)
+    if method == "auto":
+        route, flat, out_shape = _planned(fn, x, max_memory, compile, explore=True)
+        value = route(flat)
+        name = route.last
+    else:
+        (m,) = get_methods([method])
+        if max_memory is not None:
+            check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30")
+        if compile is not False:
+            raise InvalidArgument(f"compile={compile!r} races compiled routes in method='auto'; "
+                                  f"method={method!r} runs as it is: drop compile= or use "
+                                  "method='auto'")
+        flat = _one_output(flatten(_case(fn, x)))
+        out_shape = flat.out_shapes[0]
+        value, name = m.compute(flat), m.name
+    value = value.detach()
+    if verify and check_bool("verify", verify):
+        _verify(fn, x, value, name, probes, seed)
     if x.ndim == 2 and len(out_shape) == 1:
         return value
     return value.reshape(x.shape[0], *out_shape, *x.shape[1:])
 
 
-@contextlib.contextmanager
-def _differentiable(x):
-    """Gradients on, whatever the caller's mode (torch.func.jacrev works under torch.no_grad
-    too), and ``x`` out of inference mode (an inference tensor cannot be saved for backward)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield x.clone() if isinstance(x, torch.Tensor) and x.is_inference() else x
+def _needs_grad_mode(x) -> bool:
+    """Gradients are off, or inference mode is on or made ``x``: batch_jacobian then runs with
+    gradients on and a normal copy of ``x`` (torch.func.jacrev works under torch.no_grad too; an
+    inference tensor cannot be saved for backward). Two flag reads on the common path."""
+    return not torch.is_grad_enabled() or torch.is_inference_mode_enabled() \
+        or (isinstance(x, torch.Tensor) and x.is_inference())
 
 
 def _case(fn, x):
