@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from jacverify.case import Flat, flatten, make_case
+from jacverify.case import Flat, evaluate, flatten, make_case
 from jacverify.errors import InvalidArgument, MismatchError
 from jacverify.judge import describe_worst, warm_up_transforms
 from jacverify.validation import check_bool, check_int, check_number
@@ -164,6 +164,7 @@ RACE_BUDGET = 18  # what the race may take of it (the probes included), in its b
 COMPILE_ROUTES = 2
 TRACEABLE = ("vmap_vjp", "forward_broadcast")  # torch.func all through: compiled first
 COMPILED_PLANS = 8
+CONTAINER_ITEMS = 64  # modules_of looks into containers and objects up to this size
 DEFAULT_BACKEND = "inductor"
 
 
@@ -286,12 +287,15 @@ def _case(fn, x):
             else type(x).__name__
         raise InvalidArgument(f"x={what} must be a tensor with the batch first, (B, *in); "
                               "batch_jacobian takes one input (use jacverify.check for several)")
-    params = [p for m in modules_of(fn) for p in m.parameters(recurse=False)
-              if p.is_floating_point()]
-    if params and params[0].dtype != x.dtype:
-        raise InvalidArgument(f"fn's parameters are {params[0].dtype} but x is {x.dtype}: pass "
-                              f"x.to({params[0].dtype}) or convert the model, e.g. "
-                              f"model.to({x.dtype})")
+    if not x.is_floating_point():
+        raise InvalidArgument(f"x has dtype {x.dtype}; a Jacobian needs floating inputs: pass "
+                              "x.float() or x.double()")
+    dtypes = {p.dtype for m in modules_of(fn) for p in m.parameters(recurse=False)
+              if p.is_floating_point()}
+    if dtypes - {x.dtype}:
+        raise InvalidArgument(f"fn's parameters are {', '.join(sorted(map(str, dtypes)))} but x is "
+                              f"{x.dtype}: convert the model, e.g. model.to({x.dtype}), or pass "
+                              "x in the model's dtype")
     return make_case(fn, x)
 
 
@@ -352,33 +356,39 @@ def clear_plans() -> None:
 def call_key(fn, *tensors: torch.Tensor, extra: object = None) -> tuple:
     """What a cached choice depends on: shapes, dtypes, devices, the train/eval modes of the
     modules ``fn`` reaches (:func:`modules_of`), ``extra``."""
-    modes = tuple(m.training for m in modules_of(fn))
+    modes = tuple((id(m), m.training) for m in modules_of(fn))
     return (*((tuple(t.shape), t.dtype, t.device) for t in tensors), modes, extra)
 
 
-def modules_of(fn, depth: int = 2) -> list[torch.nn.Module]:
-    """The modules (with their submodules) ``fn`` reaches: ``fn`` itself, a bound method's
-    object, a ``functools.partial``'s function and arguments, and what a Python function holds
-    in its closure, its defaults and the globals its code names; functions found there are
-    followed ``depth`` levels. A model switched to train() behind a lambda changes the plan's key
-    (its BatchNorm makes samples interact) as the model passed itself does.
+def modules_of(fn, depth: int = 6) -> list[torch.nn.Module]:
+    """The modules (with their submodules) ``fn`` reaches within ``depth`` steps: ``fn`` itself,
+    a bound method's object, a ``functools.partial``'s function and arguments, what a Python
+    function holds in its closure, its defaults and the globals its code names, the items of a
+    list, tuple, set or dict and the attributes of a plain object (up to CONTAINER_ITEMS each). A
+    model switched to train() behind a lambda changes the plan's key (its BatchNorm makes samples
+    interact) as the model passed itself does; one reached some other way (a module's method
+    looked up through a string, say) is not seen.
 
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     >>> len(modules_of(lambda z: net(z)))  # the Sequential, its Linear and its BatchNorm
     3
     """
     found: dict[int, torch.nn.Module] = {}
+    seen: set[int] = set()
 
     def visit(obj, level: int) -> None:
+        if id(obj) in seen or level < 0:
+            return
+        seen.add(id(obj))
         if isinstance(obj, torch.nn.Module):
             found.update((id(m), m) for m in obj.modules())
-        elif isinstance(obj, functools.partial) and level:
+        elif isinstance(obj, functools.partial):
             for o in (obj.func, *obj.args, *obj.keywords.values()):
                 visit(o, level - 1)
-        elif inspect.ismethod(obj) and level:
+        elif inspect.ismethod(obj):
             visit(obj.__self__, level - 1)
             visit(obj.__func__, level - 1)
-        elif isinstance(obj, types.FunctionType) and level:
+        elif isinstance(obj, types.FunctionType):
             cells = []
             for cell in obj.__closure__ or ():
                 try:
@@ -389,8 +399,19 @@ def modules_of(fn, depth: int = 2) -> list[torch.nn.Module]:
             for o in (*cells, *(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values(),
                       *named):
                 visit(o, level - 1)
+        elif isinstance(obj, (list, tuple, set, frozenset)) and len(obj) <= CONTAINER_ITEMS:
+            for o in obj:
+                visit(o, level - 1)
+        elif isinstance(obj, dict) and len(obj) <= CONTAINER_ITEMS:
+            for o in obj.values():
+                visit(o, level - 1)
+        elif not isinstance(obj, (type, types.ModuleType, torch.Tensor, str, bytes, int, float)) \
+                and isinstance(getattr(obj, "__dict__", None), dict) \
+                and len(obj.__dict__) <= CONTAINER_ITEMS:  # a plain object, or a callable one
+            for o in obj.__dict__.values():
+                visit(o, level - 1)
 
-    visit(fn, depth + 1)
+    visit(fn, depth)
     return list(found.values())
 
 
@@ -661,9 +682,8 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool) -> _Route:
                 sync()
                 outcome: float | BaseException = clock() - begin
             except Exception as e:  # noqa: BLE001 - the race drops it (NOTE [race])
-                with torch.no_grad():
-                    fl.fn(fl.x)  # the function itself raises on this input: the caller's error,
-                    # not the candidate's (raised here; the race goes on at the next call)
+                evaluate(fl.fn, (fl.x,))  # fn itself raises on this input (FunctionRaised, as
+                # on a first call): the caller's error, not the candidate's; the race goes on
                 value, outcome = None, e
             calls.append((clock() - begin, useful and value is not None))
             try:

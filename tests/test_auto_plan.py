@@ -11,7 +11,7 @@ import jacverify
 from jacverify import auto, measure
 from jacverify.auto import clear_plans
 from jacverify.bench import SUITES, SuiteCase
-from jacverify.errors import InvalidArgument, NondeterministicFunction
+from jacverify.errors import FunctionRaised, InvalidArgument, NondeterministicFunction
 from jacverify.case import flatten, make_case
 from jacverify.examples.networks import BatchCoupled
 from jacverify.measure import TIE, race, saved_activation_bytes
@@ -311,14 +311,49 @@ def test_a_candidate_that_raises_while_exploring_costs_the_caller_nothing(monkey
     assert p.method != "batched_grad" and "batched_grad raised RuntimeError" in p.reason
 
 
-def test_a_model_behind_a_lambda_switched_to_train_is_planned_again():
-    """modules_of: the plan's key holds the train/eval modes of the modules a closure reaches;
-    a BatchNorm model switched to train() behind a lambda makes samples interact, and the cached
-    independent-samples plan would return wrong blocks (0.27 off, found by a fresh user)."""
+class _Holder:
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, z):
+        return self.model(z)
+
+
+_REACHES = {
+    "lambda": lambda net: (lambda z: net(z)),
+    "list in a closure": lambda net: (lambda box: (lambda z: box[0](z)))([net]),
+    "dict in a closure": lambda net: (lambda box: (lambda z: box["m"](z)))({"m": net}),
+    "callable object": _Holder,
+    "bound method of an object": lambda net: _Holder(net).__call__,
+    "four nested functions": lambda net: _nested(net),
+}
+
+
+def _nested(net):
+    def a(z):
+        return net(z)
+
+    def b(z):
+        return a(z)
+
+    def c(z):
+        return b(z)
+
+    def d(z):
+        return c(z)
+    return d
+
+
+@pytest.mark.parametrize("reach", sorted(_REACHES))
+def test_a_model_behind_a_function_switched_to_train_is_planned_again(reach):
+    """modules_of: the plan's key holds the train/eval modes of the modules a function reaches;
+    a BatchNorm model switched to train() behind a lambda, a container or an object makes samples
+    interact, and the cached independent-samples plan returned wrong blocks (0.26-0.57 off,
+    found by two fresh users)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6),
                               torch.nn.Tanh(), torch.nn.Linear(6, 3)).double().eval()
-    f = lambda z: net(z)  # noqa: E731 - the closure is the point
+    f = _REACHES[reach](net)
     clear_plans()
     x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     jacverify.batch_jacobian(f, x)
@@ -335,6 +370,11 @@ def test_batch_jacobian_refuses_or_handles_what_a_fresh_user_tried():
     clear_plans()
     with pytest.raises(InvalidArgument, match="parameters are torch.float64 but x is torch.float32"):
         jacverify.batch_jacobian(net, x.float())
+    mixed = torch.nn.Sequential(torch.nn.Linear(4, 8).double(), torch.nn.Linear(8, 3))
+    with pytest.raises(InvalidArgument, match="torch.float32, torch.float64 but x is"):
+        jacverify.batch_jacobian(mixed, x, method="batched_grad")
+    with pytest.raises(InvalidArgument, match="floating inputs"):
+        jacverify.batch_jacobian(net, x.long())
     expected = jacverify.batch_jacobian(net, x)
     with pytest.raises(InvalidArgument, match="must be a tensor"):  # after a cached call, too
         jacverify.batch_jacobian(net, x.tolist())
@@ -377,9 +417,11 @@ def test_an_input_the_function_rejects_raises_its_error_and_the_race_goes_on(mon
     clear_plans()
     good = torch.randn(5, 4, dtype=torch.float64)
     jacverify.batch_jacobian(f, good)
-    with pytest.raises(ValueError, match="over 100"):
+    with pytest.raises(FunctionRaised, match="over 100") as raised:  # as on a first call
         jacverify.batch_jacobian(f, good + 1000)
+    assert isinstance(raised.value.__cause__, ValueError)
     for _ in range(60):
         torch.testing.assert_close(jacverify.batch_jacobian(f, good),
                                    loop(flatten(make_case(net, good))), rtol=0, atol=1e-12)
     assert "raised ValueError" not in jacverify.plan(f, good).reason
+
