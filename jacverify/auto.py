@@ -17,7 +17,8 @@ from jacverify.case import Flat, evaluate, flatten, make_case
 from jacverify.errors import InvalidArgument, MismatchError
 from jacverify.judge import describe_worst, warm_up_transforms
 from jacverify.validation import check_bool, check_int, check_number
-from jacverify.measure import ROUNDS, Race, race, racing, recorded_forward, timer
+from jacverify.measure import (ROUNDS, Race, race, racing, recorded_forward, synchronizer,
+                               timer)
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism
 from jacverify.oracles.projections import DEFAULT_PROBES
@@ -41,8 +42,9 @@ class Plan:
             calls that ran the race beyond one steady call of the plan (NOTE [auto plan]);
             torch's once-per-process warm-up and ``compile``'s compilation excluded (``reason``
             states them).
-        planning_calls: ``planning_seconds`` in steady calls of the plan: the bound NOTE [auto
-            plan] keeps (20).
+        planning_calls: ``planning_seconds`` in steady calls of the plan: what NOTE [auto plan]'s
+            budget aims to keep under PLANNING_BUDGET (20), not a guarantee (the README has the
+            measured figures: over 20 in some processes).
         compiled: the ``torch.compile`` backend of the route it runs, verified against the eager
             route; None: eager.
     """
@@ -353,10 +355,11 @@ def clear_plans() -> None:
     _LAST[0] = None
 
 
-def call_key(fn, *tensors: torch.Tensor, extra: object = None) -> tuple:
+def call_key(fn, *tensors: torch.Tensor, extra: object = None,
+             modules: list[torch.nn.Module] | None = None) -> tuple:
     """What a cached choice depends on: shapes, dtypes, devices, the train/eval modes of the
-    modules ``fn`` reaches (:func:`modules_of`), ``extra``."""
-    modes = tuple((id(m), m.training) for m in modules_of(fn))
+    modules ``fn`` reaches (``modules``, when the caller has them: :func:`modules_of`), ``extra``."""
+    modes = tuple((id(m), m.training) for m in (modules_of(fn) if modules is None else modules))
     return (*((tuple(t.shape), t.dtype, t.device) for t in tensors), modes, extra)
 
 
@@ -454,14 +457,15 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
             raise InvalidArgument(f"compile={compile!r} (type={type(compile).__name__}) names no "
                                   f"torch.compile backend; known: {', '.join(sorted(known))}")
     table = plan_table(fn)
-    key = call_key(fn, x, extra=("batch_jacobian", max_memory, backend)) \
+    modules = modules_of(fn)  # walked once: for the key and for the fast path's check
+    key = call_key(fn, x, extra=("batch_jacobian", max_memory, backend), modules=modules) \
         if isinstance(x, torch.Tensor) else None
     owner = fn.__self__ if inspect.ismethod(fn) else fn
     strong = (owner, getattr(fn, "__func__", None), key) if backend and key is not None else None
     entry = _COMPILED.get(strong) if strong is not None else table.get(key)
     if entry is not None:
         route, out_shape = entry
-        _remember(fn, x, max_memory, compile, entry)
+        _remember(fn, x, max_memory, compile, modules, entry)
         return route, _flat(fn, x, out_shape), out_shape
     case = _case(fn, x)
     if max_memory is not None:
@@ -477,12 +481,11 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     elif key is not None:
         table[key] = (route, flat.out_shapes[0])
     if key is not None:
-        _remember(fn, x, max_memory, compile, (route, flat.out_shapes[0]))
+        _remember(fn, x, max_memory, compile, modules, (route, flat.out_shapes[0]))
     return route, _flat(fn, x, flat.out_shapes[0]), flat.out_shapes[0]
 
 
-def _remember(fn, x: torch.Tensor, max_memory, compile, entry) -> None:
-    modules = modules_of(fn)
+def _remember(fn, x: torch.Tensor, max_memory, compile, modules, entry) -> None:
     _LAST[0] = (_memo(fn), x.shape, x.dtype, x.device, max_memory, compile,
                 [weakref.ref(m) for m in modules], [m.training for m in modules], entry)
 
@@ -583,8 +586,7 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool) -> _Route:
     the race runs on the caller's calls (their values used), else on the first that needs it."""
     b, m, n = flat.batch_size, flat.n_out, flat.n_in
     device = flat.x.device
-    clock = timer(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock, sync = timer(device), synchronizer(device)
     warm_start = clock()
     warm_up_transforms("reverse")
     warm_up_methods(flat.x.dtype, str(device))
@@ -616,8 +618,8 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool) -> _Route:
     vectorized = [c for c in order if c not in estimates]  # then the loops, cheapest predicted first
     order = (*vectorized, *sorted((c for c in order if c in estimates), key=estimates.get))
     chunks, refused = {}, {}
+    fits = max(1, (budget - jac_bytes) // per_row)  # rows of a vectorized pass within the budget
     for name in order:
-        fits = max(1, (budget - jac_bytes) // per_row)
         if name in _ONE_PASS and fits < rows[name]:
             refused[name] = "does not fit in one pass"
         else:
@@ -634,7 +636,7 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool) -> _Route:
         chosen_rows = rows
         if name is None:  # every candidate raised: reverse mode over the outputs, which every op has
             name, chosen_rows = "batched_grad", {"batched_grad": m}
-            chunks[name] = int(min(m, max(1, (budget - jac_bytes) // per_row)))
+            chunks[name] = int(min(m, fits))
         chunk = chunks[name]
         dropped = {**refused, **result.dropped}
         text = why

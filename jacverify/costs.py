@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from jacverify.case import Flat
-from jacverify.measure import saved_activation_bytes, timer
+from jacverify.measure import saved_activation_bytes, synchronizer, timer
 
 __all__ = ["Work", "UnitCosts", "Budget", "choose_verification", "reference_passes",
            "reference_bytes", "METHOD_BUDGET",
@@ -72,7 +72,7 @@ class UnitCosts:
         raises is estimated at three forwards (the methods then say what raised)."""
         x = flat.x.detach()
         clock = timer(x.device)
-        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+        sync = synchronizer(x.device)
 
         def best(run) -> float:
             times = []

@@ -18,7 +18,7 @@ import torch
 from jacverify.case import Flat
 from jacverify.compare import Comparison, Reference, Scales, compare
 from jacverify.errors import NotApplicable
-from jacverify.measure import timer
+from jacverify.measure import synchronizer, timer
 
 __all__ = ["Status", "Verdict", "MethodResult", "judge", "timed", "verdict", "campaign_verdict",
            "first_line",
@@ -222,7 +222,7 @@ def timed(compute: Callable[[Flat], torch.Tensor], flat: Flat,
     warm_up_transforms("reverse")
     if mode != "reverse":
         warm_up_transforms("forward")
-    sync = torch.cuda.synchronize if flat.x.is_cuda else (lambda: None)
+    sync = synchronizer(flat.x.device)
     clock = timer(flat.x.device)  # NOTE [which clock]
     best, value = float("inf"), None
     for _ in range(runs):

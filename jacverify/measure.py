@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["Timing", "Race", "stats", "timer", "time_call", "time_calls", "race", "racing",
-           "peak_memory", "recorded_forward", "saved_activation_bytes"]
+           "synchronizer", "peak_memory", "recorded_forward", "saved_activation_bytes"]
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,10 @@ def timer(device: torch.device | str) -> Callable[[], float]:
     return time.perf_counter if torch.device(device).type == "cuda" else time.process_time
 
 
-def _sync(device: torch.device) -> Callable[[], None]:
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+def synchronizer(device: torch.device | str) -> Callable[[], None]:
+    """What waits for ``device`` to finish its queued work: torch.cuda.synchronize on CUDA, nothing
+    on the CPU (NOTE [which clock])."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
 
 # NOTE [benchmark rounds]
@@ -102,7 +104,7 @@ def time_calls(fns: dict[str, Callable[[], object]], device: torch.device | str 
 
     ``shuffle``: a seed; each round then calls them in a new random order, so no function always
     runs after the same other one (NOTE [race]: that moved a 0.1 ms call by up to 1.4x)."""
-    sync = _sync(torch.device(device))
+    sync = synchronizer(device)
     clock = timer(device)
     first: dict[str, float] = {}
     for name, fn in fns.items():
@@ -228,7 +230,7 @@ def race(calls: dict[str, Callable[[], object]], device: torch.device | str = "c
     >>> r.winner, r.dropped["broken"], r.calls >= 3, r.steady > 0
     ('fast', 'raised ZeroDivisionError', True, True)
     """
-    sync, clock = _sync(torch.device(device)), timer(device)
+    sync, clock = synchronizer(device), timer(device)
     steps = racing(list(calls), **options)
     try:
         name = next(steps)
@@ -255,8 +257,8 @@ def racing(names: list[str], *, estimates: dict[str, float] | None = None,
     that call's seconds (or the exception it raised); it returns the :class:`Race`.
 
     ``names``: the candidates in preference order. ``budget`` is in calls of the best median
-    so far (the fastest call seen before any); ``spent``, seconds the caller has spent already (counted against it); ``estimates``,
-    predicted seconds per call for some candidates; ``fallbacks``, {candidate: the one it stands
+    so far (the fastest call seen before any); ``spent``, seconds the caller has spent already
+    (counted against it); ``estimates``, predicted seconds per call for some candidates; ``fallbacks``, {candidate: the one it stands
     in for}: run only when that one raised; ``siblings``, {candidate: one doing the same work
     another way}: called after the others, predicted at its sibling's first call; ``useful``: the
     caller uses every call's result (NOTE [auto plan]'s exploration), so a call costs the budget
@@ -315,18 +317,17 @@ def racing(names: list[str], *, estimates: dict[str, float] | None = None,
     challengers = [n for n in names if n in challengers]  # back in preference order
     own.update({n: [] for n in first})
     ratios: dict[str, list[float]] = {n: [] for n in challengers}
+    per_call = 2 if primed else 1
     for r in range(rounds if challengers else 0):
         alive = [champion, *challengers]
-        per_call = (2 if primed else 1)
         if r and over(per_call * sum((own[n] or [first[n]])[-1] for n in alive),
                       per_call * len(alive)):
             break
         for name in (alive if r % 2 == 0 else alive[::-1]):  # what ran just before matters
-            if primed:
+            if primed:  # the first call of two, counted but not timed
                 outcome = yield name
                 if not isinstance(outcome, BaseException):
-                    spent += outcome
-                    made += 1
+                    record(outcome)
             outcome = yield name
             if isinstance(outcome, BaseException):
                 dropped[name] = f"raised {type(outcome).__name__} in a timed round"

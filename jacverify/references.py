@@ -20,6 +20,7 @@ from jacverify.case import Case, Flat, flatten
 from jacverify.compare import Reference, Scales, compare
 from jacverify.costs import reference_bytes, reference_passes
 from jacverify.errors import FunctionRaised, InvalidArgument, JacobianTooLarge
+from jacverify.measure import synchronizer
 from jacverify.judge import first_line
 from jacverify.methods.loops import loop
 from jacverify.oracles import Coupling, check_coupling, check_determinism, finite_differences
@@ -109,7 +110,7 @@ def estimate_seconds(flat: Flat, coupled: bool, second_order: bool = False) -> f
 
 
 def _forward_seconds(flat: Flat) -> float:
-    sync = torch.cuda.synchronize if flat.x.is_cuda else (lambda: None)
+    sync = synchronizer(flat.x.device)
     best = float("inf")
     for _ in range(2):
         sync()
