@@ -19,7 +19,7 @@ from jacverify.measure import saved_activation_bytes, synchronizer, timer
 
 __all__ = ["Work", "UnitCosts", "Budget", "choose_verification", "reference_passes",
            "reference_bytes", "METHOD_BUDGET",
-           "METHOD_BUDGET_FLOOR_S", "FULL_WITHIN", "FULL_FLOOR_S"]
+           "METHOD_BUDGET_FLOOR_PASSES", "FULL_WITHIN", "FULL_FLOOR_S"]
 
 Kind = Literal["forward", "reverse", "jvp"]
 
@@ -111,19 +111,35 @@ class UnitCosts:
 
 # NOTE [method budget]
 # A check runs every registered method whose estimated time (NOTE [cost model]) is within
-# METHOD_BUDGET times the cheapest estimate among the methods that apply, or under
-# METHOD_BUDGET_FLOOR_S whatever the ratio (so small cases run everything). A method over it is
-# `not_applicable` with its estimate and the budget, never run blindly: on the 784-256-256-10 MLP at
-# B=32 functional_vectorized_forward (B*N tangents through the whole batch) took 17 s and 7 GB,
-# 7,000 times one vmap(jacrev) call. Methods named in `methods=` always run; `method_budget=None`
-# runs every method.
+# METHOD_BUDGET times the cheapest estimate among the methods that apply, or whose work is at most
+# METHOD_BUDGET_FLOOR_PASSES passes of the batch whatever the ratio (so small cases run everything).
+# A method over it is `not_applicable` with its estimate and the budget, never run blindly: on the
+# 784-256-256-10 MLP at B=32 functional_vectorized_forward (B*N tangents through the whole batch)
+# took 17 s and 7 GB, 7,000 times one vmap(jacrev) call. Methods named in `methods=` always run;
+# `method_budget=None` runs every method.
+#
+# Both rules read the machine's speed only through ratios: every built-in Work is reverse or jvp
+# passes, priced alike, so the ratio is one of pass counts and the floor is a pass count. The same
+# case therefore runs the same methods on a laptop, a loaded CI machine and a GPU. The floor was
+# 10 ms of estimated time until a CI run on a loaded machine measured the 6 x 5 cube's pass at
+# over 0.33 ms and dropped functional_vectorized_forward (30 passes) from a check whose tests
+# expect every method. 64 passes is the loop over 8 samples of 8 outputs (B M backward passes),
+# the size of the cases the full references take as a matter of course (NOTE [verification
+# choice]): a method within it costs no more than the loop reference the check runs anyway.
 METHOD_BUDGET = 5.0
-METHOD_BUDGET_FLOOR_S = 0.01
+METHOD_BUDGET_FLOOR_PASSES = 64
 
 
 @dataclass(frozen=True)
 class Budget:
-    """The most seconds a method may be estimated to take in this check, and why."""
+    """The most seconds a method may be estimated to take in this check, and why; a method of at
+    most METHOD_BUDGET_FLOOR_PASSES passes is within it whatever its time (NOTE [method budget]).
+
+    >>> units = UnitCosts(forward=1e-3, reverse=2e-3, saved_bytes=0)
+    >>> budget = Budget.of(units, [Work(3, "reverse"), Work(500, "jvp")], 5.0)
+    >>> budget.refuses(Work(64, "jvp")) is None and budget.refuses(Work(500, "jvp")) is not None
+    True
+    """
 
     units: UnitCosts
     seconds: float
@@ -136,18 +152,17 @@ class Budget:
         if factor is None or not works:
             return None
         cheapest = min(units.seconds(w) for w in works)
-        seconds = max(factor * cheapest, METHOD_BUDGET_FLOOR_S)
-        why = (f"{factor:g}x the cheapest method's estimate ({cheapest * 1e3:.2g} ms)"
-               if seconds > METHOD_BUDGET_FLOOR_S else "its floor")
-        return cls(units, seconds, why)
+        return cls(units, factor * cheapest,
+                   f"{factor:g}x the cheapest method's estimate ({cheapest * 1e3:.2g} ms)")
 
     def refuses(self, work: Work) -> str | None:
         """Why ``work`` is over this budget, or None."""
         estimate = self.units.seconds(work)
-        if estimate <= self.seconds:
+        if estimate <= self.seconds or work.passes <= METHOD_BUDGET_FLOOR_PASSES:
             return None
         return (f"estimated {_seconds(estimate)} ({work.describe()}), over this check's method "
-                f"budget of {_seconds(self.seconds)} ({self.why}; NOTE [method budget]); name it "
+                f"budget of {_seconds(self.seconds)} ({self.why}) and over "
+                f"{METHOD_BUDGET_FLOOR_PASSES} passes (NOTE [method budget]); name it "
                 "in methods= to run it anyway, or pass method_budget=None")
 
 
