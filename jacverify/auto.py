@@ -149,7 +149,9 @@ SIBLINGS = {"vmap_vjp": "batched_grad"}
 CLOSE_SHAPES = 2.0  # both families race when M and N are within this factor of each other
 PLANNING_BUDGET = 20  # steady calls of the plan, all planning included
 EXPLORE_ROUNDS = 20  # timed rounds of a race run on the caller's calls (NOTE [auto plan])
-RACE_BUDGET = 18  # what the race may take of it (the probes included), in its best median
+# what the race may take of it (the probes included), in its best median: 18 left the batch-1
+# case's plan at 15-22 calls in all (a round's overshoot past the budget, first calls' noise)
+RACE_BUDGET = 15
 
 # NOTE [compiled route]
 # `compile=True` (or a backend name) adds a candidate after the eager race: torch.compile of the

@@ -18,7 +18,7 @@ import torch
 from jacverify.case import Flat
 from jacverify.compare import Comparison, Reference, Scales, compare
 from jacverify.errors import NotApplicable
-from jacverify.measure import synchronizer, timer
+from jacverify.measure import release_freed_memory, synchronizer, timer
 
 __all__ = ["Status", "Verdict", "MethodResult", "judge", "timed", "verdict", "campaign_verdict",
            "first_line",
@@ -265,6 +265,17 @@ def judge(method, flat: Flat, coupled: str | None, max_memory: int,
         raises :class:`~jacverify.NotApplicable` is ``not_applicable``, a wrong shape or type is a
         ``mismatch``. Nothing is raised but ``KeyboardInterrupt`` and the like.
     """
+    try:
+        return _judge(method, flat, coupled, max_memory, refs, loop_ref, dtype, rtols, scales,
+                      runs, expected, finding, budget, units)
+    finally:  # the method's tensors are gone with _judge's frame: NOTE [freed memory]
+        release_freed_memory()
+
+
+def _judge(method, flat: Flat, coupled: str | None, max_memory: int,
+           refs: tuple[Reference, ...], loop_ref: Reference | None,
+           dtype: torch.dtype, rtols, scales: Scales, runs: int,
+           expected: tuple[int, ...] | None, finding, budget, units) -> MethodResult:
     meta = dict(method=method.name, quantity=method.quantity, mode=method.mode,
                 vectorized=method.vectorized)
     reason = method.supports(flat, coupled, max_memory, budget, units)
