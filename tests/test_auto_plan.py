@@ -439,3 +439,19 @@ def test_a_sibling_is_cut_where_its_siblings_first_call_would_be(monkeypatch):
     r = race(_fake_clock(monkeypatch, hopeless), siblings={"vmap_vjp": "batched_grad"},
              budget=100)
     assert r.dropped["vmap_vjp"].startswith("predicted 2.5 ms, over 2x the best first call")
+
+
+def test_a_challenger_far_behind_a_leading_challenger_drops_out(monkeypatch):
+    """NOTE [race] 2: at batch 1, two challengers 1.25x the champion but 1.8x the leader kept
+    running and left the leader too little budget; they now drop after one round, and one within
+    the tie of the leader runs on."""
+    ms = 1e-3
+    times = {"champion": [ms], "leader": [0.7 * ms], "behind": [1.25 * ms],
+             "near": [0.75 * ms]}
+    r = race(_fake_clock(monkeypatch, times), budget=100)
+    assert r.winner == "leader"
+    assert r.dropped["behind"].startswith("1.79x leader, which leads the champion, after 1 round")
+    assert "near" not in r.dropped  # 1.07x the leader: within the tie, it may yet win on preference
+    alone = {"champion": [ms], "behind": [1.25 * ms]}  # no leader: only the champion's cuts
+    r = race(_fake_clock(monkeypatch, alone), budget=100)
+    assert r.dropped["behind"].startswith("1.25x the champion champion after 2 round")
