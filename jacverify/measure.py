@@ -202,10 +202,11 @@ class Race:
 #    the champion's in the same round (a load that drifts between rounds moves both alike). A
 #    challenger whose median ratio is over ROUND_CUT after one round, over TIE after two or three,
 #    or over 1 after four, drops out: it will not unseat the champion; so does one whose median is
-#    over ROUND_CUT (after one round) or TIE (after more) times that of a challenger leading the
-#    champion: it could not be within TIE of the winner (at batch 1, vmap_vjp and
-#    batched_double_backward, 1.2-1.4x batched_grad and 1.8-2x repeat_trick, kept running for two
-#    rounds and left repeat_trick, 1.4x faster, too little budget to prove it in 4 processes of 6)
+#    over FIRST_CUT (after one round) or TIE (after more) times that of a challenger leading the
+#    champion: it could not be within TIE of the winner (batched_double_backward, 1.03-1.1x
+#    batched_grad and 1.5x repeat_trick at batch 1, ran four rounds where repeat_trick needed
+#    the budget; cut at ROUND_CUT after one round, vmap_vjp lost the CNN in float32, where one
+#    slow first round put it at 1.39x repeat_trick and it is 1.2x faster)
 #    (dropped at a median over 1
 #    after two rounds, one of them noisy, vmap_vjp lost where it is 13% faster; kept four rounds,
 #    challengers 1.2x slower cost the CNN's plan 5 calls). The rounds stop when no challenger is
@@ -360,7 +361,7 @@ def racing(names: list[str], *, estimates: dict[str, float] | None = None,
             if median > (ROUND_CUT if r == 0 else tie if r < 3 else 1.0):
                 dropped[name] = (f"{median:.2f}x the champion {champion} after {r + 1} "
                                  "round(s), paired")
-            elif medians[leader] < 1 and median > (ROUND_CUT if r == 0 else tie) * medians[leader]:
+            elif medians[leader] < 1 and median > (FIRST_CUT if r == 0 else tie) * medians[leader]:
                 dropped[name] = (f"{median / medians[leader]:.2f}x {leader}, which leads the "
                                  f"champion, after {r + 1} round(s), paired")
         challengers = [n for n in challengers if n not in dropped]

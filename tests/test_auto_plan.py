@@ -442,15 +442,16 @@ def test_a_sibling_is_cut_where_its_siblings_first_call_would_be(monkeypatch):
 
 
 def test_a_challenger_far_behind_a_leading_challenger_drops_out(monkeypatch):
-    """NOTE [race] 2: at batch 1, two challengers 1.25x the champion but 1.8x the leader kept
-    running and left the leader too little budget; they now drop after one round, and one within
-    the tie of the leader runs on."""
+    """NOTE [race] 2: at batch 1, a challenger 1.03x the champion but 1.5x the leader ran four
+    rounds and used the leader's budget; it now drops after two rounds (after one, only past
+    FIRST_CUT: one slow first round is noise), and one within the tie of the leader runs on."""
     ms = 1e-3
-    times = {"champion": [ms], "leader": [0.7 * ms], "behind": [1.25 * ms],
-             "near": [0.75 * ms]}
+    times = {"champion": [ms], "leader": [0.5 * ms], "behind": [0.8 * ms],
+             "near": [0.53 * ms], "hopeless": [0.6 * ms, 1.2 * ms]}
     r = race(_fake_clock(monkeypatch, times), budget=100)
     assert r.winner == "leader"
-    assert r.dropped["behind"].startswith("1.79x leader, which leads the champion, after 1 round")
+    assert r.dropped["behind"].startswith("1.60x leader, which leads the champion, after 2 round")
+    assert r.dropped["hopeless"].startswith("2.40x leader, which leads the champion, after 1 round")
     assert "near" not in r.dropped  # 1.07x the leader: within the tie, it may yet win on preference
     alone = {"champion": [ms], "behind": [1.25 * ms]}  # no leader: only the champion's cuts
     r = race(_fake_clock(monkeypatch, alone), budget=100)
