@@ -202,19 +202,22 @@ class Race:
 #    the champion's in the same round (a load that drifts between rounds moves both alike). A
 #    challenger whose median ratio is over ROUND_CUT after one round, over TIE after two or three,
 #    or over 1 after four, drops out: it will not unseat the champion; so does one whose median is
-#    over FIRST_CUT (after one round) or TIE (after more) times that of a challenger leading the
-#    champion: it could not be within TIE of the winner (batched_double_backward, 1.03-1.1x
-#    batched_grad and 1.5x repeat_trick at batch 1, ran four rounds where repeat_trick needed
-#    the budget; cut at ROUND_CUT after one round, vmap_vjp lost the CNN in float32, where one
-#    slow first round put it at 1.39x repeat_trick and it is 1.2x faster)
+#    over ROUND_CUT (after one round) or TIE (after more) times that of a challenger leading the
+#    champion: it could not be within TIE of the winner (at batch 1, batched_double_backward and
+#    vmap_vjp, 1.2-1.3x batched_grad and 1.8-1.9x repeat_trick, ran two rounds where
+#    repeat_trick needed the budget; cut at FIRST_CUT after one round, repeat_trick lost in 4
+#    processes of 6, at ROUND_CUT in 1)
 #    (dropped at a median over 1
 #    after two rounds, one of them noisy, vmap_vjp lost where it is 13% faster; kept four rounds,
 #    challengers 1.2x slower cost the CNN's plan 5 calls). The rounds stop when no challenger is
 #    left, or when the next would take the race past `budget`.
 # 3. A challenger unseats the champion only with evidence: at least `min_rounds` rounds, a median
 #    ratio under 1 / TIE, and faster than the champion in every round (all but one in four when
-#    there were four or more). Two rounds were too few: loop_rows, 1.2x slower than batched_grad
-#    on the CNN in float64, won in two processes of three where the budget ended the rounds there. Otherwise the champion wins: a challenger within TIE, or one the
+#    there were four or more), or in two rounds when both were clear wins, under 1 / (TIE x
+#    CLEAR). Two rounds of the first test were too few: loop_rows, 1.2x slower than batched_grad
+#    on the CNN in float64, won in two processes of three where the budget ended the rounds there;
+#    at batch 1, where the probes and first calls leave two rounds, repeat_trick, 1.4-1.5x faster
+#    than batched_grad, lost in 3 processes of 6 for want of a third. Otherwise the champion wins: a challenger within TIE, or one the
 #    budget left too few rounds to judge, loses the same way in every process, which is what
 #    makes separate processes choose alike (the first version took the fastest median after 1-4
 #    unprimed rounds and split processes on 8 of 16 cases here). Among challengers with that
@@ -361,7 +364,7 @@ def racing(names: list[str], *, estimates: dict[str, float] | None = None,
             if median > (ROUND_CUT if r == 0 else tie if r < 3 else 1.0):
                 dropped[name] = (f"{median:.2f}x the champion {champion} after {r + 1} "
                                  "round(s), paired")
-            elif medians[leader] < 1 and median > (FIRST_CUT if r == 0 else tie) * medians[leader]:
+            elif medians[leader] < 1 and median > (ROUND_CUT if r == 0 else tie) * medians[leader]:
                 dropped[name] = (f"{median / medians[leader]:.2f}x {leader}, which leads the "
                                  f"champion, after {r + 1} round(s), paired")
         challengers = [n for n in challengers if n not in dropped]
@@ -369,9 +372,10 @@ def racing(names: list[str], *, estimates: dict[str, float] | None = None,
                                   and statistics.median(q) < 1 / (tie * CLEAR)
                                   for q in (ratios[n] for n in challengers)):
             break
-    proven = {n: statistics.median(ratios[n]) for n in challengers
-              if len(ratios[n]) >= min_rounds and statistics.median(ratios[n]) < 1 / tie
-              and sum(q >= 1 for q in ratios[n]) <= len(ratios[n]) // 4}
+    proven = {n: statistics.median(q) for n in challengers
+              if ((q := ratios[n]) and len(q) >= min_rounds and statistics.median(q) < 1 / tie
+                  and sum(x >= 1 for x in q) <= len(q) // 4)
+              or (len(q) >= 2 and max(q) < 1 / (tie * CLEAR))}
     if proven:
         fastest = min(proven.values())
         winner = next(n for n in proven if proven[n] <= tie * fastest)

@@ -443,16 +443,28 @@ def test_a_sibling_is_cut_where_its_siblings_first_call_would_be(monkeypatch):
 
 def test_a_challenger_far_behind_a_leading_challenger_drops_out(monkeypatch):
     """NOTE [race] 2: at batch 1, a challenger 1.03x the champion but 1.5x the leader ran four
-    rounds and used the leader's budget; it now drops after two rounds (after one, only past
-    FIRST_CUT: one slow first round is noise), and one within the tie of the leader runs on."""
+    rounds and used the leader's budget; it now drops after two rounds (after one, past
+    ROUND_CUT), and one within the tie of the leader runs on."""
     ms = 1e-3
-    times = {"champion": [ms], "leader": [0.5 * ms], "behind": [0.8 * ms],
-             "near": [0.53 * ms], "hopeless": [0.6 * ms, 1.2 * ms]}
+    times = {"champion": [ms], "leader": [0.5 * ms], "behind": [0.6 * ms],
+             "near": [0.53 * ms], "hopeless": [0.6 * ms, 0.8 * ms]}
     r = race(_fake_clock(monkeypatch, times), budget=100)
     assert r.winner == "leader"
-    assert r.dropped["behind"].startswith("1.60x leader, which leads the champion, after 2 round")
-    assert r.dropped["hopeless"].startswith("2.40x leader, which leads the champion, after 1 round")
+    assert r.dropped["behind"].startswith("1.20x leader, which leads the champion, after 2 round")
+    assert r.dropped["hopeless"].startswith("1.60x leader, which leads the champion, after 1 round")
     assert "near" not in r.dropped  # 1.07x the leader: within the tie, it may yet win on preference
     alone = {"champion": [ms], "behind": [1.25 * ms]}  # no leader: only the champion's cuts
     r = race(_fake_clock(monkeypatch, alone), budget=100)
     assert r.dropped["behind"].startswith("1.25x the champion champion after 2 round")
+
+
+def test_two_clear_rounds_are_evidence_enough(monkeypatch):
+    """NOTE [race] 3: where the budget leaves two rounds (batch 1), a challenger faster than the
+    champion by more than TIE x CLEAR in both wins; one faster by less needs three rounds."""
+    ms = 1e-3
+    clear = {"champion": [ms], "challenger": [0.7 * ms]}
+    assert race(_fake_clock(monkeypatch, clear), budget=100, rounds=2).winner == "challenger"
+    close = {"champion": [ms], "challenger": [0.85 * ms]}
+    assert race(_fake_clock(monkeypatch, close), budget=100, rounds=2).winner == "champion"
+    assert race(_fake_clock(monkeypatch, close), budget=100, rounds=3).winner == "challenger"
+    assert race(_fake_clock(monkeypatch, clear), budget=100, rounds=1).winner == "champion"
