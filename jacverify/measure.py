@@ -202,11 +202,11 @@ class Race:
 #    the champion's in the same round (a load that drifts between rounds moves both alike). A
 #    challenger whose median ratio is over ROUND_CUT after one round, over TIE after two or three,
 #    or over 1 after four, drops out: it will not unseat the champion; so does one whose median is
-#    over ROUND_CUT (after one round) or TIE (after more) times that of a challenger leading the
-#    champion: it could not be within TIE of the winner (at batch 1, batched_double_backward and
-#    vmap_vjp, 1.2-1.3x batched_grad and 1.8-1.9x repeat_trick, ran two rounds where
-#    repeat_trick needed the budget; cut at FIRST_CUT after one round, repeat_trick lost in 4
-#    processes of 6, at ROUND_CUT in 1)
+#    over ROUND_CUT times that of a challenger leading the champion: it will not be within TIE of
+#    the winner (at batch 1, batched_double_backward, 1.2-1.3x batched_grad and 1.7-1.8x
+#    repeat_trick, ran two rounds where repeat_trick needed the budget). Cut at TIE times the
+#    leader after two rounds, vmap_vjp, 1.1x faster than repeat_trick on the CNN in float32, lost
+#    to it in one process: near the leader, only the champion's cuts apply
 #    (dropped at a median over 1
 #    after two rounds, one of them noisy, vmap_vjp lost where it is 13% faster; kept four rounds,
 #    challengers 1.2x slower cost the CNN's plan 5 calls). The rounds stop when no challenger is
@@ -364,7 +364,7 @@ def racing(names: list[str], *, estimates: dict[str, float] | None = None,
             if median > (ROUND_CUT if r == 0 else tie if r < 3 else 1.0):
                 dropped[name] = (f"{median:.2f}x the champion {champion} after {r + 1} "
                                  "round(s), paired")
-            elif medians[leader] < 1 and median > (ROUND_CUT if r == 0 else tie) * medians[leader]:
+            elif medians[leader] < 1 and median > ROUND_CUT * medians[leader]:
                 dropped[name] = (f"{median / medians[leader]:.2f}x {leader}, which leads the "
                                  f"champion, after {r + 1} round(s), paired")
         challengers = [n for n in challengers if n not in dropped]
