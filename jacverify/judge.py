@@ -18,7 +18,7 @@ import torch
 from jacverify.case import Flat
 from jacverify.compare import Comparison, Reference, Scales, compare
 from jacverify.errors import NotApplicable
-from jacverify.measure import release_freed_memory, synchronizer, timer
+from jacverify.measure import release_freed_memory, resident_bytes, synchronizer, timer
 
 __all__ = ["Status", "Verdict", "MethodResult", "judge", "timed", "verdict", "campaign_verdict",
            "first_line",
@@ -265,11 +265,12 @@ def judge(method, flat: Flat, coupled: str | None, max_memory: int,
         raises :class:`~jacverify.NotApplicable` is ``not_applicable``, a wrong shape or type is a
         ``mismatch``. Nothing is raised but ``KeyboardInterrupt`` and the like.
     """
+    before = resident_bytes()
     try:
         return _judge(method, flat, coupled, max_memory, refs, loop_ref, dtype, rtols, scales,
                       runs, expected, finding, budget, units)
     finally:  # the method's tensors are gone with _judge's frame: NOTE [freed memory]
-        release_freed_memory()
+        release_freed_memory(since=before)
 
 
 def _judge(method, flat: Flat, coupled: str | None, max_memory: int,

@@ -5,7 +5,6 @@ must let through."""
 from __future__ import annotations
 
 import math
-import os
 import platform
 import sys
 
@@ -151,19 +150,20 @@ def test_coupling_groups_separate_every_ordered_pair_with_the_fewest_passes(b):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="malloc_trim is glibc's")
-def test_freed_tensor_memory_goes_back_to_the_system():
+def test_freed_tensor_memory_goes_back_to_the_system_when_a_run_left_it():
     """NOTE [freed memory]: pages torch freed in the middle of glibc's heap stay resident until
-    malloc_trim; 100 freed 1 MB tensors between live ones come back (measured: 105 MB)."""
-    from jacverify.measure import release_freed_memory
-
-    def resident() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    malloc_trim; 100 freed 1 MB tensors between live ones come back (measured: 105 MB), and only
+    when the resident size grew by over TRIM_ABOVE since the reading passed in."""
+    from jacverify.measure import TRIM_ABOVE, release_freed_memory, resident_bytes
 
     big = torch.ones(2**22)  # freeing 16 MB raises glibc's mmap threshold past 1 MB
     del big
+    start = resident_bytes()
     tensors = [torch.ones(2**18) for _ in range(200)]  # 1 MB each, from the heap
     del tensors[::2]
-    before = resident()
-    release_freed_memory()
-    assert before - resident() > 50 * 2**20
+    before = resident_bytes()
+    assert before - start > TRIM_ABOVE
+    release_freed_memory(since=before)  # no growth since that reading: nothing is trimmed
+    assert resident_bytes() > before - 2**20
+    release_freed_memory(since=start)  # 200 MB of growth since: trimmed
+    assert before - resident_bytes() > 50 * 2**20
