@@ -201,24 +201,24 @@ class Race:
 #    ratio swung from round to round). Each round gives a challenger a paired ratio: its time over
 #    the champion's in the same round (a load that drifts between rounds moves both alike). A
 #    challenger whose median ratio is over ROUND_CUT after one round, over TIE after two or three,
-#    or over 1 after four, drops out: it will not unseat the champion; so does one whose median is
-#    over ROUND_CUT times that of a challenger leading the champion: it will not be within TIE of
-#    the winner (at batch 1, batched_double_backward, 1.2-1.3x batched_grad and 1.7-1.8x
-#    repeat_trick, ran two rounds where repeat_trick needed the budget). Cut at TIE times the
-#    leader after two rounds, vmap_vjp, 1.1x faster than repeat_trick on the CNN in float32, lost
-#    to it in one process: near the leader, only the champion's cuts apply
-#    (dropped at a median over 1
+#    or over 1 after four, drops out: it will not unseat the champion (dropped at a median over 1
 #    after two rounds, one of them noisy, vmap_vjp lost where it is 13% faster; kept four rounds,
-#    challengers 1.2x slower cost the CNN's plan 5 calls). The rounds stop when no challenger is
-#    left, or when the next would take the race past `budget`.
+#    challengers 1.2x slower cost the CNN's plan 5 calls). So does one whose median is over
+#    ROUND_CUT times that of a challenger leading the champion: it will not be within TIE of the
+#    winner (at batch 1, batched_double_backward, 1.2-1.3x batched_grad and 1.7-1.8x
+#    repeat_trick, ran two rounds where repeat_trick needed the budget). Nearer the leader only
+#    the champion's cuts apply: cut at TIE times the leader after two rounds, vmap_vjp, 1.1x
+#    faster than repeat_trick on the CNN in float32, lost to it in one process. The rounds stop
+#    when no challenger is left, or when the next would take the race past `budget`.
 # 3. A challenger unseats the champion only with evidence: at least `min_rounds` rounds, a median
 #    ratio under 1 / TIE, and faster than the champion in every round (all but one in four when
 #    there were four or more), or in two rounds when both were clear wins, under 1 / (TIE x
 #    CLEAR). Two rounds of the first test were too few: loop_rows, 1.2x slower than batched_grad
 #    on the CNN in float64, won in two processes of three where the budget ended the rounds there;
 #    at batch 1, where the probes and first calls leave two rounds, repeat_trick, 1.4-1.5x faster
-#    than batched_grad, lost in 3 processes of 6 for want of a third. Otherwise the champion wins: a challenger within TIE, or one the
-#    budget left too few rounds to judge, loses the same way in every process, which is what
+#    than batched_grad, lost in 3 processes of 6 for want of a third. Otherwise the champion
+#    wins: a challenger within TIE, or one the budget left too few rounds to judge, loses the
+#    same way in every process, which is what
 #    makes separate processes choose alike (the first version took the fastest median after 1-4
 #    unprimed rounds and split processes on 8 of 16 cases here). Among challengers with that
 #    evidence, the first in preference order within TIE of the fastest wins. TIE is the margin
