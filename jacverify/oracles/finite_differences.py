@@ -44,20 +44,23 @@ def fd_step(x: torch.Tensor) -> torch.Tensor:
     return base * torch.exp2(torch.ceil(torch.log2(torch.clamp(x.abs(), min=1.0))))
 
 
-def finite_differences(flat: Flat, independent: bool,
-                       step: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def finite_differences(flat: Flat, independent: bool, step: float | None = None,
+                       columns: list[int] | None = None,
+                       shrink: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-sample Jacobian (B, M, N) and an elementwise bound on its error.
 
     Perturbs one input entry at a time. When samples interact it perturbs one sample at a time
     (B x N x 6 evaluations) and keeps only that sample's outputs, so it stays the per-sample truth;
     when the coupling check found them independent it perturbs entry j of every sample at once
     (N x 6 evaluations), which is exact then. ``step`` replaces the largest step h of every entry
-    (``gradcheck``'s ``eps``); the error bound is computed the same way.
+    (``gradcheck``'s ``eps``); the error bound is computed the same way. ``columns``: only these
+    input entries (the others stay 0); ``shrink``: every step times this (NOTE [kinks the steps
+    cross] in :mod:`jacverify.references`).
     """
     x, fn = flat.x.detach(), flat.values  # NOTE [values only]
     b, n, m = flat.batch_size, flat.n_in, flat.n_out
     eps = torch.finfo(x.dtype).eps
-    steps = fd_step(x) if step is None else torch.full_like(x, step)
+    steps = (fd_step(x) if step is None else torch.full_like(x, step)) * shrink
     value = x.new_zeros(b, m, n)
     error = x.new_zeros(b, m, n)
     groups = [slice(None)] if independent else [slice(i, i + 1) for i in range(b)]
@@ -65,7 +68,7 @@ def finite_differences(flat: Flat, independent: bool,
         center = fn(x)
         scale = center.abs()  # (B, M)
         for rows in groups:
-            for j in range(n):
+            for j in range(n) if columns is None else columns:
                 h = steps[rows, j]  # (b',)
                 d, curvature = [], []
                 for k in (1, 2, 4):
