@@ -258,7 +258,10 @@ def batch_jacobian(
                                   max_memory=max_memory, compile=compile, seed=seed)
     if method == "auto":
         route, flat, out_shape = _planned(fn, x, max_memory, compile, explore=True)
-        value = route(flat)
+        try:
+            value = route(flat)
+        except RuntimeError:
+            value = _zero_if_constant(flat)
         name = route.last
     else:
         (m,) = get_methods([method])
@@ -270,13 +273,27 @@ def batch_jacobian(
                                   "method='auto'")
         flat = _one_output(flatten(_case(fn, x)))
         out_shape = flat.out_shapes[0]
-        value, name = m.compute(flat), m.name
+        try:
+            value, name = m.compute(flat), m.name
+        except RuntimeError:
+            value, name = _zero_if_constant(flat), m.name
     value = value.detach()
     if verify and check_bool("verify", verify):
         _verify(fn, x, value, name, probes, seed)
     if x.ndim == 2 and len(out_shape) == 1:
         return value
     return value.reshape(x.shape[0], *out_shape, *x.shape[1:])
+
+
+def _zero_if_constant(flat: Flat) -> torch.Tensor:
+    """Zeros (B, M, N) when ``flat``'s output does not depend on its input in autograd's graph
+    (a constant, or a step such as ``(x > 0).float()``: its derivative is 0 wherever it has one,
+    as ``vmap(jacrev)`` returns), where reverse mode's ways raise torch's "does not require grad";
+    otherwise the error being handled is raised again."""
+    leaf = flat.x.detach().requires_grad_()
+    if flat.fn(leaf).requires_grad:
+        raise  # noqa: PLE0704 - called from an except clause: the method's own error
+    return flat.x.new_zeros(flat.batch_size, flat.n_out, flat.n_in)
 
 
 def _needs_grad_mode(x) -> bool:
@@ -544,6 +561,8 @@ def _pass_times(flat: Flat, clock, sync, slope: bool = True
     leaf, y, saved = recorded_forward(flat.fn, flat.x, parameters=False)
     sync()
     middle = clock()
+    if not y.requires_grad:  # no dependence on x: batch_jacobian answers zeros (_zero_if_constant)
+        return saved, middle - start, 0.0, None
     torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
     sync()
     t_f, t_b = middle - start, clock() - middle

@@ -331,7 +331,8 @@ def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = 
             raise InvalidArgument(
                 f"{where} has shape {tuple(o.shape)}, with no batch axis {out_axis} of size "
                 f"{case.batch_size}; per-sample Jacobians need one output row per sample "
-                "(return per-sample values, or pass out_batch_axis=)"
+                "(return per-sample values; jacverify.check takes out_batch_axis= for an "
+                "output whose batch axis is another)"
             )
         if not o.is_floating_point():
             raise InvalidArgument(

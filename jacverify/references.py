@@ -375,9 +375,10 @@ def _trusted_references(loop_ref: Reference | None, fd: Reference, dtype: torch.
         return (loop_ref, fd), []
     finding = (
         f"the {str(dtype).removeprefix('torch.')} loop reference disagrees with finite "
-        f"differences (max abs error "
-        f"{agreement.max_abs_error:.3g} at {agreement.worst_index}: loop "
-        f"{agreement.value_at_worst:.6g}, finite differences {agreement.reference_at_worst:.6g}), "
+        f"differences (furthest over its bound at {agreement.worst_index}: loop "
+        f"{agreement.value_at_worst:.6g}, finite differences {agreement.reference_at_worst:.6g}, "
+        f"allowed {agreement.allowed_at_worst:.3g}; max abs error "
+        f"{agreement.max_abs_error:.3g} over all entries), "
         f"beyond their error bound: {LOOP_DISAGREES}, so the loop is not trusted, every method "
         "is judged against finite differences, which use no derivative formula, and the check "
         "fails whatever the methods' dtype"

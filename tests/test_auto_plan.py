@@ -468,3 +468,33 @@ def test_two_clear_rounds_are_evidence_enough(monkeypatch):
     assert race(_fake_clock(monkeypatch, close), budget=100, rounds=2).winner == "champion"
     assert race(_fake_clock(monkeypatch, close), budget=100, rounds=3).winner == "challenger"
     assert race(_fake_clock(monkeypatch, clear), budget=100, rounds=1).winner == "champion"
+
+
+class _BackwardRaises(torch.autograd.Function):
+    @staticmethod
+    def forward(z):
+        return z * 2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("this backward is broken")
+
+
+@pytest.mark.parametrize("method", ["auto", "batched_grad", "loop"])
+def test_a_function_whose_output_does_not_depend_on_x_has_a_zero_jacobian(method):
+    """A step function or a constant: vmap(jacrev) answers zeros; reverse mode's ways raised
+    torch's "element 0 of tensors does not require grad" (found by a fresh user). Any other
+    error of a method still reaches the caller."""
+    jacverify.auto.clear_plans()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    for fn, out in ((lambda z: (z > 0).double(), 3), (lambda z: torch.ones(4, 2), 2)):
+        for _ in range(3):  # auto: the race's calls, then the plan's
+            jac = jacverify.batch_jacobian(fn, x, method=method)
+            assert jac.shape == (4, out, 3) and not jac.any()
+    if method != "auto":
+        with pytest.raises(RuntimeError, match="this backward is broken"):
+            jacverify.batch_jacobian(_BackwardRaises.apply, x, method=method)
