@@ -330,7 +330,9 @@ def racing(names: list[str], *, estimates: dict[str, float] | None = None,
     while challengers and over(first[champion] + sum(first[n] for n in challengers),
                                1 + len(challengers)):
         slowest = challengers.pop()
-        dropped[slowest] = "first call among the slowest, over the budget for a timed round"
+        dropped[slowest] = ("first call among the slowest, over the budget for a timed round"
+                            if challengers else "no timed round fits what the probes and first "
+                            "calls left of the budget: no evidence against the champion")
     challengers = [n for n in names if n in challengers]  # back in preference order
     own.update({n: [] for n in first})
     ratios: dict[str, list[float]] = {n: [] for n in challengers}

@@ -498,3 +498,15 @@ def test_a_function_whose_output_does_not_depend_on_x_has_a_zero_jacobian(method
     if method != "auto":
         with pytest.raises(RuntimeError, match="this backward is broken"):
             jacverify.batch_jacobian(_BackwardRaises.apply, x, method=method)
+
+
+def test_a_race_whose_budget_the_probes_spent_says_so(monkeypatch):
+    """A tiny function whose probes cost more than the budget (found by a fresh user): no round
+    fits, the champion stays, and the fastest challenger's reason says why rather than calling it
+    among the slowest."""
+    ms = 1e-3
+    times = {"champion": [0.58 * ms], "middle": [0.258 * ms], "fastest": [0.137 * ms]}
+    r = race(_fake_clock(monkeypatch, times), budget=18, spent=4.24 * ms)
+    assert r.winner == "champion"
+    assert r.dropped["middle"].startswith("first call among the slowest")
+    assert r.dropped["fastest"].startswith("no timed round fits what the probes")
