@@ -144,7 +144,8 @@ LOOPS = ("loop_rows", "double_backward", "repeat_trick")  # raced after the vect
 FALLBACKS = {"forward_broadcast": "batched_double_backward",
              "functional_vectorized": "batched_grad"}
 # vmap_vjp is batched_grad's work through torch.func (0.8-1.3x of it wherever both ran): called
-# after the others, and only when batched_grad's first call says it could win (NOTE [race])
+# after the others, and only when batched_grad's first call was within FIRST_CUT of the best
+# first call (NOTE [race])
 SIBLINGS = {"vmap_vjp": "batched_grad"}
 CLOSE_SHAPES = 2.0  # both families race when M and N are within this factor of each other
 PLANNING_BUDGET = 20  # steady calls of the plan, all planning included
@@ -260,8 +261,8 @@ def batch_jacobian(
         route, flat, out_shape = _planned(fn, x, max_memory, compile, explore=True)
         try:
             value = route(flat)
-        except RuntimeError:
-            value = _zero_if_constant(flat)
+        except RuntimeError as e:
+            value = _zero_if_constant(flat, e)
         name = route.last
     else:
         (m,) = get_methods([method])
@@ -275,8 +276,8 @@ def batch_jacobian(
         out_shape = flat.out_shapes[0]
         try:
             value, name = m.compute(flat), m.name
-        except RuntimeError:
-            value, name = _zero_if_constant(flat), m.name
+        except RuntimeError as e:
+            value, name = _zero_if_constant(flat, e), m.name
     value = value.detach()
     if verify and check_bool("verify", verify):
         _verify(fn, x, value, name, probes, seed)
@@ -285,14 +286,14 @@ def batch_jacobian(
     return value.reshape(x.shape[0], *out_shape, *x.shape[1:])
 
 
-def _zero_if_constant(flat: Flat) -> torch.Tensor:
+def _zero_if_constant(flat: Flat, error: RuntimeError) -> torch.Tensor:
     """Zeros (B, M, N) when ``flat``'s output does not depend on its input in autograd's graph
     (a constant, or a step such as ``(x > 0).float()``: its derivative is 0 wherever it has one,
     as ``vmap(jacrev)`` returns), where reverse mode's ways raise torch's "does not require grad";
-    otherwise the error being handled is raised again."""
+    otherwise ``error``, the method's own, is raised again."""
     leaf = flat.x.detach().requires_grad_()
     if flat.fn(leaf).requires_grad:
-        raise  # noqa: PLE0704 - called from an except clause: the method's own error
+        raise error
     return flat.x.new_zeros(flat.batch_size, flat.n_out, flat.n_in)
 
 
@@ -304,7 +305,9 @@ def _needs_grad_mode(x) -> bool:
         or (isinstance(x, torch.Tensor) and x.is_inference())
 
 
-def _case(fn, x):
+def _case(fn, x, modules: list[torch.nn.Module] | None = None):
+    """``make_case(fn, x)`` after batch_jacobian's own checks of ``x`` and of the dtypes of the
+    parameters ``fn`` reaches (``modules``: :func:`modules_of`, when the caller has them)."""
     if not isinstance(x, torch.Tensor) or x.ndim < 1:
         what = f"a tensor with {x.ndim} dimensions" if isinstance(x, torch.Tensor) \
             else type(x).__name__
@@ -313,7 +316,8 @@ def _case(fn, x):
     if not x.is_floating_point():
         raise InvalidArgument(f"x has dtype {x.dtype}; a Jacobian needs floating inputs: pass "
                               "x.float() or x.double()")
-    dtypes = {p.dtype for m in modules_of(fn) for p in m.parameters(recurse=False)
+    dtypes = {p.dtype for m in (modules_of(fn) if modules is None else modules)
+              for p in m.parameters(recurse=False)
               if p.is_floating_point()}
     if dtypes - {x.dtype}:
         raise InvalidArgument(f"fn's parameters are {', '.join(sorted(map(str, dtypes)))} but x is "
@@ -488,7 +492,7 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
         route, out_shape = entry
         _remember(fn, x, max_memory, compile, modules, entry)
         return route, _flat(fn, x, out_shape), out_shape
-    case = _case(fn, x)
+    case = _case(fn, x, modules)
     if max_memory is not None:
         max_memory = int(check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30"))
     flat = _one_output(flatten(case))

@@ -138,8 +138,8 @@ def _run_check(fn, inputs, *, methods, batch_axis, out_batch_axis, dtype, device
                                               fix="seconds, or None for no estimate")
     if method_budget is not None:
         method_budget = validation.check_number("method_budget", method_budget, allow_inf=True,
-                                                fix="a factor such as 5 (the default), or None to run every "
-                                                "method")
+                                                fix="a factor such as 5 (the default), or "
+                                                "None to run every method")
     case = make_case(fn, inputs, batch_axis=batch_axis, out_batch_axis=out_batch_axis,
                      dtype=dtype, device=device, seed=seed)
     if on_case is not None:

@@ -374,10 +374,14 @@ def racing(names: list[str], *, estimates: dict[str, float] | None = None,
                                   and statistics.median(q) < 1 / (tie * CLEAR)
                                   for q in (ratios[n] for n in challengers)):
             break
-    proven = {n: statistics.median(q) for n in challengers
-              if ((q := ratios[n]) and len(q) >= min_rounds and statistics.median(q) < 1 / tie
-                  and sum(x >= 1 for x in q) <= len(q) // 4)
-              or (len(q) >= 2 and max(q) < 1 / (tie * CLEAR))}
+    def evidence(q: list[float]) -> bool:
+        """NOTE [race] 3: enough rounds, faster by TIE in the median and in (nearly) every round;
+        or two rounds, both clear wins."""
+        steady = bool(q) and len(q) >= min_rounds and statistics.median(q) < 1 / tie \
+            and sum(x >= 1 for x in q) <= len(q) // 4
+        return steady or (len(q) >= 2 and max(q) < 1 / (tie * CLEAR))
+
+    proven = {n: statistics.median(ratios[n]) for n in challengers if evidence(ratios[n])}
     if proven:
         fastest = min(proven.values())
         winner = next(n for n in proven if proven[n] <= tie * fastest)
