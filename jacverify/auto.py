@@ -227,7 +227,10 @@ def batch_jacobian(
         x: the inputs, (B, *in).
         method: "auto" (NOTE [auto plan]: its first calls on a new shape race the candidates,
             each returning the Jacobian its candidate computed) or the name of a registered
-            batch_jacobian method.
+            batch_jacobian method. auto probes for samples that interact (BatchNorm in train
+            mode) and for randomness first; a named method runs as it is, on its own
+            assumptions (most take samples to be independent): pass ``verify=True`` to have
+            its answer checked.
         verify: check this answer against finite differences with ``probes`` random projections
             uᵀ J v (cost: 6 forward passes per probe, whatever the size); raise if it is wrong.
         max_memory: bytes the computation may use; the default is NOTE [auto plan]'s budget.
@@ -261,7 +264,10 @@ def batch_jacobian(
         route, flat, out_shape = _planned(fn, x, max_memory, compile, explore=True)
         try:
             value = route(flat)
-        except RuntimeError as e:
+        except Exception as e:
+            _check_input(fn, x)  # the cached plan skipped _case's checks: a model converted
+            if not isinstance(e, RuntimeError):  # since (net.float()) gets their error
+                raise
             value = _zero_if_constant(flat, e)
         name = route.last
     else:
@@ -306,8 +312,14 @@ def _needs_grad_mode(x) -> bool:
 
 
 def _case(fn, x, modules: list[torch.nn.Module] | None = None):
-    """``make_case(fn, x)`` after batch_jacobian's own checks of ``x`` and of the dtypes of the
-    parameters ``fn`` reaches (``modules``: :func:`modules_of`, when the caller has them)."""
+    """``make_case(fn, x)`` after :func:`_check_input`."""
+    _check_input(fn, x, modules)
+    return make_case(fn, x)
+
+
+def _check_input(fn, x, modules: list[torch.nn.Module] | None = None) -> None:
+    """batch_jacobian's own checks of ``x`` and of the dtypes of the parameters ``fn`` reaches
+    (``modules``: :func:`modules_of`, when the caller has them); raises InvalidArgument."""
     if not isinstance(x, torch.Tensor) or x.ndim < 1:
         what = f"a tensor with {x.ndim} dimensions" if isinstance(x, torch.Tensor) \
             else type(x).__name__
@@ -323,7 +335,6 @@ def _case(fn, x, modules: list[torch.nn.Module] | None = None):
         raise InvalidArgument(f"fn's parameters are {', '.join(sorted(map(str, dtypes)))} but x is "
                               f"{x.dtype}: convert the model, e.g. model.to({x.dtype}), or pass "
                               "x in the model's dtype")
-    return make_case(fn, x)
 
 
 def _one_output(flat: Flat) -> Flat:
@@ -445,10 +456,19 @@ def modules_of(fn, depth: int = 6) -> list[torch.nn.Module]:
 
 # The last plan used, checked first (a repeated call cost 7 us through the cache above, 2 us
 # here: 15% of a 0.1 ms Jacobian at batch 1 went to finding its plan): (a weak reference to fn,
-# shape, dtype, device, max_memory, compile, weak references to the modules and their train/eval
-# modes, the cache entry). Nothing in it keeps a model alive (a compiled entry's route does, as
-# in _COMPILED).
+# shape, dtype, device, max_memory, compile, weak references to the modules, their _tree_state,
+# the cache entry). Nothing in it keeps a model alive (a compiled entry's route does, as in
+# _COMPILED).
 _LAST: list = [None]
+
+
+def _tree_state(modules) -> list[tuple[bool, tuple[int, ...]]]:
+    """Each module's train/eval mode and its children's identities: what the fast path checks is
+    unchanged. A layer swapped in (``net[1] = torch.nn.BatchNorm1d(8)``, the old one still held
+    elsewhere) changes its parent's children; without this the fast path kept the old plan, and a
+    vectorized route over samples the new BatchNorm couples returned a Jacobian off by 0.96."""
+    return [(m.training, tuple(map(id, m._modules.values()))) if m is not None else None
+            for m in modules]
 
 
 def _memo(fn) -> Callable[[], object]:
@@ -466,7 +486,7 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     if last is not None and isinstance(x, torch.Tensor) and last[0]() is fn \
             and last[1] == x.shape and last[2] == x.dtype \
             and last[3] == x.device and last[4] == max_memory and last[5] is compile \
-            and [getattr(m(), "training", None) for m in last[6]] == last[7]:
+            and _tree_state([m() for m in last[6]]) == last[7]:
         route, out_shape = last[8]
         return route, _flat(fn, x, out_shape), out_shape
     if compile is not False and not (compile is True or isinstance(compile, str) and compile):
@@ -512,7 +532,7 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
 
 def _remember(fn, x: torch.Tensor, max_memory, compile, modules, entry) -> None:
     _LAST[0] = (_memo(fn), x.shape, x.dtype, x.device, max_memory, compile,
-                [weakref.ref(m) for m in modules], [m.training for m in modules], entry)
+                [weakref.ref(m) for m in modules], _tree_state(modules), entry)
 
 
 def _candidates(m: int, n: int) -> tuple[tuple[str, ...], str]:

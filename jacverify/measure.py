@@ -232,6 +232,15 @@ class Race:
 # winner's steady time or near it, so a race under `budget` of them costs about `budget` calls of
 # the plan it picks, however slow its first calls were. When the caller uses every call's value
 # (`useful`), a call counts only beyond that median.
+# Much of a timed call's noise on the CPU is the C allocator's: a call that touches pages glibc
+# handed back to the kernel takes a minor page fault per page (ru_minflt), counted in its CPU
+# time. On the CNN (1x28x28, B=8, float32) vmap_vjp took 1.6 ms without faults and 2.3-2.6 ms
+# with 390-500, in runs of rounds of one race, after another method and even on the second call
+# of itself; its calls in a row took none. Re-timing a call that faulted, up to 3 timed calls a
+# round, was tried: the CNN planned vmap_vjp in 9 processes of 9, as it did without that in the
+# same hour, 64-64-64 at B=16 in float64 in 7 of 9 (6 without), and its planning took 17-23 calls
+# instead of 6-21; not kept. A method whose buffers are over glibc's mmap threshold faults on
+# every call (vmap_vjp on the encoder layer: 26,913 pages a call), which the plan pays too.
 FIRST_CUT, ESTIMATE_CUT, ROUND_CUT, ROUNDS, MIN_ROUNDS, TIE = 2.0, 1.5, 1.3, 6, 3, 1.1
 CONCLUSIVE, CLEAR = 4, 1.1  # rounds all won by a challenger faster by TIE x CLEAR: the end
 

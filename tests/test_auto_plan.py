@@ -364,6 +364,26 @@ def test_a_model_behind_a_function_switched_to_train_is_planned_again(reach):
     assert jacverify.plan(f, x).method == "batched_grad_per_sample"
 
 
+def test_a_layer_swapped_in_while_the_old_one_lives_is_planned_again():
+    """The last-plan fast path (auto._LAST) checked the train/eval modes of the modules it had
+    seen, and a swapped-out layer still held elsewhere kept its mode: ``net[1] = BatchNorm1d``
+    then ran the cached independent-samples route and returned blocks 0.96 off. The
+    parent's children are checked too (auto._tree_state)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),
+                              torch.nn.Linear(6, 3)).double()
+    clear_plans()
+    x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        jacverify.batch_jacobian(net, x)
+    old = net[1]  # noqa: F841 - alive, as a user's reference to it would be
+    net[1] = torch.nn.BatchNorm1d(6).double()  # train mode: the batch's statistics
+    full = torch.autograd.functional.jacobian(net, x)
+    blocks = torch.stack([full[b, :, b] for b in range(8)])
+    torch.testing.assert_close(jacverify.batch_jacobian(net, x), blocks, rtol=0, atol=1e-10)
+    assert jacverify.plan(net, x).method == "batched_grad_per_sample"
+
+
 def test_batch_jacobian_refuses_or_handles_what_a_fresh_user_tried():
     net = _mlp(4, 8, 3)
     x = torch.randn(5, 4, dtype=torch.float64)
@@ -395,6 +415,9 @@ def test_batch_jacobian_refuses_or_handles_what_a_fresh_user_tried():
         jacverify.batch_jacobian(lambda z: (net(z), net(z)), x, method="batched_grad")
     with pytest.raises(InvalidArgument, match="verify"):
         jacverify.batch_jacobian(net, x, verify="yes")
+    net.float()  # after cached calls: the fast path's error is the plan's, not torch's
+    with pytest.raises(InvalidArgument, match="parameters are torch.float32 but x is torch.float64"):
+        jacverify.batch_jacobian(net, x)
 
 
 def test_a_function_with_randomness_is_refused_at_batch_1_too():
