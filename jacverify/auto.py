@@ -22,6 +22,7 @@ from jacverify.measure import (ROUNDS, Race, race, racing, recorded_forward, syn
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism
 from jacverify.oracles.projections import DEFAULT_PROBES
+from jacverify.references import kept_buffers
 
 __all__ = ["batch_jacobian", "plan", "Plan", "modules_of"]
 
@@ -206,7 +207,8 @@ def plan(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
             return plan(fn, x.clone() if isinstance(x, torch.Tensor) else x,
                         max_memory=max_memory, compile=compile)
     route, flat, _ = _planned(fn, x, max_memory, compile, explore=False)
-    return route.finish(flat)
+    with kept_buffers(modules_of(fn)):  # the race's calls are not the caller's
+        return route.finish(flat)
 
 
 def batch_jacobian(
@@ -286,7 +288,8 @@ def batch_jacobian(
             value, name = _zero_if_constant(flat, e), m.name
     value = value.detach()
     if verify and check_bool("verify", verify):
-        _verify(fn, x, value, name, probes, seed)
+        with kept_buffers(modules_of(fn)):  # its forwards are not the caller's
+            _verify(fn, x, value, name, probes, seed)
     if x.ndim == 2 and len(out_shape) == 1:
         return value
     return value.reshape(x.shape[0], *out_shape, *x.shape[1:])
@@ -512,14 +515,15 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
         route, out_shape = entry
         _remember(fn, x, max_memory, compile, modules, entry)
         return route, _flat(fn, x, out_shape), out_shape
-    case = _case(fn, x, modules)
     if max_memory is not None:
         max_memory = int(check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30"))
-    flat = _one_output(flatten(case))
-    route = _make_plan(flat, max_memory, explore=explore and not backend)
+    with kept_buffers(modules):  # the checks' and probes' forwards, and a race run here, are
+        flat = _one_output(flatten(_case(fn, x, modules)))  # not the caller's call
+        route = _make_plan(flat, max_memory, explore=explore and not backend)
+        if backend:
+            route.finish(flat)
+            route = _compiled_plan(route, flat, backend)
     if backend:
-        route.finish(flat)
-        route = _compiled_plan(route, flat, backend)
         _COMPILED[strong] = (route, flat.out_shapes[0])
         while len(_COMPILED) > COMPILED_PLANS:
             _COMPILED.popitem(last=False)

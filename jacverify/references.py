@@ -11,7 +11,7 @@ import dataclasses
 import copy
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -402,15 +402,27 @@ def warnings_recorded() -> Iterator[None]:
 @contextlib.contextmanager
 def isolated(fn: object) -> Iterator[None]:
     """Around a check of ``fn``: warnings recorded, and a module's buffers (running statistics)
-    put back afterwards."""
-    with warnings_recorded():
-        if not isinstance(fn, torch.nn.Module):
-            yield
-            return
-        saved = {name: b.detach().clone() for name, b in fn.named_buffers()}
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, b in fn.named_buffers():
-                    b.copy_(saved[name])
+    put back afterwards (:func:`kept_buffers`)."""
+    with warnings_recorded(), kept_buffers(fn.modules() if isinstance(fn, torch.nn.Module) else ()):
+        yield
+
+
+@contextlib.contextmanager
+def kept_buffers(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
+    """The buffers of ``modules`` (a BatchNorm's running statistics and its count of batches) put
+    back as they were on the way out, however many forwards ran inside: what jacverify runs of a
+    model beyond the caller's own call leaves it as it found it.
+
+    >>> bn = torch.nn.BatchNorm1d(2)
+    >>> with kept_buffers([bn]):
+    ...     _ = bn(torch.randn(4, 2)), bn(torch.randn(4, 2))
+    >>> int(bn.num_batches_tracked), float(bn.running_mean.abs().sum())
+    (0, 0.0)
+    """
+    saved = [(b, b.detach().clone()) for m in modules for b in m.buffers(recurse=False)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, copy in saved:
+                b.copy_(copy)
