@@ -396,9 +396,11 @@ def clear_plans() -> None:
 
 def call_key(fn, *tensors: torch.Tensor, extra: object = None,
              modules: list[torch.nn.Module] | None = None) -> tuple:
-    """What a cached choice depends on: shapes, dtypes, devices, the train/eval modes of the
-    modules ``fn`` reaches (``modules``, when the caller has them: :func:`modules_of`), ``extra``."""
-    modes = tuple((id(m), m.training) for m in (modules_of(fn) if modules is None else modules))
+    """What a cached choice depends on: shapes, dtypes, devices, the state (:func:`_module_state`)
+    of the modules ``fn`` reaches (``modules``, when the caller has them: :func:`modules_of`),
+    ``extra``."""
+    modes = tuple((id(m), _module_state(m))
+                  for m in (modules_of(fn) if modules is None else modules))
     return (*((tuple(t.shape), t.dtype, t.device) for t in tensors), modes, extra)
 
 
@@ -465,13 +467,29 @@ def modules_of(fn, depth: int = 6) -> list[torch.nn.Module]:
 _LAST: list = [None]
 
 
-def _tree_state(modules) -> list[tuple[bool, tuple[int, ...]]]:
-    """Each module's train/eval mode and its children's identities: what the fast path checks is
-    unchanged. A layer swapped in (``net[1] = torch.nn.BatchNorm1d(8)``, the old one still held
-    elsewhere) changes its parent's children; without this the fast path kept the old plan, and a
-    vectorized route over samples the new BatchNorm couples returned a Jacobian off by 0.96."""
-    return [(m.training, tuple(map(id, m._modules.values()))) if m is not None else None
-            for m in modules]
+def _module_state(m: torch.nn.Module) -> tuple:
+    """What of a module a plan depends on beyond its identity: its train/eval mode, its children's
+    identities and its forward hooks'. A layer swapped in (``net[1] = torch.nn.BatchNorm1d(8)``,
+    the old one still held elsewhere) changes its parent's children, and a hook that centres a
+    layer's output over the batch makes samples interact; without them the last-plan fast path
+    kept the old plan, and a vectorized route over samples they couple returned Jacobians 0.96
+    and 0.22 off. What a forward reads elsewhere (a flag on the module) is not seen:
+    ``clear_plans()``.
+
+    >>> lin = torch.nn.Linear(2, 2)
+    >>> before = _module_state(lin)
+    >>> _ = lin.register_forward_hook(lambda m, i, o: o - o.mean(0))
+    >>> _module_state(lin) == before
+    False
+    """
+    return (m.training, tuple(map(id, m._modules.values())), tuple(m._forward_hooks),
+            tuple(m._forward_pre_hooks))
+
+
+def _tree_state(modules) -> list[tuple | None]:
+    """Each module's :func:`_module_state` (None for one since freed): what the fast path checks
+    is unchanged."""
+    return [_module_state(m) if m is not None else None for m in modules]
 
 
 def _memo(fn) -> Callable[[], object]:

@@ -7,13 +7,14 @@ from collections.abc import Callable
 import torch
 
 from jacverify.judge import describe_worst
-from jacverify.auto import call_key, plan_table
+from jacverify.auto import call_key, modules_of, plan_table
 from jacverify.case import Flat, flatten, make_case
 from jacverify.compare import Reference, compare, tolerances
 from jacverify.errors import InvalidArgument, MismatchError
 from jacverify.measure import time_calls
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism, directional_differences
+from jacverify.references import kept_buffers
 
 __all__ = ["jvp_set", "batch_hessian", "JVP_FAMILY", "HESSIAN_FAMILY"]
 
@@ -50,7 +51,11 @@ def _fastest(quantity: str, family: tuple[str, ...], flat: Flat, key: tuple, fn)
 
 def _run(quantity: str, method: str, family, flat: Flat, key: tuple,
          fn) -> tuple[str, torch.Tensor]:
-    name = _fastest(quantity, family, flat, key, fn) if method == "auto" else method
+    if method == "auto":
+        with kept_buffers(modules_of(fn)):  # the timing's calls are not the caller's
+            name = _fastest(quantity, family, flat, key, fn)
+    else:
+        name = method
     (m,) = get_methods([name], quantity)
     return name, m.compute(flat)
 
@@ -87,13 +92,15 @@ def jvp_set(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, vectors
     if not isinstance(x, torch.Tensor):
         raise InvalidArgument(f"x={type(x).__name__} must be a tensor: the point")
     vec = vector_rows("vectors", vectors, tuple(x.shape), "tangent")
-    point = AtPoint(fn)
-    flat = flatten(make_case(point, x.unsqueeze(0)))
+    point, modules = AtPoint(fn), modules_of(fn)
+    with kept_buffers(modules):  # make_case's validating call is not the caller's
+        flat = flatten(make_case(point, x.unsqueeze(0)))
     flat = Flat(flat.fn, flat.x, flat.in_shapes, flat.out_shapes, vec.to(flat.x))
     key = call_key(fn, x, vec, extra="jvp_set")
     name, value = _run("jvp_set", method, JVP_FAMILY, flat, key, fn)
     if verify:
-        ref = directional_differences(flat, vec.to(flat.x), per_sample=False, independent=True)
+        with kept_buffers(modules):
+            ref = directional_differences(flat, vec.to(flat.x), per_sample=False, independent=True)
         _judge(name, "jvp_set", value, ref, flat.x.dtype)
     return value.reshape(len(vec), *flat.out_shapes[0])
 
@@ -126,17 +133,21 @@ def batch_hessian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *
     """
     if not isinstance(x, torch.Tensor) or x.ndim < 1:
         raise InvalidArgument(f"x={type(x).__name__} must be a tensor with the batch first")
-    flat = flatten(make_case(fn, x))
-    key = call_key(fn, x, extra="hessian")
-    if key not in plan_table(fn):
-        noise, center = check_determinism(flat)
-        coupling = check_coupling(flat, 0, noise, center=center)
-        if coupling.coupled:
-            raise InvalidArgument(f"samples interact ({coupling.reason}): every per-sample Hessian "
-                                  "method assumes they do not; call model.eval() or fix the batch")
+    modules = modules_of(fn)
+    key = call_key(fn, x, extra="hessian", modules=modules)
+    with kept_buffers(modules):  # the validating call and the probes are not the caller's
+        flat = flatten(make_case(fn, x))
+        if key not in plan_table(fn):
+            noise, center = check_determinism(flat)
+            coupling = check_coupling(flat, 0, noise, center=center)
+            if coupling.coupled:
+                raise InvalidArgument(f"samples interact ({coupling.reason}): every per-sample "
+                                      "Hessian method assumes they do not; call model.eval() or "
+                                      "fix the batch")
     name, value = _run("hessian", method, HESSIAN_FAMILY, flat, key, fn)
     if verify:
-        _verify_hessian(flat, value, name)
+        with kept_buffers(modules):
+            _verify_hessian(flat, value, name)
     return value.reshape(x.shape[0], *flat.out_shapes[0], *x.shape[1:], *x.shape[1:])
 
 

@@ -384,6 +384,26 @@ def test_a_layer_swapped_in_while_the_old_one_lives_is_planned_again():
     assert jacverify.plan(net, x).method == "batched_grad_per_sample"
 
 
+def test_a_hook_that_couples_samples_added_after_planning_is_planned_again():
+    """Found by a fresh user: a forward hook that centres a layer's output over the batch,
+    registered after planning, kept the independent-samples plan (0.22 off the diagonal blocks,
+    in the fast path and in the cached table alike)."""
+    net = _mlp(5, 8, 3)
+    x = torch.randn(8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    clear_plans()
+    for _ in range(3):
+        jacverify.batch_jacobian(net, x)
+    other = _mlp(5, 8, 3)
+    jacverify.batch_jacobian(other, x)  # the fast path now holds another model: the table's key
+    for model in (net, other):
+        handle = model[1].register_forward_hook(lambda m, i, o: o - o.mean(0, keepdim=True))
+        full = torch.autograd.functional.jacobian(model, x)
+        blocks = torch.stack([full[b, :, b] for b in range(8)])
+        torch.testing.assert_close(jacverify.batch_jacobian(model, x), blocks, rtol=0, atol=1e-10)
+        handle.remove()  # and back to the independent plan
+        assert jacverify.plan(model, x).method != "batched_grad_per_sample"
+
+
 def test_a_call_moves_running_statistics_as_one_forward_does():
     """auto's validation, probes and race, and verify=True's finite differences, ran 7 forwards
     of the model on its first call, each a BatchNorm update in train mode: the running mean

@@ -243,8 +243,11 @@ def test_batch_hessian_auto_and_its_verification():
     hidden = second_order_net(HiddenSecondOrderDetach()).double()
     with pytest.raises(jacverify.MismatchError, match="hessian via .* failed its verification"):
         jacverify.batch_hessian(hidden, x, verify=True)
+    coupled = BatchCoupled().double().train()
     with pytest.raises(jacverify.InvalidArgument, match="samples interact"):
-        jacverify.batch_hessian(BatchCoupled().double().train(), torch.randn(6, 5, dtype=torch.float64))
+        jacverify.batch_hessian(coupled, torch.randn(6, 5, dtype=torch.float64))
+    # the refusal's validation and probes (5 forwards) left the model's statistics as they were
+    assert int(coupled[1].num_batches_tracked) == 0 and not coupled[1].running_mean.any()
 
 
 @pytest.mark.slow  # the CLI in a subprocess
