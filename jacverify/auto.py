@@ -280,7 +280,7 @@ def batch_jacobian(
             raise InvalidArgument(f"compile={compile!r} races compiled routes in method='auto'; "
                                   f"method={method!r} runs as it is: drop compile= or use "
                                   "method='auto'")
-        flat = _one_output(flatten(_case(fn, x)))
+        flat = _validated(fn, x)
         out_shape = flat.out_shapes[0]
         try:
             value, name = m.compute(flat), m.name
@@ -338,6 +338,23 @@ def _check_input(fn, x, modules: list[torch.nn.Module] | None = None) -> None:
         raise InvalidArgument(f"fn's parameters are {', '.join(sorted(map(str, dtypes)))} but x is "
                               f"{x.dtype}: convert the model, e.g. model.to({x.dtype}), or pass "
                               "x in the model's dtype")
+
+
+def _validated(fn, x) -> Flat:
+    """``x`` in the canonical form for a named method: checked and shaped by one call of ``fn``
+    (its buffers put back: it is not the caller's call) on the first use of this function, shape,
+    dtype, device and module state, cached as plans are, and without calling ``fn`` after that
+    (the call made a 0.09 ms Jacobian at batch 1 take 0.18 ms, where auto's took 0.09)."""
+    modules = modules_of(fn)
+    _check_input(fn, x, modules)
+    key = call_key(fn, x, extra="validated", modules=modules)
+    table = plan_table(fn)
+    if key in table:
+        return _flat(fn, x, table[key])
+    with kept_buffers(modules):
+        flat = _one_output(flatten(make_case(fn, x)))
+    table[key] = flat.out_shapes[0]
+    return flat
 
 
 def _one_output(flat: Flat) -> Flat:
@@ -717,6 +734,8 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool) -> _Route:
             text += f"; {name}"
         if dropped:
             text += f" (dropped: {'; '.join(f'{c} {r}' for c, r in dropped.items())})"
+        if result.lost:
+            text += f" (lost: {'; '.join(f'{c} {r}' for c, r in result.lost.items())})"
         if chunk < chosen_rows[name]:
             text += (f"; {math.ceil(chosen_rows[name] / chunk)} passes of {chunk} rows"
                      + (" (a loop: one row per pass)" if name in _ONE_ROW

@@ -341,6 +341,7 @@ def _check(args: argparse.Namespace) -> int:
     _check_run_options(args.quantity, kwargs)
     from rich.console import Console
 
+    from jacverify.config import config_keys
     from jacverify.discover import LoadError, discover, load
     from jacverify.errors import InvalidArgument
     from jacverify.outcomes import Outcome, session_document, write_json
@@ -350,6 +351,7 @@ def _check(args: argparse.Namespace) -> int:
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     usage_errors, candidates, passed_over = [], [], []
+    configured, named = set(), set()  # target names the configurations give; names they matched
     for spec in args.files:
         try:
             module = load(spec)
@@ -362,6 +364,8 @@ def _check(args: argparse.Namespace) -> int:
         except InvalidArgument as e:
             raise Usage(str(e)) from None
         targets, skipped = discover(module, spec, configs)
+        configured |= set(configs)
+        named |= {key for name in vars(module) for key in config_keys(spec, name)}
         for line in skipped:
             out.print(line, markup=False)
         passed_over += [Outcome(line.partition(": skipped")[0], "module class",
@@ -373,6 +377,9 @@ def _check(args: argparse.Namespace) -> int:
             usage_errors.append(msg)
             err.print(f"jacverify: error: {msg}", markup=False)
         candidates += targets
+    for name in sorted(configured - named):  # a misspelled name leaves its target unconfigured
+        err.print(f"jacverify: note: the configuration's targets.{name} names nothing in "
+                  f"{', '.join(args.files)}", markup=False)
     outcomes = _run_all(candidates, args, kwargs, out, err) + passed_over
     if args.json:
         write_json(args.json, session_document(outcomes, device=kwargs.get("device", "cpu"),
@@ -495,6 +502,10 @@ def _print_outcome(o, quiet: bool, out) -> None:
                      f" worst {worst.max_abs_error:.3g} at {worst.worst_index})")
         else:
             line += f", fastest {r.fastest})" if r.fastest else ")"
+        if o.status == "unverified":  # why: the hint, else the one reason every method gave
+            reasons = {x.reason for x in r.results if x.reason}
+            why = reasons.pop() if len(reasons) == 1 else r.headline().partition(": ")[2]
+            line += f": {r.hint or why}"
         out.print(line, markup=False)
         return
     out.rule(f"{o.name} ({o.kind})")

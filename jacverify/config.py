@@ -26,7 +26,7 @@ from typing import Any
 from jacverify import validation
 from jacverify.errors import InvalidArgument
 
-__all__ = ["TargetConfig", "find_pyproject", "load_config", "config_for"]
+__all__ = ["TargetConfig", "find_pyproject", "load_config", "config_for", "config_keys"]
 
 _KEYS = ("args", "kwargs", "inputs", "batch_axis")
 
@@ -126,5 +126,10 @@ def config_for(configs: Mapping[str, TargetConfig], label: str, name: str) -> Ta
     ...            "b.py", "Net").args
     (2,)
     """
-    return configs.get(f"{Path(label).name}::{name}") or configs.get(f"{label}::{name}") or \
-        configs.get(name)
+    return next((configs[k] for k in config_keys(label, name) if k in configs), None)
+
+
+def config_keys(label: str, name: str) -> tuple[str, str, str]:
+    """The keys that configure target ``name`` of file ``label``, first wins: file name, path,
+    bare name."""
+    return (f"{Path(label).name}::{name}", f"{label}::{name}", name)

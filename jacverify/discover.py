@@ -180,10 +180,7 @@ def example_input(tgt: Target, fn: Callable, batch_size: int, seed: int,
                      for s in tgt.input_shapes), tgt.batch_axis
     given = tgt.example_input if tgt.example_input is not None else getattr(fn, "example_input", None)
     if given is not None:
-        value = given() if callable(given) else given
-        value = (value,) if isinstance(value, torch.Tensor) else tuple(value)
-        if not value or not all(isinstance(v, torch.Tensor) for v in value):
-            raise NoInput(f"example_input of {tgt.name} gave {type(value).__name__}, not tensors")
+        value = _example_tensors(tgt.name, given() if callable(given) else given)
         return tuple(v.to(dtype) if dtype else v for v in value), tgt.batch_axis
     shape, axis = _infer(fn, batch_size) if isinstance(fn, nn.Module) else (None, 0)
     if shape is None:
@@ -194,6 +191,21 @@ def example_input(tgt: Target, fn: Callable, batch_size: int, seed: int,
     if arity > 1:
         return _one_per_argument(tgt, fn, shape, arity, gen, dtype or torch.float32), axis
     return (torch.randn(shape, generator=gen, dtype=dtype or torch.float32),), axis
+
+
+def _example_tensors(name: str, value: object) -> tuple[torch.Tensor, ...]:
+    """An example_input's value as a tuple of tensors, or NoInput naming what it was."""
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    fix = "return a tensor with the batch first, or a tuple of them (one per forward argument)"
+    if not isinstance(value, (tuple, list)) or not value:
+        raise NoInput(f"example_input of {name} gave {type(value).__name__} {value!r:.40}, not a "
+                      f"tensor: {fix}")
+    for i, v in enumerate(value):
+        if not isinstance(v, torch.Tensor):
+            raise NoInput(f"example_input of {name} gave a {type(value).__name__} whose item {i} "
+                          f"is {type(v).__name__} {v!r:.40}, not a tensor: {fix}")
+    return tuple(value)
 
 
 def forward_arity(fn: Callable) -> int:

@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -157,7 +157,9 @@ def stats(times: list[float]) -> Timing:
 @dataclass(frozen=True)
 class Race:
     """What :func:`race` measured: the winner, each candidate's best call (seconds) and first
-    call, who dropped out and why, and what the race cost (calls made and their seconds)."""
+    call, who dropped out and why, what the race cost (calls made and their seconds), and why
+    each challenger that ran every round lost (``lost``: a time under the winner's is not enough,
+    NOTE [race] 3)."""
 
     winner: str | None
     times: dict[str, float]
@@ -165,6 +167,7 @@ class Race:
     dropped: dict[str, str]
     calls: int
     seconds: float
+    lost: dict[str, str] = field(default_factory=dict)
 
     @property
     def steady(self) -> float:
@@ -396,6 +399,12 @@ def racing(names: list[str], *, estimates: dict[str, float] | None = None,
         winner = next(n for n in proven if proven[n] <= tie * fastest)
     else:
         winner = champion
+    lost = {n: (f"within {tie:g}x of {winner}, which comes first in preference" if n in proven
+                else f"{statistics.median(q):.2f}x the champion {champion} in the median of "
+                f"{len(q)} round(s), faster in {sum(r < 1 for r in q)}: not the evidence to "
+                f"unseat it ({min_rounds} rounds, a median under 1/{tie:g}, faster in nearly "
+                "every round)")
+            for n, q in ((n, ratios[n]) for n in challengers) if n != winner and q}
     base = statistics.median(own[champion]) if champion and own.get(champion) else None
 
     def estimate(name: str) -> float:
@@ -406,7 +415,8 @@ def racing(names: list[str], *, estimates: dict[str, float] | None = None,
             return statistics.median(ratios[name]) * base
         return statistics.median(own[name]) if own.get(name) else first[name]
 
-    return Race(winner, {n: estimate(n) for n in first}, first, dropped, made, spent - before)
+    return Race(winner, {n: estimate(n) for n in first}, first, dropped, made, spent - before,
+                lost)
 
 
 # NOTE [peak memory]

@@ -81,6 +81,9 @@ def test_a_challenger_unseats_the_champion_only_with_evidence(monkeypatch):
                                               0.8 * ms, 0.8 * ms]}
     r = race(_fake_clock(monkeypatch, split), budget=100)
     assert r.winner == "champion" and "challenger" not in r.dropped
+    # and the plan's reason says why the faster median lost (a fresh user asked)
+    assert r.lost["challenger"].startswith("0.80x the champion champion in the median of 6 "
+                                           "round(s), faster in 4: not the evidence")
     assert race(_fake_clock(monkeypatch, clear), budget=3.5).winner == "champion"  # no round fits
     assert race(_fake_clock(monkeypatch, clear), budget=100, min_rounds=1, rounds=1).winner \
         == "challenger"
@@ -418,15 +421,17 @@ def test_a_call_moves_running_statistics_as_one_forward_does():
     net, forwards = model(), model()
     x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     clear_plans()
-    for verify in (False, False, True):
-        jacverify.batch_jacobian(net, x, verify=verify)
+    calls = [("auto", False), ("auto", False), ("auto", True),  # a named method's validating
+             ("batched_grad_per_sample", False), ("batched_grad_per_sample", False)]  # call too
+    for method, verify in calls:
+        jacverify.batch_jacobian(net, x, method=method, verify=verify)
         forwards(x)
         for ours, theirs in zip(net[1].buffers(), forwards[1].buffers()):
             torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
-    assert int(net[1].num_batches_tracked) == 3
+    assert int(net[1].num_batches_tracked) == len(calls)
     clear_plans()
     jacverify.plan(net, x)  # a race run on the spot: nothing of it is the caller's call
-    assert int(net[1].num_batches_tracked) == 3
+    assert int(net[1].num_batches_tracked) == len(calls)
 
 
 def test_batch_jacobian_refuses_or_handles_what_a_fresh_user_tried():

@@ -123,11 +123,43 @@ def test_a_forward_that_runs_on_no_guess_asks_for_configured_inputs(tmp_path):
         example_input(tgt, tgt.build(), 4, 0, None)
 
 
+@pytest.mark.parametrize("given, match", [
+    ("[torch.randn(4, 3)]", None),  # a list of tensors is fine
+    ("'abc'", r"gave str 'abc', not a tensor: return a tensor with the batch first"),
+    ("[1.0, 2.0]", r"gave a list whose item 0 is float 1.0, not a tensor"),
+    ("(torch.randn(4, 3), 5)", r"gave a tuple whose item 1 is int 5, not a tensor"),
+    ("7", r"gave int 7, not a tensor"),  # was a TypeError from tuple(7): FAILED, not SKIPPED
+])
+def test_an_example_input_that_is_not_tensors_is_named(tmp_path, given, match):
+    """A fresh user's example_input returning a str, a list or (tensor, 5) was reported as
+    "gave tuple, not tensors" (the type after conversion), and an int raised a TypeError."""
+    path = _write(tmp_path, "given.py", f"""
+        import torch
+        from torch import nn
+
+        class Given(nn.Linear):
+            def __init__(self):
+                super().__init__(3, 2)
+
+            def example_input(self):
+                return {given}
+    """)
+    (tgt,), _ = discover(load(str(path)), str(path))
+    from jacverify.discover import NoInput
+
+    if match is None:
+        (x,), _ = example_input(tgt, tgt.build(), 4, 0, None)
+        assert x.shape == (4, 3)
+        return
+    with pytest.raises(NoInput, match=match):
+        example_input(tgt, tgt.build(), 4, 0, None)
+
+
 @pytest.mark.slow
 def test_cli_checks_both_files_without_edits(tmp_path):
     two = _write(tmp_path, "two.py", TWO_INPUTS)
     enc = _write(tmp_path, "enc.py", NEEDS_ARGS)
-    _write(tmp_path, "pyproject.toml", CONFIG)
+    _write(tmp_path, "pyproject.toml", CONFIG + "[tool.jacverify.targets.Encodr]\nargs = [1]\n")
     result = _run("check", "--quiet", str(two), str(enc))
     out = result.stdout
     assert "two.py::Gate: PASSED" in out and "two.py::Concat: PASSED" in out
@@ -135,6 +167,9 @@ def test_cli_checks_both_files_without_edits(tmp_path):
     assert "enc.py::Unconfigured: skipped, its constructor needs arguments" in out
     assert "3 passed, 0 failed, 0 unverified, 1 skipped target(s)" in out
     assert result.returncode == 0, result.stderr
+    # a misspelled target name was ignored without a word (a fresh user)
+    assert "note: the configuration's targets.Encodr names nothing in" in result.stderr
+    assert "targets.Encoder " not in result.stderr
 
 
 @pytest.mark.slow
