@@ -118,8 +118,11 @@ class Plan:
 #   call, and `compile=`, run the race on the spot instead (ROUNDS rounds, every call counted);
 # - the race's budget, RACE_BUDGET calls of its best median, counts the probes before it and
 #   every call's time (exploring: beyond that median): it runs fewer rounds rather than exceed
-#   it. Plan.planning_seconds states the cost: the probes, the calls whose values were thrown
-#   away, and the caller's calls beyond one steady call of the plan each.
+#   it. Plan.planning_seconds states the cost: the first call's checks of its input, the probes,
+#   the calls whose values were thrown away, and the caller's calls beyond one steady call of the
+#   plan each. The checks (0.4 ms on 8-64-8 at B=64, where the probes took 1.6 ms) went unstated
+#   until the benchmark's count came out 2 calls over the plan's; counted in the budget too, they
+#   left batch 1 too few rounds: repeat_trick, 1.2x faster, lost in 3 processes of 6.
 # Measured with `python benchmarks/auto_ratio.py` (3 fresh processes per case, each calling
 # batch_jacobian until its race ended; the README has the table and what it did not reach).
 # Memory: the budget is 2 |J| + the activations the forward saves for backward, but never under
@@ -552,9 +555,12 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
         return route, _flat(fn, x, out_shape), out_shape
     if max_memory is not None:
         max_memory = int(check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30"))
+    clock = timer(x.device if isinstance(x, torch.Tensor) else "cpu")  # _case refuses a non-tensor
+    begin = clock()
     with kept_buffers(modules):  # the checks' and probes' forwards, and a race run here, are
         flat = _one_output(flatten(_case(fn, x, modules)))  # not the caller's call
-        route = _make_plan(flat, max_memory, explore=explore and not backend)
+        route = _make_plan(flat, max_memory, explore=explore and not backend,
+                           checked=clock() - begin)
         if backend:
             route.finish(flat)
             route = _compiled_plan(route, flat, backend)
@@ -667,9 +673,11 @@ class _Route:
         return self.plan  # type: ignore[return-value]
 
 
-def _make_plan(flat: Flat, max_memory: int | None, explore: bool) -> _Route:
+def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float = 0.0) -> _Route:
     """Probe ``flat``, pick the candidates and start the race (NOTE [auto plan]); ``explore``:
-    the race runs on the caller's calls (their values used), else on the first that needs it."""
+    the race runs on the caller's calls (their values used), else on the first that needs it;
+    ``checked``: seconds the first call spent checking the input before (stated in the plan's
+    cost, not counted in the race's budget: NOTE [auto plan])."""
     b, m, n = flat.batch_size, flat.n_out, flat.n_in
     device = flat.x.device
     clock, sync = timer(device), synchronizer(device)
@@ -743,9 +751,10 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool) -> _Route:
         steady = result.steady or max(probes, 1e-9)
         used = sum(t for t, kept in calls if kept)
         kept = sum(kept for _, kept in calls)
-        seconds = probes + sum(t for t, k in calls if not k) + used - kept * steady
+        seconds = checked + probes + sum(t for t, k in calls if not k) + used - kept * steady
         text += (f"; planned in {seconds * 1e3:.3g} ms = {seconds / steady:.1f} calls of the plan "
-                 f"(the probes {probes * 1e3:.3g} ms, then {len(calls)} calls of candidates"
+                 f"(the input's checks {checked * 1e3:.2g} ms, the probes {probes * 1e3:.3g} ms, "
+                 f"then {len(calls)} calls of candidates"
                  + (f", {kept} of which answered the caller's calls and count only beyond one "
                     "call of the plan" if kept else "") + ")")
         if warmed > 0.01:
