@@ -17,8 +17,8 @@ from jacverify.case import Flat, evaluate, flatten, make_case
 from jacverify.errors import InvalidArgument, MismatchError
 from jacverify.judge import describe_worst, warm_up_transforms
 from jacverify.validation import check_bool, check_int, check_number
-from jacverify.measure import (ROUNDS, Race, race, racing, recorded_forward, synchronizer,
-                               timer)
+from jacverify.measure import (ROUNDS, Race, race, racing, recorded_forward, settle_allocator,
+                               synchronizer, timer)
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism
 from jacverify.oracles.projections import DEFAULT_PROBES
@@ -83,8 +83,8 @@ class Plan:
 # functional_vectorized and forward_broadcast only stand in (FALLBACKS). Measured here (2 shared
 # cores, one torch thread, CPU time, medians), winners differ by case: batched_grad on mlp
 # 32-128-4 (vmap_vjp 1.08-1.26x), vmap_vjp on 64-64-64 at B=16 in a long-running process
-# (batched_grad 1.11-1.21x; in a fresh process vmap_vjp's first ~50 calls run slower, and the
-# median of 300 put batched_grad 20% ahead in float64) and on the CNN in float32 (batched_grad
+# (batched_grad 1.11-1.21x; in a fresh process vmap_vjp's first ~50 calls ran slower, and the
+# median of 300 put batched_grad 20% ahead in float64: glibc's thresholds, NOTE [settled allocator]) and on the CNN in float32 (batched_grad
 # 1.32x), batched_double_backward on 4-256-64 (double_backward 1.04x), repeat_trick at batch 1
 # (batched_grad 1.27x: the overhead of vmap dominates a 0.1 ms call), loop_rows on the transformer
 # layer in float64 among the unchunked ways (1024 plain backward passes, 1.8x faster than any
@@ -530,6 +530,8 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
             and _tree_state([m() for m in last[6]]) == last[7]:
         route, out_shape = last[8]
         return route, _flat(fn, x, out_shape), out_shape
+    clock = timer(x.device if isinstance(x, torch.Tensor) else "cpu")  # _case refuses a non-tensor
+    begin = clock()  # finding the cache entry counts as the checks do (0.05 ms at batch 1)
     if compile is not False and not (compile is True or isinstance(compile, str) and compile):
         raise InvalidArgument(f"compile={compile!r} (type={type(compile).__name__}) must be False, "
                               f"True (the {DEFAULT_BACKEND!r} backend) or a torch.compile backend "
@@ -555,8 +557,6 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
         return route, _flat(fn, x, out_shape), out_shape
     if max_memory is not None:
         max_memory = int(check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30"))
-    clock = timer(x.device if isinstance(x, torch.Tensor) else "cpu")  # _case refuses a non-tensor
-    begin = clock()
     with kept_buffers(modules):  # the checks' and probes' forwards, and a race run here, are
         flat = _one_output(flatten(_case(fn, x, modules)))  # not the caller's call
         route = _make_plan(flat, max_memory, explore=explore and not backend,
@@ -603,8 +603,11 @@ def warm_up_methods(dtype: torch.dtype, device: str) -> None:
     """Every method auto races, once, on a tiny tanh MLP in ``dtype`` on ``device``: their
     one-off costs per process and dtype (first calls on the first case ran 2-20x a steady call
     here) are paid outside the race (NOTE [auto plan])."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    if torch.device(device).type == "cpu":
+        settle_allocator()  # NOTE [settled allocator]: calls timed as a long-running process runs
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays theirs (a first
+        torch.manual_seed(0)  # call of batch_jacobian reseeded it to 0)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
     x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
     flat = flatten(make_case(net.to(device, dtype), x.to(device, dtype)))
     for name in (*REVERSE_FAMILY, *FORWARD_FAMILY):
@@ -768,12 +771,15 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
         route.explore = None
 
     pending: list[str | None] = [None]
+    # looked up once: get_methods per call was a third of a racing call's 28 us beyond its
+    # candidate (64-64-64 at B=16: 54-85 racing calls, 1.5-2.4 ms, 4 calls of the plan)
+    runs = {c: (chunked_compute(c), _passes(chunks[c], rows[c])) for c in chunks}
 
     def step(fl: Flat, useful: bool) -> torch.Tensor:
         """One call of the race on ``fl``; the value of the first candidate that does not raise."""
         while route.explore is not None:
             name = str(pending[0])
-            compute, passes = chunked_compute(name), _passes(chunks[name], rows[name])
+            compute, passes = runs[name]
             sync()
             begin = clock()
             try:

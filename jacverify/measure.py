@@ -230,7 +230,15 @@ class Race:
 #    on 64-64-64 at B=16 in float64, won in two processes of three). The rounds end early once a
 #    challenger has won CONCLUSIVE rounds of CONCLUSIVE with a median under 1 / (TIE x CLEAR): a
 #    clear win needs no more rounds, one near the TIE line gets every round there is (a tie wins
-#    four rounds of four one time in 16, before the median's test).
+#    four rounds of four one time in 16, before the median's test). That first rule asked for
+#    every round won and a median under 1 / (TIE x CLEAR): one noisy round (a call's page
+#    faults, below), or a true ratio near 0.83, kept a clear winner racing to the budget --
+#    vmap_vjp, 0.80-0.85x batched_grad on 64-64-64 at B=16 in float32, ran 9-14 rounds (races of
+#    48-77 calls, where 21-28 sufficed), and the longer races split the processes more, not less
+#    (6 fresh processes a case: 64-64-64 float64 5/1, the CNN float32 4/2, batch 1 float32 5/1).
+#    Now the rounds end once a challenger has CONCLUSIVE rounds or more, lost no more of them
+#    than the evidence allows (one in four) and a median under 1 / (TIE x SETTLED): the same
+#    processes chose alike in 6 of 6 on those three cases, and no other case's choice moved.
 # The budget is counted in the best median so far (before any, the fastest call seen): the
 # winner's steady time or near it, so a race under `budget` of them costs about `budget` calls of
 # the plan it picks, however slow its first calls were. When the caller uses every call's value
@@ -245,7 +253,7 @@ class Race:
 # instead of 6-21; not kept. A method whose buffers are over glibc's mmap threshold faults on
 # every call (vmap_vjp on the encoder layer: 26,913 pages a call), which the plan pays too.
 FIRST_CUT, ESTIMATE_CUT, ROUND_CUT, ROUNDS, MIN_ROUNDS, TIE = 2.0, 1.5, 1.3, 6, 3, 1.1
-CONCLUSIVE, CLEAR = 4, 1.1  # rounds all won by a challenger faster by TIE x CLEAR: the end
+CONCLUSIVE, CLEAR, SETTLED = 4, 1.1, 1.05  # NOTE [race] 3: two clear rounds; the early end
 
 
 def race(calls: dict[str, Callable[[], object]], device: torch.device | str = "cpu",
@@ -382,9 +390,7 @@ def racing(names: list[str], *, estimates: dict[str, float] | None = None,
                 dropped[name] = (f"{median / medians[leader]:.2f}x {leader}, which leads the "
                                  f"champion, after {r + 1} round(s), paired")
         challengers = [n for n in challengers if n not in dropped]
-        if not challengers or any(len(q) >= CONCLUSIVE and max(q) < 1
-                                  and statistics.median(q) < 1 / (tie * CLEAR)
-                                  for q in (ratios[n] for n in challengers)):
+        if not challengers or any(_settled(ratios[n], tie) for n in challengers):
             break
     def evidence(q: list[float]) -> bool:
         """NOTE [race] 3: enough rounds, faster by TIE in the median and in (nearly) every round;
@@ -417,6 +423,13 @@ def racing(names: list[str], *, estimates: dict[str, float] | None = None,
 
     return Race(winner, {n: estimate(n) for n in first}, first, dropped, made, spent - before,
                 lost)
+
+
+def _settled(q: list[float], tie: float) -> bool:
+    """NOTE [race] 3's early end: CONCLUSIVE rounds or more, lost in no more of them than the
+    evidence allows, and a median under 1 / (``tie`` x SETTLED)."""
+    return len(q) >= CONCLUSIVE and sum(r >= 1 for r in q) <= len(q) // 4 \
+        and statistics.median(q) < 1 / (tie * SETTLED)
 
 
 # NOTE [peak memory]
@@ -463,6 +476,31 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
 # glibc (macOS, musl) it does nothing. Changing the threshold instead (mallopt) would change the
 # caller's whole process for good.
 TRIM_ABOVE = 2**25  # 32 MiB: glibc's largest mmap threshold, what one free can leave in the heap
+
+
+# NOTE [settled allocator]
+# The other side of NOTE [freed memory], for timing: a fresh process's glibc starts with a 128 KiB
+# mmap threshold and trims the heap's top past 128 KiB free, so a Jacobian's buffers of a few
+# hundred KB go back to the kernel at each free and fault in again at the next call (ru_minflt,
+# counted in its CPU time). That settles by itself once the process frees a large block (glibc
+# raises both thresholds to the block's size, up to 32 MiB, and trims past twice that): in a
+# long-running process vmap_vjp ran 1.11-1.21x faster than batched_grad on 64-64-64 at B=16,
+# where a fresh process's race saw it anywhere from 0.8x to 1.3x. On the CNN (1x28x28, B=8,
+# float32), vmap_vjp primed took 1.6-2.5 ms a call in a fresh process, one mode or the other by
+# the call, and batched_grad 2.1-2.9 ms; after one 31 MiB tensor allocated and freed, 1.52-1.64
+# and 2.0-2.3 ms, in three processes of three (MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_
+# set to 1 GB gave the same). So auto's warm-up does that once per process before it times
+# anything: what glibc does after any large free (a training step's), leaving the thresholds
+# adjustable, not mallopt's fixed ones (which would hold for good). The cost: up to 64 MiB of
+# freed heap kept instead of returned. Elsewhere than glibc it allocates and frees 31 MiB, once.
+SETTLING_BYTES = 31 * 2**20  # under glibc's 32 MiB cap on the threshold it raises on a free
+
+
+@functools.cache
+def settle_allocator() -> None:
+    """Raise glibc's dynamic mmap and trim thresholds to their cap, once per process, by one
+    large allocation freed untouched (NOTE [settled allocator])."""
+    torch.empty(SETTLING_BYTES, dtype=torch.uint8)  # freed at once: the free raises them
 
 
 def resident_bytes() -> int | None:

@@ -543,6 +543,24 @@ def test_two_clear_rounds_are_evidence_enough(monkeypatch):
     assert race(_fake_clock(monkeypatch, clear), budget=100, rounds=1).winner == "champion"
 
 
+def test_a_settled_race_ends_early_and_a_near_tie_gets_every_round(monkeypatch):
+    """NOTE [race] 3's early end: a challenger 0.85x the champion that lost one round of four
+    (a call's page faults) has settled the race after four rounds (the first rule, every round
+    won and a median under 0.83, ran it to the last of 20: races of 48-77 calls on 64-64-64 at
+    B=16); one at 0.88x, nearer the TIE line, gets every round and still wins on its evidence."""
+    ms = 1e-3
+    noisy = {"champion": [ms], "challenger": [0.85 * ms, 0.85 * ms, 0.85 * ms, 1.05 * ms,
+                                              0.85 * ms]}
+    r = race(_fake_clock(monkeypatch, noisy), budget=1000, rounds=20)
+    assert r.winner == "challenger" and r.calls == 2 + 4 * 2
+    near = {"champion": [ms], "challenger": [0.88 * ms]}
+    r = race(_fake_clock(monkeypatch, near), budget=1000, rounds=20)
+    assert r.winner == "challenger" and r.calls == 2 + 20 * 2
+    twice = {"champion": [ms], "challenger": [0.85 * ms, 1.05 * ms, 1.05 * ms, 0.85 * ms]}
+    r = race(_fake_clock(monkeypatch, twice), budget=1000, rounds=20)
+    assert r.calls > 2 + 4 * 2  # two losses in four: not settled
+
+
 class _BackwardRaises(torch.autograd.Function):
     @staticmethod
     def forward(z):
@@ -583,3 +601,48 @@ def test_a_race_whose_budget_the_probes_spent_says_so(monkeypatch):
     assert r.winner == "champion"
     assert r.dropped["middle"].startswith("first call among the slowest")
     assert r.dropped["fastest"].startswith("no timed round fits what the probes")
+
+
+def test_the_first_plan_leaves_the_callers_random_stream_alone():
+    """auto's once-per-process warm-up builds a tiny MLP under a fixed seed; it reseeded the
+    caller's global generator to 0, so a torch.rand after a first batch_jacobian changed."""
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    auto.warm_up_methods.__wrapped__(torch.float64, "cpu")
+    assert torch.equal(torch.rand(4), expected)
+
+
+_FAULTS = """
+import resource, sys, torch
+from jacverify.measure import settle_allocator
+if sys.argv[1] == "settled":
+    settle_allocator()
+def once():
+    t = torch.empty(10 * 2**20, dtype=torch.uint8)
+    t.fill_(1)
+    del t
+once()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+once()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.slow  # fresh interpreters: the allocator's state is per process
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's thresholds")
+def test_a_settled_allocator_keeps_a_freed_buffer_for_the_next_call():
+    """NOTE [settled allocator]: in a fresh process a 10 MiB buffer freed and allocated again
+    faults its 2,560 pages in again (glibc handed them back); after settle_allocator it takes
+    none, as in a long-running process. The unsettled twin must fault."""
+    import subprocess
+    import sys
+
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True,
+                             text=True, check=True).stdout
+        return int(out.split()[-1])
+
+    pages = 10 * 2**20 // measure._PAGE
+    assert faults("fresh") > pages // 2
+    assert faults("settled") < pages // 20
