@@ -95,10 +95,11 @@ class Plan:
 #   one forward (t_f): loop_rows ~ 1.2 M t_b, double_backward ~ 1.2 N t_b (measured
 #   0.95-1.6x and 0.84-2.4x of M t_b and N t_b); repeat_trick, one forward and backward on M
 #   copies of the batch, ~ o + M s, where a forward and backward cost o + s on the batch and
-#   o + 2 s on the batch twice over (a fixed cost and one per B samples: at batch 1 the fixed cost
-#   is nearly all, and the former guess, 0.5 M (t_f + t_b), put repeat_trick at 3.8x its time
-#   and kept the fastest way out of the race); one predicted over 1.5x the best first call is not
-#   run (loop_rows at M=64 would cost 3.7 calls of the winner);
+#   o + 2 s on the batch twice over (the fastest of SLOPE_PASSES timings of it) -- a fixed cost and
+#   one per B samples: at batch 1 the fixed cost is nearly all (and the former guess,
+#   0.5 M (t_f + t_b), put repeat_trick at 3.8x its time and kept the fastest way out of the
+#   race); one predicted over 1.5x the best first call is not run (loop_rows at M=64 would cost
+#   3.7 calls of the winner);
 # - torch's transforms are warmed up once per process on a 2x2 tensor (judge.warm_up_transforms),
 #   and every raced method once per process and dtype on a 2-sample tanh MLP (warm_up_methods):
 #   vmap's first use costs 0.2 s, torch.func's 0.6 s, whatever the shape (0.8-0.9 s in all here),
@@ -159,6 +160,10 @@ EXPLORE_ROUNDS = 20  # timed rounds of a race run on the caller's calls (NOTE [a
 # faster than batched_grad there, got one or two rounds and lost in 4 processes of 6; at 18 it won
 # in all 6, and planning took 15-21 calls in all (the benchmark's count, above the plan's own)
 RACE_BUDGET = 18
+# the batch twice over is timed this many times and the fastest kept (NOTE [auto plan]): timed
+# once, one process in 2.5 at batch 1 (4 of 10 here) drew a slope that predicted repeat_trick at
+# 1.1-2.6 ms, over the 1.5x cut, where it runs in 0.2 ms and wins
+SLOPE_PASSES = 2
 
 # NOTE [compiled route]
 # `compile=True` (or a backend name) adds a candidate after the eager race: torch.compile of the
@@ -641,15 +646,18 @@ def _pass_times(flat: Flat, clock, sync, slope: bool = True
     if not slope:
         return saved, t_f, t_b, None
     leaf = torch.cat([flat.x, flat.x]).requires_grad_()
-    sync()
-    start = clock()
-    try:
-        y = flat.fn(leaf)
-    except Exception:  # noqa: BLE001 - a function of one batch size: no slope
-        return saved, t_f, t_b, None
-    torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
-    sync()
-    return saved, t_f, t_b, max(0.0, clock() - start - t_f - t_b)
+    twice = math.inf
+    for _ in range(SLOPE_PASSES):  # the fastest: NOTE [auto plan]'s slope
+        sync()
+        start = clock()
+        try:
+            y = flat.fn(leaf)
+        except Exception:  # noqa: BLE001 - a function of one batch size: no slope
+            return saved, t_f, t_b, None
+        torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
+        sync()
+        twice = min(twice, clock() - start)
+    return saved, t_f, t_b, max(0.0, twice - t_f - t_b)
 
 
 class _Route:

@@ -156,6 +156,18 @@ def test_chunks_come_from_saved_bytes_without_a_profiler(monkeypatch):
                                loop(flatten(make_case(net, x))), rtol=0, atol=1e-12)
 
 
+def test_one_slow_pass_of_the_batch_twice_over_does_not_predict_repeat_trick_slow():
+    # a fake clock: the forward and backward on the batch take 1 s each; the first pass on the
+    # batch twice over 10 s (a page fault, a preemption), the next 3 s. Timed once, the slope was
+    # 8 s a batch, and repeat_trick's prediction over M = 8 copies 57 s (NOTE [auto plan]): at
+    # batch 1 that put it over the cut in 4 processes of 10, where it is the fastest way
+    ticks = iter([0.0, 1.0, 2.0, 10.0, 20.0, 30.0, 33.0])
+    net, x = _mlp(4, 8, 8), torch.randn(1, 4, dtype=torch.float64)
+    _, t_f, t_b, slope = auto._pass_times(flatten(make_case(net, x)), lambda: next(ticks),
+                                          lambda: None)
+    assert (t_f, t_b) == (1.0, 1.0) and slope == 1.0 and auto.SLOPE_PASSES == 2
+
+
 def test_saved_bytes_per_row_leave_the_weights_out():
     net = _mlp(32, 64, 2)
     x = torch.randn(4, 32, dtype=torch.float64)
