@@ -484,11 +484,19 @@ def modules_of(fn, depth: int = 6) -> list[torch.nn.Module]:
     return list(found.values())
 
 
-# The last plan used, checked first (a repeated call cost 7 us through the cache above, 2 us
+# NOTE [last plan]
+# The last plan used is checked first (a repeated call cost 7 us through the cache above, 2 us
 # here: 15% of a 0.1 ms Jacobian at batch 1 went to finding its plan): (a weak reference to fn,
-# shape, dtype, device, max_memory, compile, weak references to the modules, their _tree_state,
-# the cache entry). Nothing in it keeps a model alive (a compiled entry's route does, as in
-# _COMPILED).
+# shape, dtype, device, max_memory, compile, :func:`_snapshot` of the modules, the cache entry,
+# the canonical form to put each call's x in). Timed round-robin among the other methods, as the
+# benchmark and a training loop run it, a call's Python costs several times what it costs in a
+# loop of itself (its objects and code out of the CPU's caches): on mlp 8-64-8 at batch 1, a
+# 0.23 ms Jacobian, auto's call took 14% more than its method's on a canonical form made once
+# (a new Flat per call 7-10 us of it, the checks 7-19 us, batch_jacobian's own steps 4-8 us).
+# So the fast path builds the call's form from the cached one (Flat.at), checks the modules
+# with early exits (_unchanged) and calls the method itself (Method.runner): auto's call took
+# 5-7% less (measured with benchmarks/auto_ratio.py's timing plus these steps). Nothing in it
+# keeps a model alive (a compiled entry's route does, as in _COMPILED).
 _LAST: list = [None]
 
 
@@ -511,10 +519,22 @@ def _module_state(m: torch.nn.Module) -> tuple:
             tuple(m._forward_pre_hooks))
 
 
-def _tree_state(modules) -> list[tuple | None]:
-    """Each module's :func:`_module_state` (None for one since freed): what the fast path checks
-    is unchanged."""
-    return [_module_state(m) if m is not None else None for m in modules]
+def _snapshot(modules) -> list[tuple]:
+    """A weak reference to each module and its :func:`_module_state`: what the fast path checks
+    is unchanged (NOTE [last plan])."""
+    return [(weakref.ref(m), *_module_state(m)) for m in modules]
+
+
+def _unchanged(snapshot: list[tuple]) -> bool:
+    """Every module of ``snapshot`` alive and in the state it had (:func:`_module_state`'s
+    fields, compared one by one to stop at the first difference)."""
+    for ref, training, children, hooks, pre_hooks in snapshot:
+        m = ref()
+        if m is None or m.training is not training \
+                or tuple(map(id, m._modules.values())) != children \
+                or tuple(m._forward_hooks) != hooks or tuple(m._forward_pre_hooks) != pre_hooks:
+            return False
+    return True
 
 
 def _memo(fn) -> Callable[[], object]:
@@ -532,9 +552,10 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     if last is not None and isinstance(x, torch.Tensor) and last[0]() is fn \
             and last[1] == x.shape and last[2] == x.dtype \
             and last[3] == x.device and last[4] == max_memory and last[5] is compile \
-            and _tree_state([m() for m in last[6]]) == last[7]:
-        route, out_shape = last[8]
-        return route, _flat(fn, x, out_shape), out_shape
+            and _unchanged(last[6]):
+        route, out_shape = last[7]  # the cached form at this x (_flat's: reshaped unless 2-d)
+        return route, last[8].at(x.detach() if x.ndim == 2 else
+                                 x.detach().reshape(x.shape[0], -1)), out_shape
     clock = timer(x.device if isinstance(x, torch.Tensor) else "cpu")  # _case refuses a non-tensor
     begin = clock()  # finding the cache entry counts as the checks do (0.05 ms at batch 1)
     if compile is not False and not (compile is True or isinstance(compile, str) and compile):
@@ -558,8 +579,9 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     entry = _COMPILED.get(strong) if strong is not None else table.get(key)
     if entry is not None:
         route, out_shape = entry
-        _remember(fn, x, max_memory, compile, modules, entry)
-        return route, _flat(fn, x, out_shape), out_shape
+        flat = _flat(fn, x, out_shape)
+        _remember(fn, x, max_memory, compile, modules, entry, flat)
+        return route, flat, out_shape
     if max_memory is not None:
         max_memory = int(check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30"))
     with kept_buffers(modules):  # the checks' and probes' forwards, and a race run here, are
@@ -575,14 +597,15 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
             _COMPILED.popitem(last=False)
     elif key is not None:
         table[key] = (route, flat.out_shapes[0])
+    canonical = _flat(fn, x, flat.out_shapes[0])
     if key is not None:
-        _remember(fn, x, max_memory, compile, modules, (route, flat.out_shapes[0]))
-    return route, _flat(fn, x, flat.out_shapes[0]), flat.out_shapes[0]
+        _remember(fn, x, max_memory, compile, modules, (route, flat.out_shapes[0]), canonical)
+    return route, canonical, flat.out_shapes[0]
 
 
-def _remember(fn, x: torch.Tensor, max_memory, compile, modules, entry) -> None:
-    _LAST[0] = (_memo(fn), x.shape, x.dtype, x.device, max_memory, compile,
-                [weakref.ref(m) for m in modules], _tree_state(modules), entry)
+def _remember(fn, x: torch.Tensor, max_memory, compile, modules, entry, flat: Flat) -> None:
+    _LAST[0] = (_memo(fn), x.shape, x.dtype, x.device, max_memory, compile, _snapshot(modules),
+                entry, flat)
 
 
 def _candidates(m: int, n: int) -> tuple[tuple[str, ...], str]:
@@ -617,7 +640,7 @@ def warm_up_methods(dtype: torch.dtype, device: str) -> None:
     flat = flatten(make_case(net.to(device, dtype), x.to(device, dtype)))
     for name in (*REVERSE_FAMILY, *FORWARD_FAMILY):
         try:
-            chunked_compute(name)(flat, None)
+            runner(name, None)(flat)
         except Exception:  # noqa: BLE001 - a method that cannot run here races nowhere
             pass
     # and the plan's own probes: their first use in a process (saved-tensor hooks, the first
@@ -771,9 +794,8 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
         if warmed > 0.01:
             text += (f"; after {warmed:.2g} s warming up torch's transforms (once per process "
                      "and dtype)")
-        compute, passes = chunked_compute(name), _passes(chunk, chosen_rows[name])
         route.plan = Plan(name, chunk, chosen_rows[name], text, budget, seconds, seconds / steady)
-        route.route = lambda fl: compute(fl, passes)
+        route.route = runner(name, _passes(chunk, chosen_rows[name]))
         route.finishers = [(c, chunks[c], rows[c]) for c in sorted(result.times,
                                                                    key=result.times.get)]
         route.explore = None
@@ -781,17 +803,17 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
     pending: list[str | None] = [None]
     # looked up once: get_methods per call was a third of a racing call's 28 us beyond its
     # candidate (64-64-64 at B=16: 54-85 racing calls, 1.5-2.4 ms, 4 calls of the plan)
-    runs = {c: (chunked_compute(c), _passes(chunks[c], rows[c])) for c in chunks}
+    runs = {c: runner(c, _passes(chunks[c], rows[c])) for c in chunks}
 
     def step(fl: Flat, useful: bool) -> torch.Tensor:
         """One call of the race on ``fl``; the value of the first candidate that does not raise."""
         while route.explore is not None:
             name = str(pending[0])
-            compute, passes = runs[name]
+            compute = runs[name]
             sync()
             begin = clock()
             try:
-                value = compute(fl, passes)
+                value = compute(fl)
                 sync()
                 outcome: float | BaseException = clock() - begin
             except Exception as e:  # noqa: BLE001 - the race drops it (NOTE [race])
@@ -841,10 +863,10 @@ def _compiled_plan(eager: _Route, flat: Flat, backend: str) -> _Route:
     chunk_of = {name: (chunk, rows) for name, chunk, rows in routes}
     notes = []
     for name, chunk, rows in routes[:COMPILE_ROUTES]:
-        compute, passes = chunked_compute(name), _passes(chunk, rows)
+        compute = runner(name, _passes(chunk, rows))
         compiled = compile_route(
-            lambda z, compute=compute, passes=passes, f=flat: compute(
-                Flat(f.fn, z, f.in_shapes, f.out_shapes), passes), backend)
+            lambda z, compute=compute, f=flat: compute(Flat(f.fn, z, f.in_shapes, f.out_shapes)),
+            backend)
         candidate = Method(f"compiled {name}", lambda fl, c=compiled: c(fl.x), "reverse",
                            vectorized=True, assumes_independent=True)
         verdict = judge(candidate, flat, None, 2**62, (Reference(f"eager {chosen.method}",
@@ -884,9 +906,10 @@ def _passes(chunk: int, rows: int) -> int | None:
     return None if chunk >= rows else chunk
 
 
-def chunked_compute(name: str) -> Callable[[Flat, int | None], torch.Tensor]:
-    """The registered method ``name`` as ``f(flat, chunk_size)`` (``Method.compute_chunked``)."""
-    return get_methods([name])[0].compute_chunked
+def runner(name: str, chunk_size: int | None) -> Callable[[Flat], torch.Tensor]:
+    """The registered method ``name`` with ``chunk_size`` rows per pass (None: one pass), as
+    ``f(flat)`` (``Method.runner``): what the race times and the plan runs."""
+    return get_methods([name])[0].runner(chunk_size)
 
 
 # one pass whatever the chunk: only chosen when that pass fits

@@ -279,8 +279,8 @@ def _answers(net, calls: int, batch: int) -> torch.Tensor:
 
 def _patched(monkeypatch, wrap) -> None:
     """Every candidate auto runs goes through ``wrap(name, compute)``."""
-    real = auto.chunked_compute
-    monkeypatch.setattr(auto, "chunked_compute", lambda name: wrap(name, real(name)))
+    real = auto.runner
+    monkeypatch.setattr(auto, "runner", lambda name, chunk: wrap(name, real(name, chunk)))
 
 
 def test_the_race_runs_on_the_callers_calls_and_every_call_gets_the_jacobian(monkeypatch):
@@ -290,9 +290,9 @@ def test_the_race_runs_on_the_callers_calls_and_every_call_gets_the_jacobian(mon
     ran = []
 
     def recording(name, compute):
-        def run(flat, chunk):
+        def run(flat):
             ran.append(name)
-            return compute(flat, chunk)
+            return compute(flat)
         return run
 
     _patched(monkeypatch, recording)
@@ -314,7 +314,7 @@ def test_a_candidate_that_raises_while_exploring_costs_the_caller_nothing(monkey
         if name != "batched_grad":
             return compute
 
-        def run(flat, chunk):
+        def run(flat):
             raise RuntimeError("no batching rule here")
         return run
 
@@ -383,7 +383,7 @@ def test_a_layer_swapped_in_while_the_old_one_lives_is_planned_again():
     """The last-plan fast path (auto._LAST) checked the train/eval modes of the modules it had
     seen, and a swapped-out layer still held elsewhere kept its mode: ``net[1] = BatchNorm1d``
     then ran the cached independent-samples route and returned blocks 0.96 off. The
-    parent's children are checked too (auto._tree_state)."""
+    parent's children are checked too (auto._unchanged)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),
                               torch.nn.Linear(6, 3)).double()

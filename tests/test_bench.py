@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import jacverify
-from jacverify.auto import CLOSE_SHAPES, FORWARD_FAMILY, MEMORY_FLOOR, REVERSE_FAMILY, chunked_compute
+from jacverify.auto import CLOSE_SHAPES, FORWARD_FAMILY, MEMORY_FLOOR, REVERSE_FAMILY, runner
 from jacverify.bench import MethodBench, with_ratios, bench
 from jacverify.case import flatten, make_case
 from jacverify.examples.networks import BatchCoupled
@@ -78,7 +78,7 @@ def test_memory_budget_chunks_and_stays_exact():
 @pytest.mark.parametrize("chunk", [1, 2, 5])
 def test_every_chunked_method_equals_its_one_pass(name, chunk):
     flat = flatten(make_case(_mlp(3, 8, 5), torch.randn(4, 3, dtype=torch.float64)))
-    torch.testing.assert_close(chunked_compute(name)(flat, chunk), chunked_compute(name)(flat, None),
+    torch.testing.assert_close(runner(name, chunk)(flat), runner(name, None)(flat),
                                rtol=0, atol=1e-13)
 
 
