@@ -359,6 +359,26 @@ def _nested(net):
     return d
 
 
+@pytest.mark.parametrize("in_shape", [(2, 3), (6,), "transposed"])
+def test_the_last_plan_answers_each_new_input_in_the_users_shapes(in_shape):
+    """NOTE [last plan]: after the plan, every call puts its own x in the cached canonical form
+    (Flat.at); a form kept from an earlier x, or a 2-d x taken as (B, N) where the output is not
+    (B, M), answers with another input's Jacobian or the wrong shape."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 4), torch.nn.Tanh(),
+                              torch.nn.Unflatten(1, (2, 2))).double()
+    clear_plans()
+    shape = (6,) if in_shape == "transposed" else in_shape
+    jacverify.plan(net, torch.randn(3, *shape, dtype=torch.float64))  # the race, run here
+    for i in range(4):
+        x = torch.randn(3, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
+        if in_shape == "transposed":  # not contiguous
+            x = x.t().contiguous().t()
+        want = torch.func.vmap(torch.func.jacrev(lambda z: net(z[None])[0]))(x)
+        torch.testing.assert_close(jacverify.batch_jacobian(net, x), want, rtol=0, atol=1e-12)
+    assert auto._LAST[0][7][0].explore is None  # these calls took the last plan's path
+
+
 @pytest.mark.parametrize("reach", sorted(_REACHES))
 def test_a_model_behind_a_function_switched_to_train_is_planned_again(reach):
     """modules_of: the plan's key holds the train/eval modes of the modules a function reaches;
