@@ -49,6 +49,7 @@ _GROUPS: dict[str, dict[str, str]] = {
     "fast": {  # the fastest verified way, planned and cached
         "batch_jacobian": "jacverify.auto",
         "plan": "jacverify.auto",
+        "clear_plans": "jacverify.auto",
         "Plan": "jacverify.auto",
         "jvp_set": "jacverify.auto_sets",
         "batch_hessian": "jacverify.auto_sets",
@@ -100,7 +101,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; a test keeps it in step
-    from jacverify.auto import Plan, batch_jacobian, plan
+    from jacverify.auto import Plan, batch_jacobian, clear_plans, plan
     from jacverify.auto_sets import batch_hessian, jvp_set
     from jacverify.case import Case, make_case
     from jacverify.compare import Comparison, Reference, tolerances

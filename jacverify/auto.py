@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -12,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.modules.module as nn_module
 
 from jacverify.case import Flat, evaluate, flatten, make_case
-from jacverify.errors import InvalidArgument, MismatchError
+from jacverify.errors import (FunctionRaised, InvalidArgument, JacobianTooLarge, MismatchError,
+                              NotApplicable)
 from jacverify.judge import describe_worst, warm_up_transforms
 from jacverify.validation import check_bool, check_int, check_number
 from jacverify.measure import (ROUNDS, Race, race, racing, recorded_forward, settle_allocator,
@@ -275,10 +278,11 @@ def batch_jacobian(
         try:
             value = route(flat)
         except Exception as e:
-            _check_input(fn, x)  # the cached plan skipped _case's checks: a model converted
-            if not isinstance(e, RuntimeError):  # since (net.float()) gets their error
+            _raise_if_fn_raises(fn, x, flat)  # as on a first call: the function's own error
+            zeros = _zero_if_constant(flat) if isinstance(e, RuntimeError) else None
+            if zeros is None:
                 raise
-            value = _zero_if_constant(flat, e)
+            value = zeros
         name = route.last
     else:
         (m,) = get_methods([method])
@@ -290,10 +294,20 @@ def batch_jacobian(
                                   "method='auto'")
         flat = _validated(fn, x)
         out_shape = flat.out_shapes[0]
+        name = m.name
         try:
-            value, name = m.compute(flat), m.name
-        except RuntimeError as e:
-            value, name = _zero_if_constant(flat, e), m.name
+            value = m.compute(flat)
+        except Exception as e:
+            _raise_if_fn_raises(fn, x, flat)
+            zeros = _zero_if_constant(flat) if isinstance(e, RuntimeError) else None
+            if zeros is None:
+                raise NotApplicable(
+                    f"method={method!r} cannot run on this function: {type(e).__name__}: "
+                    f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else '(no message)'}"
+                    "; method='auto' probes the function (samples that interact, randomness) "
+                    "and races only the ways that run, and jacverify.check(fn, x) says which "
+                    "methods apply and why") from e
+            value = zeros
     value = value.detach()
     if verify and check_bool("verify", verify):
         with kept_buffers(modules_of(fn)):  # its forwards are not the caller's
@@ -303,14 +317,14 @@ def batch_jacobian(
     return value.reshape(x.shape[0], *out_shape, *x.shape[1:])
 
 
-def _zero_if_constant(flat: Flat, error: RuntimeError) -> torch.Tensor:
+def _zero_if_constant(flat: Flat) -> torch.Tensor | None:
     """Zeros (B, M, N) when ``flat``'s output does not depend on its input in autograd's graph
     (a constant, or a step such as ``(x > 0).float()``: its derivative is 0 wherever it has one,
     as ``vmap(jacrev)`` returns), where reverse mode's ways raise torch's "does not require grad";
-    otherwise ``error``, the method's own, is raised again."""
+    otherwise None (the method's error is the caller's to raise)."""
     leaf = flat.x.detach().requires_grad_()
     if flat.fn(leaf).requires_grad:
-        raise error
+        return None
     return flat.x.new_zeros(flat.batch_size, flat.n_out, flat.n_in)
 
 
@@ -323,14 +337,51 @@ def _needs_grad_mode(x) -> bool:
 
 
 def _case(fn, x, modules: list[torch.nn.Module] | None = None):
-    """``make_case(fn, x)`` after :func:`_check_input`."""
-    _check_input(fn, x, modules)
-    return make_case(fn, x)
+    """``make_case(fn, x)`` after :func:`_check_input`, a failing call of ``fn`` explained
+    (:func:`_dtypes_explained`)."""
+    _check_input(x, fn)
+    with _dtypes_explained(fn, x, modules):
+        return make_case(fn, x)
 
 
-def _check_input(fn, x, modules: list[torch.nn.Module] | None = None) -> None:
-    """batch_jacobian's own checks of ``x`` and of the dtypes of the parameters ``fn`` reaches
-    (``modules``: :func:`modules_of`, when the caller has them); raises InvalidArgument."""
+def _raise_if_fn_raises(fn, x, flat: Flat) -> None:
+    """Call ``fn`` on this input (after a route raised): the function's own error is
+    FunctionRaised (or :func:`_dtypes_explained`'s), as on a first call; nothing if it runs."""
+    _check_input(x, fn)
+    with _dtypes_explained(fn, x):
+        evaluate(flat.fn, (flat.x,))
+
+
+def _other_dtypes(modules: list[torch.nn.Module], x: torch.Tensor) -> str | None:
+    """What to say when the floating parameters of ``modules`` are not all in ``x``'s dtype."""
+    dtypes = {p.dtype for m in modules for p in m.parameters(recurse=False)
+              if p.is_floating_point()}
+    if not dtypes - {x.dtype}:
+        return None
+    return (f"fn's parameters are {', '.join(sorted(map(str, dtypes)))} but x is {x.dtype}: "
+            f"convert the model, e.g. model.to({x.dtype}), or pass x in the model's dtype")
+
+
+@contextlib.contextmanager
+def _dtypes_explained(fn, x: torch.Tensor, modules: list[torch.nn.Module] | None = None):
+    """A FunctionRaised inside, where the parameters ``fn`` reaches (``modules``:
+    :func:`modules_of`, when the caller has them) are not in ``x``'s dtype, becomes an
+    InvalidArgument naming both (torch says "mat1 and mat2 must have the same dtype"). Only a
+    call that fails is explained: a function that converts (``net64(z.double()).float()``)
+    runs."""
+    try:
+        yield
+    except FunctionRaised as e:
+        why = _other_dtypes(modules_of(fn) if modules is None else modules, x)
+        if why:
+            raise InvalidArgument(f"fn raised on x ({e}); {why}") from e
+        raise
+
+
+def _check_input(x, fn=None) -> None:
+    """batch_jacobian's own checks of ``x`` and, where ``fn`` is a module (which make_case
+    would run as a copy converted to x's dtype: another function than the caller's), of its
+    parameters' dtypes; raises InvalidArgument."""
     if not isinstance(x, torch.Tensor) or x.ndim < 1:
         what = f"a tensor with {x.ndim} dimensions" if isinstance(x, torch.Tensor) \
             else type(x).__name__
@@ -339,13 +390,10 @@ def _check_input(fn, x, modules: list[torch.nn.Module] | None = None) -> None:
     if not x.is_floating_point():
         raise InvalidArgument(f"x has dtype {x.dtype}; a Jacobian needs floating inputs: pass "
                               "x.float() or x.double()")
-    dtypes = {p.dtype for m in (modules_of(fn) if modules is None else modules)
-              for p in m.parameters(recurse=False)
-              if p.is_floating_point()}
-    if dtypes - {x.dtype}:
-        raise InvalidArgument(f"fn's parameters are {', '.join(sorted(map(str, dtypes)))} but x is "
-                              f"{x.dtype}: convert the model, e.g. model.to({x.dtype}), or pass "
-                              "x in the model's dtype")
+    if isinstance(fn, torch.nn.Module):
+        why = _other_dtypes(list(fn.modules()), x)
+        if why:
+            raise InvalidArgument(why)
 
 
 def _validated(fn, x) -> Flat:
@@ -354,18 +402,22 @@ def _validated(fn, x) -> Flat:
     dtype, device and module state, cached as plans are, and without calling ``fn`` after that
     (the call made a 0.09 ms Jacobian at batch 1 take 0.18 ms, where auto's took 0.09)."""
     modules = modules_of(fn)
-    _check_input(fn, x, modules)
+    _check_input(x, fn)
     key = call_key(fn, x, extra="validated", modules=modules)
     table = plan_table(fn)
     if key in table:
         return _flat(fn, x, table[key])
     with kept_buffers(modules):
-        flat = _one_output(flatten(make_case(fn, x)))
+        flat = _one_output(flatten(_case(fn, x, modules)))
     table[key] = flat.out_shapes[0]
     return flat
 
 
 def _one_output(flat: Flat) -> Flat:
+    if flat.out_names is not None:  # a dict (torch.func raises on one inside a method)
+        raise InvalidArgument(f"fn returned a dict (keys {', '.join(map(repr, flat.out_names))});"
+                              " batch_jacobian takes one output tensor: return the tensor, or use "
+                              "jacverify.check for several outputs")
     if len(flat.out_shapes) != 1:
         raise InvalidArgument("fn returned a tuple; batch_jacobian takes one output tensor "
                               "(use jacverify.check for several)")
@@ -412,7 +464,25 @@ def plan_table(fn) -> dict:
 
 
 def clear_plans() -> None:
-    """Forget every cached plan (the next ``method="auto"`` call of each function plans again)."""
+    """Forget every cached plan: the next ``method="auto"`` call of each function plans again.
+    Needed after a change the plan's checks do not see (a layer swapped into a list a lambda
+    holds, a flag the forward reads: NOTE [last plan], README).
+
+    Args:
+        none.
+
+    Returns:
+        None.
+
+    Raises:
+        nothing.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    >>> first = plan(net, torch.randn(4, 3))
+    >>> clear_plans()
+    >>> plan(net, torch.randn(4, 3)) is first
+    False
+    """
     _PLANS.clear()
     _STRONG.clear()
     _COMPILED.clear()
@@ -426,7 +496,8 @@ def call_key(fn, *tensors: torch.Tensor, extra: object = None,
     ``extra``."""
     modes = tuple((id(m), _module_state(m))
                   for m in (modules_of(fn) if modules is None else modules))
-    return (*((tuple(t.shape), t.dtype, t.device) for t in tensors), modes, extra)
+    return (*((tuple(t.shape), t.dtype, t.device) for t in tensors), modes, _global_hooks(),
+            extra)
 
 
 def modules_of(fn, depth: int = 6) -> list[torch.nn.Module]:
@@ -451,44 +522,61 @@ def modules_of(fn, depth: int = 6) -> list[torch.nn.Module]:
         seen.add(id(obj))
         if isinstance(obj, torch.nn.Module):
             found.update((id(m), m) for m in obj.modules())
-        elif isinstance(obj, functools.partial):
-            for o in (obj.func, *obj.args, *obj.keywords.values()):
-                visit(o, level - 1)
-        elif inspect.ismethod(obj):
-            visit(obj.__self__, level - 1)
-            visit(obj.__func__, level - 1)
-        elif isinstance(obj, types.FunctionType):
-            cells = []
-            for cell in obj.__closure__ or ():
-                try:
-                    cells.append(cell.cell_contents)
-                except ValueError:  # a cell not yet filled
-                    pass
-            named = [obj.__globals__[n] for n in obj.__code__.co_names if n in obj.__globals__]
-            for o in (*cells, *(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values(),
-                      *named):
-                visit(o, level - 1)
-        elif isinstance(obj, (list, tuple, set, frozenset)) and len(obj) <= CONTAINER_ITEMS:
-            for o in obj:
-                visit(o, level - 1)
-        elif isinstance(obj, dict) and len(obj) <= CONTAINER_ITEMS:
-            for o in obj.values():
-                visit(o, level - 1)
-        elif not isinstance(obj, (type, types.ModuleType, torch.Tensor, str, bytes, int, float)) \
-                and isinstance(getattr(obj, "__dict__", None), dict) \
-                and len(obj.__dict__) <= CONTAINER_ITEMS:  # a plain object, or a callable one
-            for o in obj.__dict__.values():
-                visit(o, level - 1)
+            return
+        for o in _held(obj):
+            visit(o, level - 1)
 
     visit(fn, depth)
     return list(found.values())
+
+
+def _held(obj) -> tuple:
+    """What :func:`modules_of` looks into, one step from ``obj`` (a module: nothing, its
+    submodules are its own)."""
+    if isinstance(obj, torch.nn.Module):
+        return ()
+    if isinstance(obj, functools.partial):
+        return (obj.func, *obj.args, *obj.keywords.values())
+    if inspect.ismethod(obj):
+        return (obj.__self__, obj.__func__)
+    if isinstance(obj, types.FunctionType):
+        cells = []
+        for cell in obj.__closure__ or ():
+            try:
+                cells.append(cell.cell_contents)
+            except ValueError:  # a cell not yet filled
+                pass
+        g = obj.__globals__
+        return (*cells, *(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values(),
+                *(g[n] for n in obj.__code__.co_names if n in g))
+    if isinstance(obj, (list, tuple, set, frozenset)) and len(obj) <= CONTAINER_ITEMS:
+        return tuple(obj)
+    if isinstance(obj, dict) and len(obj) <= CONTAINER_ITEMS:
+        return tuple(obj.values())
+    if not isinstance(obj, (type, types.ModuleType, torch.Tensor, str, bytes, int, float)) \
+            and isinstance(getattr(obj, "__dict__", None), dict) \
+            and len(obj.__dict__) <= CONTAINER_ITEMS:  # a plain object, or a callable one
+        return tuple(obj.__dict__.values())
+    return ()
+
+
+def _global_hooks() -> tuple:
+    """The keys of torch's global module hooks (``register_module_forward_hook``, ...), which run
+    on every module's call: one that centres outputs over the batch makes samples interact."""
+    return (tuple(getattr(nn_module, "_global_forward_hooks", ())),
+            tuple(getattr(nn_module, "_global_forward_pre_hooks", ())))
 
 
 # NOTE [last plan]
 # The last plan used is checked first (a repeated call cost 7 us through the cache above, 2 us
 # here: 15% of a 0.1 ms Jacobian at batch 1 went to finding its plan): (a weak reference to fn,
 # shape, dtype, device, max_memory, compile, :func:`_snapshot` of the modules, the cache entry,
-# the canonical form to put each call's x in). Timed round-robin among the other methods, as the
+# the canonical form's shapes (a Flat of no function and no x: holding either kept the model and
+# the input alive), the ids of what fn holds one step away (:func:`_held`) and torch's global
+# hooks). The ids: a global or closure variable rebound to another model (`for model in models:
+# batch_jacobian(f, x)`, f calling the global `model`), the old one still alive, passed the
+# modules' check, and the old plan gave a BatchNorm model in train mode a Jacobian 0.57 off; one
+# deeper (an item of a list f holds) is not seen (README: clear_plans). Timed round-robin among the other methods, as the
 # benchmark and a training loop run it, a call's Python costs several times what it costs in a
 # loop of itself (its objects and code out of the CPU's caches): on mlp 8-64-8 at batch 1, a
 # 0.23 ms Jacobian, auto's call took 14% more than its method's on a canonical form made once
@@ -496,7 +584,7 @@ def modules_of(fn, depth: int = 6) -> list[torch.nn.Module]:
 # So the fast path builds the call's form from the cached one (Flat.at), checks the modules
 # with early exits (_unchanged) and calls the method itself (Method.runner): auto's call took
 # 5-7% less (measured with benchmarks/auto_ratio.py's timing plus these steps). Nothing in it
-# keeps a model alive (a compiled entry's route does, as in _COMPILED).
+# keeps a model or an input alive (a compiled entry's route does, as in _COMPILED).
 _LAST: list = [None]
 
 
@@ -516,7 +604,7 @@ def _module_state(m: torch.nn.Module) -> tuple:
     False
     """
     return (m.training, tuple(map(id, m._modules.values())), tuple(m._forward_hooks),
-            tuple(m._forward_pre_hooks))
+            tuple(m._forward_pre_hooks), id(m.__dict__.get("forward")))
 
 
 def _snapshot(modules) -> list[tuple]:
@@ -528,11 +616,12 @@ def _snapshot(modules) -> list[tuple]:
 def _unchanged(snapshot: list[tuple]) -> bool:
     """Every module of ``snapshot`` alive and in the state it had (:func:`_module_state`'s
     fields, compared one by one to stop at the first difference)."""
-    for ref, training, children, hooks, pre_hooks in snapshot:
+    for ref, training, children, hooks, pre_hooks, forward in snapshot:
         m = ref()
         if m is None or m.training is not training \
                 or tuple(map(id, m._modules.values())) != children \
-                or tuple(m._forward_hooks) != hooks or tuple(m._forward_pre_hooks) != pre_hooks:
+                or tuple(m._forward_hooks) != hooks or tuple(m._forward_pre_hooks) != pre_hooks \
+                or id(m.__dict__.get("forward")) != forward:
             return False
     return True
 
@@ -552,10 +641,12 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     if last is not None and isinstance(x, torch.Tensor) and last[0]() is fn \
             and last[1] == x.shape and last[2] == x.dtype \
             and last[3] == x.device and last[4] == max_memory and last[5] is compile \
-            and _unchanged(last[6]):
-        route, out_shape = last[7]  # the cached form at this x (_flat's: reshaped unless 2-d)
-        return route, last[8].at(x.detach() if x.ndim == 2 else
-                                 x.detach().reshape(x.shape[0], -1)), out_shape
+            and _unchanged(last[6]) and tuple(map(id, _held(fn))) == last[9] \
+            and _global_hooks() == last[10]:
+        route, out_shape = last[7]
+        if x.ndim == 2 and len(out_shape) == 1:  # (B, N) -> (B, M): the cached form at fn and x
+            return route, last[8].at(fn, x.detach()), out_shape
+        return route, _flat(fn, x, out_shape), out_shape
     clock = timer(x.device if isinstance(x, torch.Tensor) else "cpu")  # _case refuses a non-tensor
     begin = clock()  # finding the cache entry counts as the checks do (0.05 ms at batch 1)
     if compile is not False and not (compile is True or isinstance(compile, str) and compile):
@@ -605,7 +696,8 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
 
 def _remember(fn, x: torch.Tensor, max_memory, compile, modules, entry, flat: Flat) -> None:
     _LAST[0] = (_memo(fn), x.shape, x.dtype, x.device, max_memory, compile, _snapshot(modules),
-                entry, flat)
+                entry, Flat(None, None, flat.in_shapes, flat.out_shapes),  # type: ignore[arg-type]
+                tuple(map(id, _held(fn))), _global_hooks())
 
 
 def _candidates(m: int, n: int) -> tuple[tuple[str, ...], str]:
@@ -736,6 +828,11 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
     saved, t_f, t_b, slope = _pass_times(flat, clock, sync, "repeat_trick" in order)
     per_row = max(saved, 1)
     jac_bytes = b * m * n * flat.x.element_size()
+    if max_memory is not None and max_memory < jac_bytes + per_row:
+        raise JacobianTooLarge(
+            f"max_memory={max_memory} bytes cannot hold the Jacobian (B, M, N) = ({b}, {m}, {n}), "
+            f"{jac_bytes} bytes, and one row's pass ({per_row} bytes the forward saves): pass "
+            f"max_memory={jac_bytes + per_row} or more, or fewer samples")
     budget = max_memory or max(2 * jac_bytes + per_row, MEMORY_FLOOR)
     estimates: dict[str, float] = {}
     if any(c in LOOPS for c in order):

@@ -239,18 +239,18 @@ class Flat:
         with torch.no_grad():
             return self.fn(x)
 
-    def at(self, x: torch.Tensor) -> Flat:
-        """This form at another point ``x``, (B, N) in the same shapes: what a cached plan's
-        fast path builds per call, without the frozen dataclass's ``__init__`` (one of the
+    def at(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Flat:
+        """This form's shapes with the function ``fn`` at the point ``x``, (B, N): what a cached
+        plan's fast path builds per call, without the frozen dataclass's ``__init__`` (one of the
         steps that made auto's call 5-8% slower than its method's at batch 1, NOTE [last plan]).
 
         >>> f = Flat(torch.tanh, torch.zeros(2, 3), ((3,),), ((3,),))
-        >>> g = f.at(torch.ones(2, 3))
-        >>> float(g.x.sum()), g.fn is f.fn, float(f.x.sum())
-        (6.0, True, 0.0)
+        >>> g = f.at(torch.sin, torch.ones(2, 3))
+        >>> float(g.x.sum()), g.fn is torch.sin, g.out_shapes, float(f.x.sum())
+        (6.0, True, ((3,),), 0.0)
         """
         new = object.__new__(Flat)
-        new.__dict__.update(self.__dict__, x=x)
+        new.__dict__.update(self.__dict__, fn=fn, x=x)
         return new
 
     @property

@@ -11,7 +11,8 @@ import jacverify
 from jacverify import auto, measure
 from jacverify.auto import clear_plans
 from jacverify.bench import SUITES, SuiteCase
-from jacverify.errors import FunctionRaised, InvalidArgument, NondeterministicFunction
+from jacverify.errors import (FunctionRaised, InvalidArgument, JacobianTooLarge, NotApplicable,
+                              NondeterministicFunction)
 from jacverify.case import flatten, make_case
 from jacverify.examples.networks import BatchCoupled
 from jacverify.measure import TIE, race, saved_activation_bytes
@@ -439,6 +440,82 @@ def test_a_hook_that_couples_samples_added_after_planning_is_planned_again():
         assert jacverify.plan(model, x).method != "batched_grad_per_sample"
 
 
+def _blocks(f, x: torch.Tensor) -> torch.Tensor:
+    """The per-sample truth where samples may interact: the full Jacobian's diagonal blocks."""
+    full = torch.autograd.functional.jacobian(f, x)
+    return torch.stack([full[b, :, b] for b in range(x.shape[0])])
+
+
+model = None  # the global _calls_the_global calls, rebound by the test below
+
+
+def _calls_the_global(z: torch.Tensor) -> torch.Tensor:
+    return model(z)
+
+
+def test_a_global_rebound_to_another_model_is_planned_again():
+    """Found by a fresh user: ``for model in models: batch_jacobian(f, x)`` with ``f`` calling the
+    global ``model`` reused the first model's plan while it lived (NOTE [last plan]), and a
+    BatchNorm model in train mode got a Jacobian 0.57 off its blocks."""
+    global model
+    torch.manual_seed(0)
+    independent = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh()).double()
+    coupled = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6)).double()
+    x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    clear_plans()
+    try:
+        for model in (independent, coupled, independent):
+            for _ in range(3):
+                torch.testing.assert_close(jacverify.batch_jacobian(_calls_the_global, x),
+                                           _blocks(_calls_the_global, x), rtol=0, atol=1e-10)
+    finally:
+        model = None
+
+
+@pytest.mark.parametrize("change", ["global hook", "patched forward"])
+def test_a_global_hook_or_a_patched_forward_after_planning_is_planned_again(change):
+    """Found by a fresh user: torch's global module hooks (register_module_forward_hook) and a
+    forward assigned on an instance were not in the plan's key nor the fast path's check (0.16
+    and 0.37 off the blocks)."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    net = _mlp(5, 8, 3)
+    x = torch.randn(8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    clear_plans()
+    for _ in range(3):
+        jacverify.batch_jacobian(net, x)
+    centre = (lambda m, i, o: o - o.mean(0, keepdim=True) if m is net[1] else o)
+    if change == "global hook":
+        handle = register_module_forward_hook(centre)
+    else:
+        tanh = net[1]
+        tanh.forward = lambda z: centre(tanh, z, torch.tanh(z))
+    try:
+        torch.testing.assert_close(jacverify.batch_jacobian(net, x), _blocks(net, x), rtol=0,
+                                   atol=1e-10)
+        assert jacverify.plan(net, x).method == "batched_grad_per_sample"
+    finally:
+        if change == "global hook":
+            handle.remove()
+
+
+def test_the_last_plan_keeps_no_model_or_input_alive():
+    """Found by a fresh user: the fast path's cached form held the model (and the input it was
+    planned on) until another function was called."""
+    import gc
+    import weakref
+
+    net = _mlp(5, 8, 3)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    clear_plans()
+    for _ in range(3):
+        jacverify.batch_jacobian(net, x)
+    alive, data = weakref.ref(net), weakref.ref(x)
+    del net, x
+    gc.collect()
+    assert alive() is None and data() is None
+
+
 def test_a_call_moves_running_statistics_as_one_forward_does():
     """auto's validation, probes and race, and verify=True's finite differences, ran 7 forwards
     of the model on its first call, each a BatchNorm update in train mode: the running mean
@@ -500,6 +577,31 @@ def test_batch_jacobian_refuses_or_handles_what_a_fresh_user_tried():
     net.float()  # after cached calls: the fast path's error is the plan's, not torch's
     with pytest.raises(InvalidArgument, match="parameters are torch.float32 but x is torch.float64"):
         jacverify.batch_jacobian(net, x)
+
+
+def test_what_a_second_fresh_user_tried():
+    net = _mlp(4, 8, 3)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    jacverify.clear_plans()  # public, not only jacverify.auto's
+    with pytest.raises(InvalidArgument, match="returned a dict .keys 'a'.*one output tensor"):
+        jacverify.batch_jacobian(lambda z: {"a": torch.tanh(z)}, x)  # torch's AssertionError
+    with pytest.raises(JacobianTooLarge, match="max_memory=1 bytes cannot hold .*pass max_mem"):
+        jacverify.batch_jacobian(net, x, max_memory=1)  # planned "20 passes of 1 rows"
+    converts = (lambda z: net(z.double()).float())  # a function in another dtype than x: runs
+    torch.testing.assert_close(jacverify.batch_jacobian(converts, x.float()),
+                               jacverify.batch_jacobian(net, x).float())
+    fails = [False]
+
+    def sometimes(z):
+        if fails[0]:
+            raise ValueError("a bad batch")
+        return net(z)
+
+    for _ in range(40):  # the race's calls, then the plan's
+        jacverify.batch_jacobian(sometimes, x)
+    fails[0] = True  # the function's own error is FunctionRaised on every call, as on the first
+    with pytest.raises(FunctionRaised, match="a bad batch"):
+        jacverify.batch_jacobian(sometimes, x)
 
 
 def test_a_function_with_randomness_is_refused_at_batch_1_too():
@@ -618,9 +720,10 @@ def test_a_function_whose_output_does_not_depend_on_x_has_a_zero_jacobian(method
         for _ in range(3):  # auto: the race's calls, then the plan's
             jac = jacverify.batch_jacobian(fn, x, method=method)
             assert jac.shape == (4, out, 3) and not jac.any()
-    if method != "auto":
-        with pytest.raises(RuntimeError, match="this backward is broken"):
+    if method != "auto":  # named: said to be the method's, with what to do, torch's chained
+        with pytest.raises(NotApplicable, match="this backward is broken.*method='auto'") as e:
             jacverify.batch_jacobian(_BackwardRaises.apply, x, method=method)
+        assert isinstance(e.value.__cause__, RuntimeError)
 
 
 def test_a_race_whose_budget_the_probes_spent_says_so(monkeypatch):
