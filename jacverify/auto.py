@@ -11,6 +11,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.modules.module as nn_module
@@ -184,6 +185,7 @@ COMPILE_ROUTES = 2
 TRACEABLE = ("vmap_vjp", "forward_broadcast")  # torch.func all through: compiled first
 COMPILED_PLANS = 8
 CONTAINER_ITEMS = 64  # modules_of looks into containers and objects up to this size
+WALK_DEPTH = 6  # and this many steps from the function
 DEFAULT_BACKEND = "inductor"
 
 
@@ -246,7 +248,8 @@ def batch_jacobian(
             its answer checked.
         verify: check this answer against finite differences with ``probes`` random projections
             uᵀ J v (cost: 6 forward passes per probe, whatever the size); raise if it is wrong.
-        max_memory: bytes the computation may use; the default is NOTE [auto plan]'s budget.
+        max_memory: bytes the computation may use (method="auto" only: a named method runs in
+            one pass); the default is NOTE [auto plan]'s budget.
         compile: with "auto", also race ``torch.compile`` of the winning route, verified against
             the eager route first (NOTE [compiled route]; compiling can take a minute on CPU).
         seed: seeds the projections of ``verify=True`` (the plan's probes use a fixed seed, so
@@ -288,6 +291,9 @@ def batch_jacobian(
         (m,) = get_methods([method])
         if max_memory is not None:
             check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30")
+            raise InvalidArgument(f"max_memory={max_memory!r} budgets method='auto''s passes; "
+                                  f"method={method!r} runs as it is, in one pass: drop "
+                                  "max_memory or use method='auto'")
         if compile is not False:
             raise InvalidArgument(f"compile={compile!r} races compiled routes in method='auto'; "
                                   f"method={method!r} runs as it is: drop compile= or use "
@@ -322,8 +328,11 @@ def _zero_if_constant(flat: Flat) -> torch.Tensor | None:
     (a constant, or a step such as ``(x > 0).float()``: its derivative is 0 wherever it has one,
     as ``vmap(jacrev)`` returns), where reverse mode's ways raise torch's "does not require grad";
     otherwise None (the method's error is the caller's to raise)."""
-    leaf = flat.x.detach().requires_grad_()
-    if flat.fn(leaf).requires_grad:
+    leaf = flat.x.detach().clone().requires_grad_()
+    try:
+        if flat.fn(leaf).requires_grad:
+            return None
+    except Exception:  # noqa: BLE001 - fn runs only without autograd (out=): the method's error
         return None
     return flat.x.new_zeros(flat.batch_size, flat.n_out, flat.n_in)
 
@@ -336,12 +345,12 @@ def _needs_grad_mode(x) -> bool:
         or (isinstance(x, torch.Tensor) and x.is_inference())
 
 
-def _case(fn, x, modules: list[torch.nn.Module] | None = None):
-    """``make_case(fn, x)`` after :func:`_check_input`, a failing call of ``fn`` explained
-    (:func:`_dtypes_explained`)."""
+def _flat_case(fn, x, modules: list[torch.nn.Module] | None = None) -> Flat:
+    """``fn`` and ``x`` in the canonical form, one output, after :func:`_check_input`, a failing
+    call of ``fn`` explained (:func:`_dtypes_explained`)."""
     _check_input(x, fn)
     with _dtypes_explained(fn, x, modules):
-        return make_case(fn, x)
+        return _one_output(flatten(make_case(fn, x)))
 
 
 def _raise_if_fn_raises(fn, x, flat: Flat) -> None:
@@ -349,7 +358,7 @@ def _raise_if_fn_raises(fn, x, flat: Flat) -> None:
     FunctionRaised (or :func:`_dtypes_explained`'s), as on a first call; nothing if it runs."""
     _check_input(x, fn)
     with _dtypes_explained(fn, x):
-        evaluate(flat.fn, (flat.x,))
+        evaluate(flat.fn, (flat.x.clone(),))  # a copy: fn may change its input in place
 
 
 def _other_dtypes(modules: list[torch.nn.Module], x: torch.Tensor) -> str | None:
@@ -408,7 +417,7 @@ def _validated(fn, x) -> Flat:
     if key in table:
         return _flat(fn, x, table[key])
     with kept_buffers(modules):
-        flat = _one_output(flatten(_case(fn, x, modules)))
+        flat = _flat_case(fn, x, modules)
     table[key] = flat.out_shapes[0]
     return flat
 
@@ -465,8 +474,8 @@ def plan_table(fn) -> dict:
 
 def clear_plans() -> None:
     """Forget every cached plan: the next ``method="auto"`` call of each function plans again.
-    Needed after a change the plan's checks do not see (a layer swapped into a list a lambda
-    holds, a flag the forward reads: NOTE [last plan], README).
+    Needed after a change the plan's checks do not see (a flag the forward reads, a model
+    looked up by name: NOTE [last plan], README).
 
     Args:
         none.
@@ -500,11 +509,12 @@ def call_key(fn, *tensors: torch.Tensor, extra: object = None,
             extra)
 
 
-def modules_of(fn, depth: int = 6) -> list[torch.nn.Module]:
+def modules_of(fn, depth: int = WALK_DEPTH) -> list[torch.nn.Module]:
     """The modules (with their submodules) ``fn`` reaches within ``depth`` steps: ``fn`` itself,
     a bound method's object, a ``functools.partial``'s function and arguments, what a Python
     function holds in its closure, its defaults and the globals its code names, the items of a
-    list, tuple, set or dict and the attributes of a plain object (up to CONTAINER_ITEMS each). A
+    list, tuple, set or dict, the attributes of a plain object (up to CONTAINER_ITEMS each), and
+    what the ``forward`` of a module of a class of the caller's own (not torch's) reaches. A
     model switched to train() behind a lambda changes the plan's key (its BatchNorm makes samples
     interact) as the model passed itself does; one reached some other way (a module's method
     looked up through a string, say) is not seen.
@@ -513,21 +523,46 @@ def modules_of(fn, depth: int = 6) -> list[torch.nn.Module]:
     >>> len(modules_of(lambda z: net(z)))  # the Sequential, its Linear and its BatchNorm
     3
     """
+    return _walk([fn], depth, expand=True)[0]
+
+
+def _walk(roots: list, depth: int, expand: bool) -> tuple[list[torch.nn.Module], tuple[int, ...]]:
+    """The modules reached from ``roots`` (:func:`modules_of`) and the ids of every object the
+    walk visited, in order. ``expand``: a module's submodules and its own classes' forwards are
+    walked; without, the walk stops at a module (the last plan's check, NOTE [last plan], where
+    the module tree is the snapshot's and the forwards are roots)."""
     found: dict[int, torch.nn.Module] = {}
-    seen: set[int] = set()
+    seen: dict[int, None] = {}
 
     def visit(obj, level: int) -> None:
         if id(obj) in seen or level < 0:
             return
-        seen.add(id(obj))
+        seen[id(obj)] = None
         if isinstance(obj, torch.nn.Module):
-            found.update((id(m), m) for m in obj.modules())
+            if expand:
+                found.update((id(m), m) for m in obj.modules())
+                for forward in _own_forwards(obj.modules()):
+                    visit(forward, level - 1)
             return
         for o in _held(obj):
             visit(o, level - 1)
 
-    visit(fn, depth)
-    return list(found.values())
+    for root in roots:
+        visit(root, depth)
+    return list(found.values()), tuple(seen)
+
+
+def _own_forwards(modules) -> list:
+    """The ``forward`` functions of the modules' classes that are not torch's own (a class of the
+    caller's may call a global model there)."""
+    out: dict[int, object] = {}
+    for m in modules:
+        cls = type(m)
+        if not cls.__module__.startswith("torch."):
+            forward = getattr(cls, "forward", None)
+            if isinstance(forward, types.FunctionType):
+                out[id(forward)] = forward
+    return list(out.values())
 
 
 def _held(obj) -> tuple:
@@ -572,13 +607,17 @@ def _global_hooks() -> tuple:
 # here: 15% of a 0.1 ms Jacobian at batch 1 went to finding its plan): (a weak reference to fn,
 # shape, dtype, device, max_memory, compile, :func:`_snapshot` of the modules, the cache entry,
 # the canonical form's shapes (a Flat of no function and no x: holding either kept the model and
-# the input alive), the ids of what fn holds one step away (:func:`_held`) and torch's global
-# hooks). The ids: a global or closure variable rebound to another model (`for model in models:
-# batch_jacobian(f, x)`, f calling the global `model`), the old one still alive, passed the
-# modules' check, and the old plan gave a BatchNorm model in train mode a Jacobian 0.57 off; one
-# deeper (an item of a list f holds) is not seen (README: clear_plans). Timed round-robin among the other methods, as the
-# benchmark and a training loop run it, a call's Python costs several times what it costs in a
-# loop of itself (its objects and code out of the CPU's caches): on mlp 8-64-8 at batch 1, a
+# the input alive), the ids of every object the walk from fn to its modules passes (_walk,
+# stopping at modules; the forwards of the caller's own module classes walked too), torch's
+# global hooks). The ids: a global or closure variable rebound to another model (`for model in
+# models: batch_jacobian(f, x)`, f calling the global `model`, or a helper that does, or a held
+# bound method whose object's model changed), the old one still alive, passed the modules'
+# check, and the old plan gave a BatchNorm model in train mode a Jacobian 0.53-0.77 off. The
+# table behind it keeps weak references to the modules of each plan: its key holds their ids,
+# and a model freed and another made at its address matched it (_planned_for).
+# Timed round-robin among the other methods, as the benchmark and a training loop run it, a
+# call's Python costs several times what it costs in a loop of itself (its objects and code out
+# of the CPU's caches): on mlp 8-64-8 at batch 1, a
 # 0.23 ms Jacobian, auto's call took 14% more than its method's on a canonical form made once
 # (a new Flat per call 7-10 us of it, the checks 7-19 us, batch_jacobian's own steps 4-8 us).
 # So the fast path builds the call's form from the cached one (Flat.at), checks the modules
@@ -641,8 +680,8 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     if last is not None and isinstance(x, torch.Tensor) and last[0]() is fn \
             and last[1] == x.shape and last[2] == x.dtype \
             and last[3] == x.device and last[4] == max_memory and last[5] is compile \
-            and _unchanged(last[6]) and tuple(map(id, _held(fn))) == last[9] \
-            and _global_hooks() == last[10]:
+            and _unchanged(last[6]) and _global_hooks() == last[10] \
+            and _walk([fn, *last[11]], WALK_DEPTH, expand=False)[1] == last[9]:
         route, out_shape = last[7]
         if x.ndim == 2 and len(out_shape) == 1:  # (B, N) -> (B, M): the cached form at fn and x
             return route, last[8].at(fn, x.detach()), out_shape
@@ -667,7 +706,7 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
         if isinstance(x, torch.Tensor) else None
     owner = fn.__self__ if inspect.ismethod(fn) else fn
     strong = (owner, getattr(fn, "__func__", None), key) if backend and key is not None else None
-    entry = _COMPILED.get(strong) if strong is not None else table.get(key)
+    entry = _COMPILED.get(strong) if strong is not None else _planned_for(table, key, modules)
     if entry is not None:
         route, out_shape = entry
         flat = _flat(fn, x, out_shape)
@@ -676,7 +715,7 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     if max_memory is not None:
         max_memory = int(check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30"))
     with kept_buffers(modules):  # the checks' and probes' forwards, and a race run here, are
-        flat = _one_output(flatten(_case(fn, x, modules)))  # not the caller's call
+        flat = _flat_case(fn, x, modules)  # not the caller's call
         route = _make_plan(flat, max_memory, explore=explore and not backend,
                            checked=clock() - begin)
         if backend:
@@ -687,17 +726,43 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
         while len(_COMPILED) > COMPILED_PLANS:
             _COMPILED.popitem(last=False)
     elif key is not None:
-        table[key] = (route, flat.out_shapes[0])
+        for stale in [k for k, v in table.items()
+                      if isinstance(v, _Entry) and any(r() is None for r in v.refs)]:
+            del table[stale]  # planned for a model since freed (one per model, unbounded)
+        table[key] = _Entry(route, flat.out_shapes[0], [weakref.ref(m) for m in modules])
     canonical = _flat(fn, x, flat.out_shapes[0])
     if key is not None:
         _remember(fn, x, max_memory, compile, modules, (route, flat.out_shapes[0]), canonical)
     return route, canonical, flat.out_shapes[0]
 
 
+class _Entry(NamedTuple):
+    """A plan in a function's table: its route, the output's shape, and weak references to the
+    modules it was planned for."""
+
+    route: _Route
+    out_shape: tuple[int, ...]
+    refs: list
+
+
+def _planned_for(table: dict, key, modules: list[torch.nn.Module]) -> tuple | None:
+    """(route, out_shape) of ``table[key]`` when it was planned for these very modules. The key
+    holds their ids: a model freed and another of the same state made at its address matched it,
+    and a layer centring over the batch ran a freed Tanh's independent-samples plan (0.83 off,
+    found by a fresh user in 10 of 30 tries)."""
+    found = table.get(key)
+    if not isinstance(found, _Entry):
+        return None
+    if len(found.refs) != len(modules) or any(r() is not m for r, m in zip(found.refs, modules)):
+        return None
+    return found.route, found.out_shape
+
+
 def _remember(fn, x: torch.Tensor, max_memory, compile, modules, entry, flat: Flat) -> None:
+    forwards = _own_forwards(modules)
     _LAST[0] = (_memo(fn), x.shape, x.dtype, x.device, max_memory, compile, _snapshot(modules),
                 entry, Flat(None, None, flat.in_shapes, flat.out_shapes),  # type: ignore[arg-type]
-                tuple(map(id, _held(fn))), _global_hooks())
+                _walk([fn, *forwards], WALK_DEPTH, expand=False)[1], _global_hooks(), forwards)
 
 
 def _candidates(m: int, n: int) -> tuple[tuple[str, ...], str]:
@@ -750,7 +815,14 @@ def _pass_times(flat: Flat, clock, sync, slope: bool = True
     when ``flat.fn`` takes no other batch size), in ``clock``'s seconds."""
     sync()
     start = clock()
-    leaf, y, saved = recorded_forward(flat.fn, flat.x, parameters=False)
+    try:
+        leaf, y, saved = recorded_forward(flat.fn, flat.x, parameters=False)
+    except Exception as e:  # noqa: BLE001 - it ran without autograd (the checks' calls)
+        raise FunctionRaised(
+            f"fn raised when its input requires grad ({type(e).__name__}: "
+            f"{str(e).strip()[:300]}), though it ran without: autograd cannot take its derivative "
+            "(an out= argument, an in-place change of its input, a .numpy() round trip?); make "
+            "it differentiable") from e
     sync()
     middle = clock()
     if not y.requires_grad:  # no dependence on x: batch_jacobian answers zeros (_zero_if_constant)
@@ -880,9 +952,10 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
                      + (" (a loop: one row per pass)" if name in _ONE_ROW
                         else f" to stay within {budget} bytes"))
         steady = result.steady or max(probes, 1e-9)
-        used = sum(t for t, kept in calls if kept)
         kept = sum(kept for _, kept in calls)
-        seconds = checked + probes + sum(t for t, k in calls if not k) + used - kept * steady
+        # a call that answered the caller costs its time beyond one call of the plan, never less
+        # (summed net, a median inflated by noisy rounds made the cost -0.9 calls)
+        seconds = checked + probes + sum(t if not k else max(0.0, t - steady) for t, k in calls)
         text += (f"; planned in {seconds * 1e3:.3g} ms = {seconds / steady:.1f} calls of the plan "
                  f"(the input's checks {checked * 1e3:.2g} ms, the probes {probes * 1e3:.3g} ms, "
                  f"then {len(calls)} calls of candidates"

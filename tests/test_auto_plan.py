@@ -499,6 +499,101 @@ def test_a_global_hook_or_a_patched_forward_after_planning_is_planned_again(chan
             handle.remove()
 
 
+def _helper(z: torch.Tensor) -> torch.Tensor:
+    return model(z)
+
+
+class _Calls:
+    def __init__(self, inner):
+        self.model = inner
+
+    def apply(self, z):
+        return self.model(z)
+
+
+class _CallsTheGlobal(torch.nn.Module):
+    def forward(self, z):
+        return model(z)
+
+
+_DEEPER = {
+    "a helper that calls the global": lambda: (lambda z: _helper(z)),
+    "a bound method held, its object's model rebound": lambda: _Calls(None).apply,
+    "a module whose forward calls the global": lambda: _CallsTheGlobal(),
+    "an item of a list a lambda holds": lambda: (lambda box: (lambda z: box[0](z)))([None]),
+}
+
+
+@pytest.mark.parametrize("reach", sorted(_DEEPER))
+def test_a_model_rebound_further_from_fn_is_planned_again(reach):
+    """Found by a second fresh user: the last plan's check saw only what fn holds one step away,
+    so a model rebound two steps away (a helper function's global, a held bound method's
+    object, a module's forward's global, a list's item) reused the old plan: 0.53-0.77 off."""
+    global model
+    torch.manual_seed(0)
+    independent = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh()).double()
+    coupled = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6)).double()
+    x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    f = _DEEPER[reach]()
+    clear_plans()
+    try:
+        for chosen in (independent, coupled, independent):
+            model = chosen
+            if reach.startswith("a bound method"):
+                f.__self__.model = chosen
+            elif reach.startswith("an item"):
+                f.__closure__[0].cell_contents[0] = chosen
+            for _ in range(3):
+                torch.testing.assert_close(jacverify.batch_jacobian(f, x), _blocks(f, x), rtol=0,
+                                           atol=1e-10)
+    finally:
+        model = None
+
+
+class _Centre(torch.nn.Module):
+    def forward(self, z):
+        return z - z.mean(0, keepdim=True)
+
+
+def test_a_plan_for_a_freed_model_is_not_used_for_one_made_at_its_address():
+    """Found by a second fresh user: the plan's key holds the modules' ids; a Tanh freed and a
+    layer centring over the batch made at its address (10 of 30 tries) ran the Tanh's plan,
+    0.83 off, and the table kept an entry per freed model."""
+    global model
+    x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    clear_plans()
+    f = (lambda z: _helper(z))
+    try:
+        for _ in range(12):
+            for layer in (torch.nn.Tanh(), _Centre()):
+                model = layer
+                for _ in range(3):
+                    torch.testing.assert_close(jacverify.batch_jacobian(f, x), _blocks(f, x),
+                                               rtol=0, atol=1e-10)
+                del layer
+                model = None
+        assert len(auto.plan_table(f)) <= 4  # of 24 models: the freed ones' plans went (a
+        # model in a reference cycle lives until the collector runs)
+    finally:
+        model = None
+
+
+def test_a_function_autograd_cannot_differentiate_is_said_to_be():
+    """Found by a second fresh user: ``torch.sin(z, out=...)`` runs without grad and raises
+    with it; auto's probes and the zero-Jacobian check let torch's error out raw."""
+    x = torch.randn(4, 3, dtype=torch.float64)
+    f = (lambda z: torch.sin(z, out=torch.empty_like(z)))
+    with pytest.raises(FunctionRaised, match="requires grad.*out= argument"):
+        jacverify.batch_jacobian(f, x)
+    with pytest.raises(NotApplicable, match="method='batched_grad' cannot run"):
+        jacverify.batch_jacobian(f, x, method="batched_grad")
+    with pytest.raises(InvalidArgument, match="method='loop' runs as it is"):
+        jacverify.batch_jacobian(_mlp(3, 4, 2), x, method="loop", max_memory=2**30)
+    net = _mlp(3, 4, 2)
+    with pytest.raises(InvalidArgument, match="parameters are torch.float64 but x is torch.float32"):
+        jacverify.batch_jacobian(lambda z: net(z), x.float())  # raised in flatten's first call
+
+
 def test_the_last_plan_keeps_no_model_or_input_alive():
     """Found by a fresh user: the fast path's cached form held the model (and the input it was
     planned on) until another function was called."""
