@@ -281,8 +281,7 @@ def batch_jacobian(
         try:
             value = route(flat)
         except Exception as e:
-            _raise_if_fn_raises(fn, x, flat)  # as on a first call: the function's own error
-            zeros = _zero_if_constant(flat) if isinstance(e, RuntimeError) else None
+            zeros = _zeros_after(e, fn, x, flat)
             if zeros is None:
                 raise
             value = zeros
@@ -304,8 +303,7 @@ def batch_jacobian(
         try:
             value = m.compute(flat)
         except Exception as e:
-            _raise_if_fn_raises(fn, x, flat)
-            zeros = _zero_if_constant(flat) if isinstance(e, RuntimeError) else None
+            zeros = _zeros_after(e, fn, x, flat)
             if zeros is None:
                 raise NotApplicable(
                     f"method={method!r} cannot run on this function: {type(e).__name__}: "
@@ -321,6 +319,15 @@ def batch_jacobian(
     if x.ndim == 2 and len(out_shape) == 1:
         return value
     return value.reshape(x.shape[0], *out_shape, *x.shape[1:])
+
+
+def _zeros_after(error: Exception, fn, x, flat: Flat) -> torch.Tensor | None:
+    """After a method raised ``error`` on ``flat``: the function's own error if it raises on this
+    input (:func:`_raise_if_fn_raises`, as on a first call), the zero Jacobian if its output does
+    not depend on ``x`` (:func:`_zero_if_constant`, for reverse mode's RuntimeError), else None:
+    the method's error is the caller's to raise."""
+    _raise_if_fn_raises(fn, x, flat)
+    return _zero_if_constant(flat) if isinstance(error, RuntimeError) else None
 
 
 def _zero_if_constant(flat: Flat) -> torch.Tensor | None:
@@ -649,18 +656,15 @@ def _module_state(m: torch.nn.Module) -> tuple:
 def _snapshot(modules) -> list[tuple]:
     """A weak reference to each module and its :func:`_module_state`: what the fast path checks
     is unchanged (NOTE [last plan])."""
-    return [(weakref.ref(m), *_module_state(m)) for m in modules]
+    return [(weakref.ref(m), _module_state(m)) for m in modules]
 
 
 def _unchanged(snapshot: list[tuple]) -> bool:
-    """Every module of ``snapshot`` alive and in the state it had (:func:`_module_state`'s
-    fields, compared one by one to stop at the first difference)."""
-    for ref, training, children, hooks, pre_hooks, forward in snapshot:
+    """Every module of ``snapshot`` alive and in the state it had, stopping at the first that
+    is not."""
+    for ref, state in snapshot:
         m = ref()
-        if m is None or m.training is not training \
-                or tuple(map(id, m._modules.values())) != children \
-                or tuple(m._forward_hooks) != hooks or tuple(m._forward_pre_hooks) != pre_hooks \
-                or id(m.__dict__.get("forward")) != forward:
+        if m is None or _module_state(m) != state:
             return False
     return True
 
