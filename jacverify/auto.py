@@ -20,7 +20,7 @@ from jacverify.case import Flat, evaluate, flatten, make_case
 from jacverify.errors import (FunctionRaised, InvalidArgument, JacobianTooLarge, MismatchError,
                               NotApplicable)
 from jacverify.judge import describe_worst, warm_up_transforms
-from jacverify.validation import check_bool, check_int, check_number
+from jacverify.validation import check_bool, check_bytes, check_int
 from jacverify.measure import (ROUNDS, Race, race, racing, recorded_forward, settle_allocator,
                                synchronizer, timer)
 from jacverify.methods import get_methods
@@ -239,7 +239,8 @@ def batch_jacobian(
 
     Args:
         fn: a function or module of one batched tensor (batch first).
-        x: the inputs, (B, *in).
+        x: the inputs, (B, *in), finite on the call that plans (its probes need values; the
+            calls that reuse the plan do not look at them, NOTE [last plan]).
         method: "auto" (NOTE [auto plan]: its first calls on a new shape race the candidates,
             each returning the Jacobian its candidate computed) or the name of a registered
             batch_jacobian method. auto probes for samples that interact (BatchNorm in train
@@ -289,7 +290,7 @@ def batch_jacobian(
     else:
         (m,) = get_methods([method])
         if max_memory is not None:
-            check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30")
+            check_bytes("max_memory", max_memory)
             raise InvalidArgument(f"max_memory={max_memory!r} budgets method='auto''s passes; "
                                   f"method={method!r} runs as it is, in one pass: drop "
                                   "max_memory or use method='auto'")
@@ -611,7 +612,7 @@ def _global_hooks() -> tuple:
 
 # NOTE [last plan]
 # The last plan used is checked first (a repeated call cost 7 us through the cache above, 2 us
-# here: 15% of a 0.1 ms Jacobian at batch 1 went to finding its plan): (a weak reference to fn,
+# here: 15% of a 0.1 ms Jacobian at batch 1 went to finding its plan): _Last holds (a weak reference to fn,
 # shape, dtype, device, max_memory, compile, :func:`_snapshot` of the modules, the cache entry,
 # the canonical form's shapes (a Flat of no function and no x: holding either kept the model and
 # the input alive), the ids of every object the walk from fn to its modules passes (_walk,
@@ -629,8 +630,16 @@ def _global_hooks() -> tuple:
 # (a new Flat per call 7-10 us of it, the checks 7-19 us, batch_jacobian's own steps 4-8 us).
 # So the fast path builds the call's form from the cached one (Flat.at), checks the modules
 # with early exits (_unchanged) and calls the method itself (Method.runner): auto's call took
-# 5-7% less (measured with benchmarks/auto_ratio.py's timing plus these steps). Nothing in it
-# keeps a model or an input alive (a compiled entry's route does, as in _COMPILED).
+# 5-7% less (measured with benchmarks/auto_ratio.py's timing plus these steps). The checks are a
+# _Last record's (`fits`): a module of torch's own classes passed itself has no objects between
+# it and its modules (no walk), no global hooks held means two dict reads, and _unchanged reads
+# an empty hook dict's truth rather than copying it: each step timed in turn right after another
+# method's call, finding the plan took 22 us instead of 28 (the module check 8 us instead of
+# 10), auto's own cost over its method 5-8% at batch 1 (benchmarks/auto_ratio.py's "own",
+# 12 processes). Nothing in it keeps a model or an input alive (a compiled entry's route does,
+# as in _COMPILED). Nor does it look at x's values: an input with NaN is refused by the call
+# that plans (its probes need finite values) and computed as it is by the calls after it
+# (a check of every call's values would cost a reduction, and a device sync on CUDA).
 _LAST: list = [None]
 
 
@@ -660,11 +669,19 @@ def _snapshot(modules) -> list[tuple]:
 
 
 def _unchanged(snapshot: list[tuple]) -> bool:
-    """Every module of ``snapshot`` alive and in the state it had, stopping at the first that
-    is not."""
-    for ref, state in snapshot:
+    """Every module of ``snapshot`` alive and in the state it had (:func:`_module_state`,
+    compared field by field: an empty dict's truth is read, not copied into a tuple; the whole
+    check is a third of auto's own cost per call at batch 1, NOTE [last plan]), stopping at the
+    first that is not."""
+    for ref, (training, children, hooks, pre_hooks, forward) in snapshot:
         m = ref()
-        if m is None or _module_state(m) != state:
+        if m is None or m.training != training:
+            return False
+        d = m.__dict__
+        if (tuple(map(id, d["_modules"].values())) != children if children else d["_modules"]) \
+                or (tuple(d["_forward_hooks"]) != hooks if hooks else d["_forward_hooks"]) \
+                or (tuple(d["_forward_pre_hooks"]) != pre_hooks if pre_hooks
+                    else d["_forward_pre_hooks"]) or id(d.get("forward")) != forward:
             return False
     return True
 
@@ -681,14 +698,10 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     """The cached route for this call (made on first use: ``explore``, the race runs on the
     caller's calls, NOTE [auto plan]), ``x`` in the canonical form, and the output's shape."""
     last = _LAST[0]
-    if last is not None and isinstance(x, torch.Tensor) and last[0]() is fn \
-            and last[1] == x.shape and last[2] == x.dtype \
-            and last[3] == x.device and last[4] == max_memory and last[5] is compile \
-            and _unchanged(last[6]) and _global_hooks() == last[10] \
-            and _walk([fn, *last[11]], WALK_DEPTH, expand=False)[1] == last[9]:
-        route, out_shape = last[7]
+    if last is not None and last.fits(fn, x, max_memory, compile):
+        route, out_shape = last.entry
         if x.ndim == 2 and len(out_shape) == 1:  # (B, N) -> (B, M): the cached form at fn and x
-            return route, last[8].at(fn, x.detach()), out_shape
+            return route, last.template.at(fn, x.detach()), out_shape
         return route, _flat(fn, x, out_shape), out_shape
     clock = timer(x.device if isinstance(x, torch.Tensor) else "cpu")  # _case refuses a non-tensor
     begin = clock()  # finding the cache entry counts as the checks do (0.05 ms at batch 1)
@@ -717,7 +730,7 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
         _remember(fn, x, max_memory, compile, modules, entry, flat)
         return route, flat, out_shape
     if max_memory is not None:
-        max_memory = int(check_number("max_memory", max_memory, fix="a number of bytes, e.g. 2**30"))
+        max_memory = check_bytes("max_memory", max_memory)
     with kept_buffers(modules):  # the checks' and probes' forwards, and a race run here, are
         flat = _flat_case(fn, x, modules)  # not the caller's call
         route = _make_plan(flat, max_memory, explore=explore and not backend,
@@ -764,9 +777,38 @@ def _planned_for(table: dict, key, modules: list[torch.nn.Module]) -> tuple | No
 
 def _remember(fn, x: torch.Tensor, max_memory, compile, modules, entry, flat: Flat) -> None:
     forwards = _own_forwards(modules)
-    _LAST[0] = (_memo(fn), x.shape, x.dtype, x.device, max_memory, compile, _snapshot(modules),
-                entry, Flat(None, None, flat.in_shapes, flat.out_shapes),  # type: ignore[arg-type]
-                _walk([fn, *forwards], WALK_DEPTH, expand=False)[1], _global_hooks(), forwards)
+    walked = None if isinstance(fn, torch.nn.Module) and not forwards else \
+        _walk([fn, *forwards], WALK_DEPTH, expand=False)[1]
+    hooks = _global_hooks()
+    _LAST[0] = _Last(_memo(fn), x.shape, x.dtype, x.device, max_memory, compile,
+                     _snapshot(modules), entry,
+                     Flat(None, None, flat.in_shapes, flat.out_shapes),  # type: ignore[arg-type]
+                     walked, hooks if any(hooks) else None, forwards)
+
+
+class _Last:
+    """The last plan used and what its fast path checks (NOTE [last plan])."""
+
+    __slots__ = ("fn", "shape", "dtype", "device", "max_memory", "compile", "snapshot", "entry",
+                 "template", "walked", "hooks", "forwards")
+
+    def __init__(self, *fields) -> None:
+        for name, value in zip(self.__slots__, fields):
+            setattr(self, name, value)
+
+    def fits(self, fn, x, max_memory, compile) -> bool:
+        """This call is the last plan's: the same function, input shape, dtype, device and
+        options, its modules unchanged (:func:`_unchanged`), no global hook added (none held:
+        two dict reads) and the same objects between fn and its modules (a module passed
+        itself, of torch's classes only, has none: ``walked`` is None)."""
+        return self.fn() is fn and isinstance(x, torch.Tensor) and self.shape == x.shape \
+            and self.dtype == x.dtype and self.device == x.device \
+            and self.max_memory == max_memory and self.compile is compile \
+            and _unchanged(self.snapshot) \
+            and (_global_hooks() == self.hooks if self.hooks is not None else
+                 not (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks)) \
+            and (self.walked is None
+                 or _walk([fn, *self.forwards], WALK_DEPTH, expand=False)[1] == self.walked)
 
 
 def _candidates(m: int, n: int) -> tuple[tuple[str, ...], str]:

@@ -353,6 +353,13 @@ def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = 
                 f"{where} has dtype {o.dtype}, which has no derivative; return floating values"
             )
         out_shapes.append(_drop(o.shape, out_axis))
+    n_in, n_out = x.shape[1], sum(math.prod(s) for s in out_shapes)
+    if n_in == 0 or n_out == 0:  # every way's answer is (B, 0, N) or (B, M, 0): nothing to check
+        raise InvalidArgument(
+            f"the Jacobian per sample is empty: {n_out} output entries by {n_in} input entries "
+            f"(inputs {', '.join(str(tuple(t.shape)) for t in case.inputs)}, outputs "
+            f"{', '.join(str(s) for s in out_shapes)} per sample); pass a function and inputs "
+            "with at least one entry per sample each way")
     return Flat(g, x.detach(), in_shapes, tuple(out_shapes), differentiates=differentiates,
                 out_names=names)
 

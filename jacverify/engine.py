@@ -127,8 +127,7 @@ def _run_check(fn, inputs, *, methods, batch_axis, out_batch_axis, dtype, device
     chosen = get_methods(methods) + tuple(extra_methods)
     validation.check_methods_selected(methods, chosen)
     rtols = tolerances(rtol, atol=atol, eps=eps)
-    max_memory = int(validation.check_number("max_memory", max_memory,
-                                             fix="a number of bytes, e.g. 2**30"))
+    max_memory = validation.check_bytes("max_memory", max_memory)
     validation.check_choice("verification", verification, ("auto", "full", "projection", "routes"))
     if probes is None:
         probes = 1 if verification == "routes" else DEFAULT_PROBES

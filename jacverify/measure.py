@@ -198,10 +198,14 @@ class Race:
 #    over FIRST_CUT x the best first call drops out, and when one round of the rest would take the
 #    race past `budget`, the slowest first calls drop out until it fits.
 # 2. The champion and its challengers are timed round-robin, in reverse order every other round,
-#    at most `rounds` rounds; `primed`, each is called twice in a row and the second call timed:
-#    what a call costs after a call of itself, as the plan will run (on 64-64-64 at B=16, float32,
-#    vmap_vjp took 0.50-0.54 ms after itself and 0.64-1.03 ms after batched_grad; unprimed, its
-#    ratio swung from round to round). Each round gives a challenger a paired ratio: its time over
+#    at most `rounds` rounds; `primed`, each is called twice in a row and the round keeps the
+#    faster of the two: what a call costs after a call of itself, as the plan will run (on
+#    64-64-64 at B=16, float32, vmap_vjp took 0.50-0.54 ms after itself and 0.64-1.03 ms after
+#    batched_grad; unprimed, its ratio swung from round to round), and one call's spike (a
+#    preemption's cache misses) needs both to move the round. Timing the second call only, at
+#    batch 1 one spike put repeat_trick, 0.75x batched_grad, at 1.44x in a first round and cut
+#    it: batched_grad was planned in 2 processes of 6; with the faster of two, 0 of 12
+#    (`benchmarks/auto_ratio.py --only mlp8-64-8/B1`, twice). Each round gives a challenger a paired ratio: its time over
 #    the champion's in the same round (a load that drifts between rounds moves both alike). A
 #    challenger whose median ratio is over ROUND_CUT after one round, over TIE after two or three,
 #    or over 1 after four, drops out: it will not unseat the champion (dropped at a median over 1
@@ -363,15 +367,16 @@ def racing(names: list[str], *, estimates: dict[str, float] | None = None,
                       per_call * len(alive)):
             break
         for name in (alive if r % 2 == 0 else alive[::-1]):  # what ran just before matters
-            if primed:  # the first call of two, counted but not timed
+            primer = math.inf
+            if primed:  # the first call of two: the round keeps the faster (NOTE [race] 2)
                 outcome = yield name
                 if not isinstance(outcome, BaseException):
-                    record(outcome)
+                    primer = record(outcome)
             outcome = yield name
             if isinstance(outcome, BaseException):
                 dropped[name] = f"raised {type(outcome).__name__} in a timed round"
             else:
-                own[name].append(record(outcome))
+                own[name].append(min(primer, record(outcome)))
         if champion in dropped:  # it ran once; challengers that kept running take its place
             champion = next((n for n in challengers if n not in dropped), None)
             ratios, challengers = {}, []

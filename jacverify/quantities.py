@@ -176,8 +176,7 @@ def _budget(time_budget: object) -> float | None:
 
 
 def _memory(max_memory: object) -> int:
-    return int(validation.check_number("max_memory", max_memory,
-                                       fix="a number of bytes, e.g. 2**30"))
+    return validation.check_bytes("max_memory", max_memory)
 
 
 def _linear(spec: str) -> Callable:

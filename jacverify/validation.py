@@ -92,6 +92,22 @@ def check_number(name: str, value: Any, *, positive: bool = True, allow_inf: boo
     return float(value)
 
 
+def check_bytes(name: str, value: Any) -> int:
+    """``value`` as a whole, positive number of bytes: an int, or a float that is one (2e9).
+
+    >>> check_bytes("max_memory", 2e9)
+    2000000000
+    >>> check_bytes("max_memory", 1.5)
+    Traceback (most recent call last):
+    jacverify.errors.InvalidArgument: max_memory=1.5 (type=float) must be a whole number of bytes; e.g. 2**30
+    """
+    fix = "e.g. 2**30"
+    number = check_number(name, value, fix=fix)
+    if number != int(number):  # int() of 1.5 stated a budget of 1 byte
+        raise invalid(name, value, "a whole number of bytes", fix)
+    return int(number)
+
+
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     """``value`` if it is one of ``choices``, else an error listing them.
 

@@ -377,7 +377,7 @@ def test_the_last_plan_answers_each_new_input_in_the_users_shapes(in_shape):
             x = x.t().contiguous().t()
         want = torch.func.vmap(torch.func.jacrev(lambda z: net(z[None])[0]))(x)
         torch.testing.assert_close(jacverify.batch_jacobian(net, x), want, rtol=0, atol=1e-12)
-    assert auto._LAST[0][7][0].explore is None  # these calls took the last plan's path
+    assert auto._LAST[0].entry[0].explore is None  # these calls took the last plan's path
 
 
 @pytest.mark.parametrize("reach", sorted(_REACHES))
@@ -759,6 +759,19 @@ def test_a_challenger_far_behind_a_leading_challenger_drops_out(monkeypatch):
     alone = {"champion": [ms], "behind": [1.25 * ms]}  # no leader: only the champion's cuts
     r = race(_fake_clock(monkeypatch, alone), budget=100)
     assert r.dropped["behind"].startswith("1.25x the champion champion after 2 round")
+
+
+def test_a_primed_round_keeps_the_faster_of_its_two_calls(monkeypatch):
+    """NOTE [race] 2: one spike in a round's timed call (1.44x where the challenger runs at 0.75x,
+    at batch 1) cut repeat_trick after that round when only the second call counted; the faster
+    of the pair keeps it, and it wins on its evidence."""
+    ms = 1e-3
+    spiked = {"champion": [ms], "challenger": [0.75 * ms, 0.75 * ms, 1.5 * ms, 0.75 * ms]}
+    r = race(_fake_clock(monkeypatch, spiked), budget=1000, primed=True)
+    assert r.winner == "challenger" and "challenger" not in r.dropped
+    twice = {"champion": [ms], "challenger": [0.75 * ms, 1.5 * ms, 1.5 * ms, 0.75 * ms]}
+    r = race(_fake_clock(monkeypatch, twice), budget=1000, primed=True)
+    assert r.dropped["challenger"].startswith("1.50x the champion")  # both slow: a slow round
 
 
 def test_two_clear_rounds_are_evidence_enough(monkeypatch):

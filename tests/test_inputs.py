@@ -84,6 +84,14 @@ BAD = [
                  id="not_callable"),
     pytest.param(lambda: ((nets.ReadmeNet(), torch.ones(4, 5)), {"max_memory": -1}),
                  r"max_memory=-1 \(type=int\) must be a positive number", id="max_memory"),
+    pytest.param(lambda: ((nets.ReadmeNet(), torch.ones(4, 5)), {"max_memory": 1.5}),
+                 r"max_memory=1.5 \(type=float\) must be a whole number of bytes",
+                 id="fractional_max_memory"),  # int() made it a budget of 1 byte
+    pytest.param(lambda: ((lambda x: x[:, :0], torch.ones(4, 5)), {}),
+                 r"the Jacobian per sample is empty: 0 output entries by 5 input entries",
+                 id="no_output_entries"),  # torch's max() of an empty tensor, from a probe
+    pytest.param(lambda: ((lambda x: x.sum(1, keepdim=True), torch.ones(4, 0)), {}),
+                 r"empty: 1 output entries by 0 input entries", id="no_input_entries"),
     pytest.param(lambda: ((nets.ReadmeNet(), torch.ones(4, 5)), {"rtol": {torch.float32: 0}}),
                  "tolerances\\[torch.float32\\]=0 must be a positive number", id="rtol"),
 ]
@@ -94,6 +102,17 @@ def test_bad_input_is_invalid_argument_with_a_specific_message(make, message):
     args, kwargs = make()
     with pytest.raises(jacverify.InvalidArgument, match=message):
         jacverify.check(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    p for p in BAD if p.id in ("fractional_max_memory", "no_output_entries", "no_input_entries")])
+def test_batch_jacobian_refuses_the_same_bad_input(make, message):
+    """auto's plan: its coupling probe raised torch's "max(): Expected reduction dim" on an output
+    with no entries, and max_memory=1.5 was refused as "max_memory=1 bytes cannot hold"."""
+    (fn, x), kwargs = make()
+    jacverify.clear_plans()
+    with pytest.raises(jacverify.InvalidArgument, match=message):
+        jacverify.batch_jacobian(fn, x, max_memory=kwargs.get("max_memory"))
 
 
 def test_cuda_asked_for_without_cuda():
