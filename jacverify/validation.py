@@ -101,10 +101,9 @@ def check_bytes(name: str, value: Any) -> int:
     Traceback (most recent call last):
     jacverify.errors.InvalidArgument: max_memory=1.5 (type=float) must be a whole number of bytes; e.g. 2**30
     """
-    fix = "e.g. 2**30"
-    number = check_number(name, value, fix=fix)
+    number = check_number(name, value, fix="a number of bytes, e.g. 2**30")
     if number != int(number):  # int() of 1.5 stated a budget of 1 byte
-        raise invalid(name, value, "a whole number of bytes", fix)
+        raise invalid(name, value, "a whole number of bytes", "e.g. 2**30")
     return int(number)
 
 
