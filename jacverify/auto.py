@@ -21,7 +21,7 @@ from jacverify.errors import (FunctionRaised, InvalidArgument, JacobianTooLarge,
                               NotApplicable)
 from jacverify.judge import describe_worst, warm_up_transforms
 from jacverify.validation import check_bool, check_bytes, check_int
-from jacverify.measure import (ROUNDS, Race, race, racing, recorded_forward, settle_allocator,
+from jacverify.measure import (ESTIMATE_CUT, ROUNDS, Race, race, racing, recorded_forward, settle_allocator,
                                synchronizer, timer)
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism
@@ -121,13 +121,17 @@ class Plan:
 #   champion up to ten times before the others while a fresh process settled: that cost batch 1
 #   four calls of its plan and changed no choice once the rounds were primed. `plan()` before any
 #   call, and `compile=`, run the race on the spot instead (ROUNDS rounds, every call counted);
-# - the race's budget, RACE_BUDGET calls of its best median, counts the probes before it and
-#   every call's time (exploring: beyond that median): it runs fewer rounds rather than exceed
-#   it. Plan.planning_seconds states the cost: the first call's checks of its input, the probes,
-#   the calls whose values were thrown away, and the caller's calls beyond one steady call of the
-#   plan each. The checks (0.4 ms on 8-64-8 at B=64, where the probes took 1.6 ms) went unstated
-#   until the benchmark's count came out 2 calls over the plan's; counted in the budget too, they
-#   left batch 1 too few rounds: repeat_trick, 1.2x faster, lost in 3 processes of 6.
+# - the race's budget, RACE_BUDGET calls of its best median, counts the first call's checks of
+#   its input, the probes before it and every call's time (exploring: beyond that median): it
+#   runs fewer rounds rather than exceed it. Plan.planning_seconds states the cost: the checks,
+#   the probes, the calls whose values were thrown away, and the caller's calls beyond one
+#   steady call of the plan each. The checks (0.4 ms on 8-64-8 at B=64, where the probes took
+#   1.6 ms) went unstated until the benchmark's count came out 2 calls over the plan's; counted
+#   in the budget too, they left batch 1 too few rounds while a race needed three (repeat_trick,
+#   1.2x faster, lost in 3 processes of 6), and left out, the plans at batch 1 stated 19-24
+#   calls. Now that the first calls count as evidence where rounds are few (NOTE [race] 3) and
+#   the batch twice over is timed once where that settles it (_pass_times), they are counted:
+#   the plans stated 12-21 calls at batch 1, the benchmark counted 10-18 (24 processes).
 # Measured with `python benchmarks/auto_ratio.py` (3 fresh processes per case, each calling
 # batch_jacobian until its race ended; the README has the table and what it did not reach).
 # Memory: the budget is 2 |J| + the activations the forward saves for backward, but never under
@@ -164,9 +168,10 @@ EXPLORE_ROUNDS = 20  # timed rounds of a race run on the caller's calls (NOTE [a
 # faster than batched_grad there, got one or two rounds and lost in 4 processes of 6; at 18 it won
 # in all 6, and planning took 15-21 calls in all (the benchmark's count, above the plan's own)
 RACE_BUDGET = 18
-# the batch twice over is timed this many times and the fastest kept (NOTE [auto plan]): timed
-# once, one process in 2.5 at batch 1 (4 of 10 here) drew a slope that predicted repeat_trick at
-# 1.1-2.6 ms, over the 1.5x cut, where it runs in 0.2 ms and wins
+# the batch twice over is timed up to this many times and the fastest kept (NOTE [auto plan]):
+# timed once, one process in 2.5 at batch 1 (4 of 10 here) drew a slope that predicted
+# repeat_trick at 1.1-2.6 ms, over the 1.5x cut, where it runs in 0.2 ms and wins (_pass_times
+# stops at one when it predicts repeat_trick within the cut)
 SLOPE_PASSES = 2
 
 # NOTE [compiled route]
@@ -853,12 +858,15 @@ def warm_up_methods(dtype: torch.dtype, device: str) -> None:
     _pass_times(flat, timer(device), lambda: None)
 
 
-def _pass_times(flat: Flat, clock, sync, slope: bool = True
+def _pass_times(flat: Flat, clock, sync, rows: int | None = None
                 ) -> tuple[int, float, float, float | None]:
     """The bytes one forward saves per row (parameters left out), that forward's time (t_f) and
     one backward's through it (t_b) on the batch, and what a forward and backward on the batch
-    twice over cost more than on the batch (the work per B samples; None when not asked for, or
-    when ``flat.fn`` takes no other batch size), in ``clock``'s seconds."""
+    twice over cost more than on the batch (the work per B samples, for repeat_trick over
+    ``rows`` copies; None when not asked for, or when ``flat.fn`` takes no other batch size), in
+    ``clock``'s seconds. The batch twice over is timed up to SLOPE_PASSES times, the fastest
+    kept; once when that already predicts ``rows`` copies within ESTIMATE_CUT of one pass (a
+    second timing could only lower it: at batch 1 it cost 0.5 calls of the plan)."""
     sync()
     start = clock()
     try:
@@ -876,10 +884,10 @@ def _pass_times(flat: Flat, clock, sync, slope: bool = True
     torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
     sync()
     t_f, t_b = middle - start, clock() - middle
-    if not slope:
+    if rows is None:
         return saved, t_f, t_b, None
     leaf = torch.cat([flat.x, flat.x]).requires_grad_()
-    twice = math.inf
+    slope = math.inf
     for _ in range(SLOPE_PASSES):  # the fastest: NOTE [auto plan]'s slope
         sync()
         start = clock()
@@ -889,8 +897,10 @@ def _pass_times(flat: Flat, clock, sync, slope: bool = True
             return saved, t_f, t_b, None
         torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
         sync()
-        twice = min(twice, clock() - start)
-    return saved, t_f, t_b, max(0.0, twice - t_f - t_b)
+        slope = min(slope, max(0.0, clock() - start - t_f - t_b))
+        if (rows - 1) * slope <= (ESTIMATE_CUT - 1) * (t_f + t_b):
+            break
+    return saved, t_f, t_b, slope
 
 
 class _Route:
@@ -943,7 +953,7 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
         warm_up_transforms("forward")
         warmed += clock() - forward_start
         start += clock() - forward_start  # the coupling probe counts, the warm-up does not
-    saved, t_f, t_b, slope = _pass_times(flat, clock, sync, "repeat_trick" in order)
+    saved, t_f, t_b, slope = _pass_times(flat, clock, sync, m if "repeat_trick" in order else None)
     per_row = max(saved, 1)
     jac_bytes = b * m * n * flat.x.element_size()
     if max_memory is not None and max_memory < jac_bytes + per_row:
@@ -969,7 +979,7 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
             chunks[name] = 1 if name in _ONE_ROW else int(min(rows[name], fits))
     probes = clock() - start
     steps = racing([c for c in order if c in chunks], estimates=estimates, fallbacks=FALLBACKS,
-                   siblings=SIBLINGS, budget=RACE_BUDGET, spent=probes,
+                   siblings=SIBLINGS, budget=RACE_BUDGET, spent=checked + probes,
                    rounds=EXPLORE_ROUNDS if explore else ROUNDS, useful=explore, primed=True)
     route = _Route()
     calls: list[tuple[float, bool]] = []  # (seconds, value used) of every call the race made

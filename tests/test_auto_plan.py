@@ -165,8 +165,14 @@ def test_one_slow_pass_of_the_batch_twice_over_does_not_predict_repeat_trick_slo
     ticks = iter([0.0, 1.0, 2.0, 10.0, 20.0, 30.0, 33.0])
     net, x = _mlp(4, 8, 8), torch.randn(1, 4, dtype=torch.float64)
     _, t_f, t_b, slope = auto._pass_times(flatten(make_case(net, x)), lambda: next(ticks),
-                                          lambda: None)
+                                          lambda: None, rows=8)
     assert (t_f, t_b) == (1.0, 1.0) and slope == 1.0 and auto.SLOPE_PASSES == 2
+    # a first pass that predicts 8 copies within ESTIMATE_CUT of one pass is the only one (the
+    # clock has no more ticks: a second pass would raise StopIteration)
+    ticks = iter([0.0, 1.0, 2.0, 10.0, 12.1])
+    _, t_f, t_b, slope = auto._pass_times(flatten(make_case(net, x)), lambda: next(ticks),
+                                          lambda: None, rows=8)
+    assert slope == pytest.approx(0.1)
 
 
 def test_saved_bytes_per_row_leave_the_weights_out():
@@ -769,9 +775,28 @@ def test_a_primed_round_keeps_the_faster_of_its_two_calls(monkeypatch):
     spiked = {"champion": [ms], "challenger": [0.75 * ms, 0.75 * ms, 1.5 * ms, 0.75 * ms]}
     r = race(_fake_clock(monkeypatch, spiked), budget=1000, primed=True)
     assert r.winner == "challenger" and "challenger" not in r.dropped
-    twice = {"champion": [ms], "challenger": [0.75 * ms, 1.5 * ms, 1.5 * ms, 0.75 * ms]}
+    twice = {"champion": [ms], "challenger": [1.2 * ms, 1.5 * ms, 1.5 * ms, 0.75 * ms]}
     r = race(_fake_clock(monkeypatch, twice), budget=1000, primed=True)
-    assert r.dropped["challenger"].startswith("1.50x the champion")  # both slow: a slow round
+    assert r.dropped["challenger"].startswith("1.50x the champion champion after 1 round")
+    # its first call faster than the champion's: the slow round gets a second before the cut
+    disagree = {"champion": [ms], "challenger": [0.75 * ms, 1.5 * ms]}
+    r = race(_fake_clock(monkeypatch, disagree), budget=1000, primed=True)
+    assert r.dropped["challenger"].startswith("1.50x the champion champion after 2 round")
+
+
+def test_a_proven_challenger_beyond_the_tie_of_the_fastest_says_how_far(monkeypatch):
+    """NOTE [race] 3: both challengers have evidence; the earlier in preference is 1.17x the
+    faster one, beyond TIE: it loses, and its reason says by how much (it said "within 1.1x of
+    the winner, which comes first in preference", on the CNN in float32, of vmap_vjp)."""
+    ms = 1e-3
+    times = {"champion": [ms], "earlier": [0.7 * ms], "faster": [0.6 * ms]}
+    r = race(_fake_clock(monkeypatch, times), budget=1000)
+    assert r.winner == "faster"
+    assert r.lost["earlier"] == "1.17x faster (their medians against the champion champion)"
+    times = {"champion": [ms], "earlier": [0.63 * ms], "faster": [0.6 * ms]}  # within TIE
+    r = race(_fake_clock(monkeypatch, times), budget=1000)
+    assert r.winner == "earlier"
+    assert r.lost["faster"] == "within 1.1x of earlier, which comes first in preference"
 
 
 def test_two_clear_rounds_are_evidence_enough(monkeypatch):
@@ -780,10 +805,18 @@ def test_two_clear_rounds_are_evidence_enough(monkeypatch):
     ms = 1e-3
     clear = {"champion": [ms], "challenger": [0.7 * ms]}
     assert race(_fake_clock(monkeypatch, clear), budget=100, rounds=2).winner == "challenger"
-    close = {"champion": [ms], "challenger": [0.85 * ms]}
+    close = {"champion": [ms], "challenger": [1.05 * ms, 0.85 * ms]}
     assert race(_fake_clock(monkeypatch, close), budget=100, rounds=2).winner == "champion"
     assert race(_fake_clock(monkeypatch, close), budget=100, rounds=3).winner == "challenger"
-    assert race(_fake_clock(monkeypatch, clear), budget=100, rounds=1).winner == "champion"
+    # two rounds and a first call all faster by TIE: three observations (at batch 1 the budget
+    # leaves two rounds, and repeat_trick, 0.8x batched_grad, lost in 1 process of 6)
+    agreed = {"champion": [ms], "challenger": [0.85 * ms]}
+    assert race(_fake_clock(monkeypatch, agreed), budget=100, rounds=2).winner == "challenger"
+    # one round and a first call, both clear wins (the budget left batch 1 one round after a
+    # spike of the champion's, and repeat_trick, 0.49x batched_grad there, lost)
+    assert race(_fake_clock(monkeypatch, clear), budget=100, rounds=1).winner == "challenger"
+    late = {"champion": [ms], "challenger": [0.95 * ms, 0.7 * ms]}  # a first call near a tie
+    assert race(_fake_clock(monkeypatch, late), budget=100, rounds=1).winner == "champion"
 
 
 def test_a_settled_race_ends_early_and_a_near_tie_gets_every_round(monkeypatch):
