@@ -131,7 +131,8 @@ class Plan:
 #   1.2x faster, lost in 3 processes of 6), and left out, the plans at batch 1 stated 19-24
 #   calls. Now that the first calls count as evidence where rounds are few (NOTE [race] 3) and
 #   the batch twice over is timed once where that settles it (_pass_times), they are counted:
-#   the plans stated 12-21 calls at batch 1, the benchmark counted 10-18 (24 processes).
+#   the plans stated 12-21 calls at batch 1, the benchmark counted 10-18 (24 processes), and
+#   batched_grad was planned in 2 of 18 processes (1.14-1.17x) as before (README).
 # Measured with `python benchmarks/auto_ratio.py` (3 fresh processes per case, each calling
 # batch_jacobian until its race ended; the README has the table and what it did not reach).
 # Memory: the budget is 2 |J| + the activations the forward saves for backward, but never under

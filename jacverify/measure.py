@@ -204,8 +204,9 @@ class Race:
 #    batched_grad; unprimed, its ratio swung from round to round), and one call's spike (a
 #    preemption's cache misses) needs both to move the round. Timing the second call only, at
 #    batch 1 one spike put repeat_trick, 0.75x batched_grad, at 1.44x in a first round and cut
-#    it: batched_grad was planned in 2 processes of 6; with the faster of two, 0 of 12
-#    (`benchmarks/auto_ratio.py --only mlp8-64-8/B1`, twice). Each round gives a challenger a paired ratio: its time over
+#    it: batched_grad was planned in 2 processes of 6; with the faster of two, 2 of 18
+#    (`benchmarks/auto_ratio.py --only mlp8-64-8/B1`, three runs). Each round gives a challenger
+#    a paired ratio: its time over
 #    the champion's in the same round (a load that drifts between rounds moves both alike). A
 #    challenger whose median ratio is over ROUND_CUT after one round (unless its first call was
 #    faster than the champion's: the two disagree, and a second round decides; one round cut
@@ -229,7 +230,9 @@ class Race:
 #    than batched_grad, lost in 3 processes of 6 for want of a third. Where the rounds were
 #    fewer than `min_rounds`, the first calls' ratio counts as one more (both tests): at batch 1
 #    the budget left one or two rounds after a spike, and repeat_trick lost at 0.49x and 0.80x
-#    (2 processes of 6); with it, 1 of 12 in the next runs. A first call runs 1.0-1.8x its
+#    (2 processes of 6). With it and the round-one rule above, the input's checks were counted
+#    in auto's budget too (NOTE [auto plan]), and 2 processes of 18 planned batched_grad: no
+#    better and no worse than before both, with fewer calls. A first call runs 1.0-1.8x its
 #    steady time, so this evidence only ever adds to rounds that agree. Otherwise the champion
 #    wins: a challenger within TIE, or one the budget left too few rounds to judge, loses the
 #    same way in every process, which is what
