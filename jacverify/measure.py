@@ -523,6 +523,10 @@ TRIM_ABOVE = 2**25  # 32 MiB: glibc's largest mmap threshold, what one free can 
 # anything: what glibc does after any large free (a training step's), leaving the thresholds
 # adjustable, not mallopt's fixed ones (which would hold for good). The cost: up to 64 MiB of
 # freed heap kept instead of returned. Elsewhere than glibc it allocates and frees 31 MiB, once.
+# What it does not settle: a torch CPU tensor is allocated 64-byte aligned (posix_memalign), and
+# a freed 10 MiB buffer, less its alignment remainder, did not fit the next same-size request in
+# 3 processes of 6 here, which took fresh heap pages above it (2,560 faults); the heap's layout
+# decides, by process. Its test allocates with malloc, which reuses the block every time.
 SETTLING_BYTES = 31 * 2**20  # under glibc's 32 MiB cap on the threshold it raises on a free
 
 

@@ -891,14 +891,17 @@ def test_the_first_plan_leaves_the_callers_random_stream_alone():
 
 
 _FAULTS = """
-import resource, sys, torch
+import ctypes, resource, sys
 from jacverify.measure import settle_allocator
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
 if sys.argv[1] == "settled":
     settle_allocator()
 def once():
-    t = torch.empty(10 * 2**20, dtype=torch.uint8)
-    t.fill_(1)
-    del t
+    p = libc.malloc(10 * 2**20)
+    ctypes.memset(p, 1, 10 * 2**20)
+    libc.free(p)
 once()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 once()
@@ -911,7 +914,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_a_settled_allocator_keeps_a_freed_buffer_for_the_next_call():
     """NOTE [settled allocator]: in a fresh process a 10 MiB buffer freed and allocated again
     faults its 2,560 pages in again (glibc handed them back); after settle_allocator it takes
-    none, as in a long-running process. The unsettled twin must fault."""
+    none, as in a long-running process. The unsettled twin must fault. The buffer is malloc's:
+    a torch tensor's aligned allocation landed elsewhere in the heap in 3 processes of 6 here,
+    settled or not (the NOTE), and the test failed CI in one run of three."""
     import subprocess
     import sys
 
