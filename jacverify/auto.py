@@ -320,6 +320,8 @@ def batch_jacobian(
                     "methods apply and why") from e
             value = zeros
     value = value.detach()
+    if value.dtype != x.dtype:  # fn's output in another dtype: the ways differ (found racing)
+        value = value.to(x.dtype)
     if verify and check_bool("verify", verify):
         with kept_buffers(modules_of(fn)):  # its forwards are not the caller's
             _verify(fn, x, value, name, probes, seed)
@@ -424,9 +426,9 @@ def _validated(fn, x) -> Flat:
     (its buffers put back: it is not the caller's call) on the first use of this function, shape,
     dtype, device and module state, cached as plans are, and without calling ``fn`` after that
     (the call made a 0.09 ms Jacobian at batch 1 take 0.18 ms, where auto's took 0.09)."""
-    modules = modules_of(fn)
+    modules, callables = _reach(fn)
     _check_input(x, fn)
-    key = call_key(fn, x, extra="validated", modules=modules)
+    key = call_key(fn, x, extra="validated", modules=modules, callables=callables)
     table = plan_table(fn)
     if key in table:
         return _flat(fn, x, table[key])
@@ -513,14 +515,25 @@ def clear_plans() -> None:
 
 
 def call_key(fn, *tensors: torch.Tensor, extra: object = None,
-             modules: list[torch.nn.Module] | None = None) -> tuple:
+             modules: list[torch.nn.Module] | None = None, callables: list | None = None
+             ) -> tuple:
     """What a cached choice depends on: shapes, dtypes, devices, the state (:func:`_module_state`)
-    of the modules ``fn`` reaches (``modules``, when the caller has them: :func:`modules_of`),
-    ``extra``."""
-    modes = tuple((id(m), _module_state(m))
-                  for m in (modules_of(fn) if modules is None else modules))
-    return (*((tuple(t.shape), t.dtype, t.device) for t in tensors), modes, _global_hooks(),
-            extra)
+    of the modules ``fn`` reaches and the identities of the other callables it reaches (the
+    caller's :func:`_reach`, when it has it), ``extra``."""
+    if modules is None or callables is None:
+        modules, callables = _reach(fn)
+    modes = tuple((id(m), _module_state(m)) for m in modules)
+    return (*((tuple(t.shape), t.dtype, t.device) for t in tensors), modes,
+            tuple(map(id, callables)), _global_hooks(), extra)
+
+
+def _reach(fn) -> tuple[list[torch.nn.Module], list]:
+    """The modules ``fn`` reaches (:func:`modules_of`) and the other callables the walk passed,
+    ``fn`` itself left out (a new bound method at every access): a global helper rebound
+    (``act = lambda z: z - z.mean(0)``) kept the modules' key, and the cached independent-samples
+    plan returned Jacobians 0.1 off (found by a fresh user)."""
+    modules, _, callables = _walk([fn], WALK_DEPTH, expand=True)
+    return modules, callables
 
 
 def modules_of(fn, depth: int = WALK_DEPTH) -> list[torch.nn.Module]:
@@ -540,18 +553,20 @@ def modules_of(fn, depth: int = WALK_DEPTH) -> list[torch.nn.Module]:
     return _walk([fn], depth, expand=True)[0]
 
 
-def _walk(roots: list, depth: int, expand: bool) -> tuple[list[torch.nn.Module], tuple[int, ...]]:
-    """The modules reached from ``roots`` (:func:`modules_of`) and the ids of every object the
-    walk visited, in order. ``expand``: a module's submodules and its own classes' forwards are
-    walked; without, the walk stops at a module (the last plan's check, NOTE [last plan], where
-    the module tree is the snapshot's and the forwards are roots)."""
+def _walk(roots: list, depth: int, expand: bool
+          ) -> tuple[list[torch.nn.Module], tuple[int, ...], list]:
+    """The modules reached from ``roots`` (:func:`modules_of`), the ids of every object the
+    walk visited, in order, and the callables among them other than modules and the roots.
+    ``expand``: a module's submodules and its own classes' forwards are walked; without, the
+    walk stops at a module (the last plan's check, NOTE [last plan], where the module tree is the
+    snapshot's and the forwards are roots)."""
     found: dict[int, torch.nn.Module] = {}
-    seen: dict[int, None] = {}
+    seen: dict[int, object] = {}
 
     def visit(obj, level: int) -> None:
         if id(obj) in seen or level < 0:
             return
-        seen[id(obj)] = None
+        seen[id(obj)] = obj
         if isinstance(obj, torch.nn.Module):
             if expand:
                 found.update((id(m), m) for m in obj.modules())
@@ -563,7 +578,9 @@ def _walk(roots: list, depth: int, expand: bool) -> tuple[list[torch.nn.Module],
 
     for root in roots:
         visit(root, depth)
-    return list(found.values()), tuple(seen)
+    callables = [o for o in seen.values() if callable(o) and not isinstance(o, torch.nn.Module)
+                 and not any(o is r for r in roots)]
+    return list(found.values()), tuple(seen), callables
 
 
 def _own_forwards(modules) -> list:
@@ -595,18 +612,39 @@ def _held(obj) -> tuple:
                 cells.append(cell.cell_contents)
             except ValueError:  # a cell not yet filled
                 pass
-        g = obj.__globals__
+        g, names = obj.__globals__, obj.__code__.co_names
+        named = [g[n] for n in names if n in g]
         return (*cells, *(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values(),
-                *(g[n] for n in obj.__code__.co_names if n in g))
+                *named, *_attributes_named(named, names))
     if isinstance(obj, (list, tuple, set, frozenset)) and len(obj) <= CONTAINER_ITEMS:
         return tuple(obj)
     if isinstance(obj, dict) and len(obj) <= CONTAINER_ITEMS:
         return tuple(obj.values())
-    if not isinstance(obj, (type, types.ModuleType, torch.Tensor, str, bytes, int, float)) \
-            and isinstance(getattr(obj, "__dict__", None), dict) \
+    if isinstance(obj, (type, types.ModuleType, torch.Tensor, str, bytes, int, float)):
+        return ()
+    slots = [n for c in type(obj).__mro__ for n in
+             ((c.__dict__.get("__slots__", ()),) if isinstance(c.__dict__.get("__slots__"), str)
+              else c.__dict__.get("__slots__", ()))]
+    held = [getattr(obj, n) for n in slots[:CONTAINER_ITEMS] if hasattr(obj, n)]
+    if isinstance(getattr(obj, "__dict__", None), dict) \
             and len(obj.__dict__) <= CONTAINER_ITEMS:  # a plain object, or a callable one
-        return tuple(obj.__dict__.values())
-    return ()
+        held.extend(obj.__dict__.values())
+    return tuple(held)
+
+
+def _attributes_named(values: list, names: tuple[str, ...], levels: int = 3) -> list:
+    """The attributes named in ``names`` (a function's ``co_names``) of the Python modules and
+    classes among ``values``, and theirs, ``levels`` deep: ``models.net(z)``,
+    ``Config.model(z)``, ``pkg.models.net(z)``. A model reached so was not walked, and switched
+    to train() it kept the independent-samples plan (0.44 off, found by a fresh user)."""
+    out: list = []
+    for _ in range(levels):
+        values = [vars(v)[n] for v in values if isinstance(v, (types.ModuleType, type))
+                  for n in names if n in vars(v)]
+        if not values:
+            break
+        out.extend(values)
+    return out
 
 
 def _global_hooks() -> tuple:
@@ -651,12 +689,13 @@ _LAST: list = [None]
 
 def _module_state(m: torch.nn.Module) -> tuple:
     """What of a module a plan depends on beyond its identity: its train/eval mode, its children's
-    identities and its forward hooks'. A layer swapped in (``net[1] = torch.nn.BatchNorm1d(8)``,
-    the old one still held elsewhere) changes its parent's children, and a hook that centres a
-    layer's output over the batch makes samples interact; without them the last-plan fast path
-    kept the old plan, and a vectorized route over samples they couple returned Jacobians 0.96
-    and 0.22 off. What a forward reads elsewhere (a flag on the module) is not seen:
-    ``clear_plans()``.
+    identities, its forward hooks' and its forward (one assigned on it, and its class's). A layer
+    swapped in (``net[1] = torch.nn.BatchNorm1d(8)``, the old one still held elsewhere) changes
+    its parent's children, and a hook that centres a layer's output over the batch makes samples
+    interact; without them the last-plan fast path kept the old plan, and a vectorized route
+    over samples they couple returned Jacobians 0.96 and 0.22 off (and 0.21 off after
+    ``W.forward = ...`` on the class, found by a fresh user). What a forward reads elsewhere (a
+    flag on the module) is not seen: ``clear_plans()``.
 
     >>> lin = torch.nn.Linear(2, 2)
     >>> before = _module_state(lin)
@@ -665,7 +704,8 @@ def _module_state(m: torch.nn.Module) -> tuple:
     False
     """
     return (m.training, tuple(map(id, m._modules.values())), tuple(m._forward_hooks),
-            tuple(m._forward_pre_hooks), id(m.__dict__.get("forward")))
+            tuple(m._forward_pre_hooks), id(m.__dict__.get("forward")),
+            id(getattr(type(m), "forward", None)))
 
 
 def _snapshot(modules) -> list[tuple]:
@@ -679,7 +719,7 @@ def _unchanged(snapshot: list[tuple]) -> bool:
     compared field by field: an empty dict's truth is read, not copied into a tuple; the whole
     check is a third of auto's own cost per call at batch 1, NOTE [last plan]), stopping at the
     first that is not."""
-    for ref, (training, children, hooks, pre_hooks, forward) in snapshot:
+    for ref, (training, children, hooks, pre_hooks, forward, class_forward) in snapshot:
         m = ref()
         if m is None or m.training != training:
             return False
@@ -687,7 +727,8 @@ def _unchanged(snapshot: list[tuple]) -> bool:
         if (tuple(map(id, d["_modules"].values())) != children if children else d["_modules"]) \
                 or (tuple(d["_forward_hooks"]) != hooks if hooks else d["_forward_hooks"]) \
                 or (tuple(d["_forward_pre_hooks"]) != pre_hooks if pre_hooks
-                    else d["_forward_pre_hooks"]) or id(d.get("forward")) != forward:
+                    else d["_forward_pre_hooks"]) or id(d.get("forward")) != forward \
+                or id(getattr(type(m), "forward", None)) != class_forward:
             return False
     return True
 
@@ -724,12 +765,13 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
             raise InvalidArgument(f"compile={compile!r} (type={type(compile).__name__}) names no "
                                   f"torch.compile backend; known: {', '.join(sorted(known))}")
     table = plan_table(fn)
-    modules = modules_of(fn)  # walked once: for the key and for the fast path's check
-    key = call_key(fn, x, extra=("batch_jacobian", max_memory, backend), modules=modules) \
-        if isinstance(x, torch.Tensor) else None
+    modules, callables = _reach(fn)  # walked once: for the key and for the fast path's check
+    key = call_key(fn, x, extra=("batch_jacobian", max_memory, backend), modules=modules,
+                   callables=callables) if isinstance(x, torch.Tensor) else None
     owner = fn.__self__ if inspect.ismethod(fn) else fn
     strong = (owner, getattr(fn, "__func__", None), key) if backend and key is not None else None
-    entry = _COMPILED.get(strong) if strong is not None else _planned_for(table, key, modules)
+    held = [*modules, *(c for c in callables if _weakly_held(c))]
+    entry = _COMPILED.get(strong) if strong is not None else _planned_for(table, key, held)
     if entry is not None:
         route, out_shape = entry
         flat = _flat(fn, x, out_shape)
@@ -752,7 +794,7 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
         for stale in [k for k, v in table.items()
                       if isinstance(v, _Entry) and any(r() is None for r in v.refs)]:
             del table[stale]  # planned for a model since freed (one per model, unbounded)
-        table[key] = _Entry(route, flat.out_shapes[0], [weakref.ref(m) for m in modules])
+        table[key] = _Entry(route, flat.out_shapes[0], [weakref.ref(o) for o in held])
     canonical = _flat(fn, x, flat.out_shapes[0])
     if key is not None:
         _remember(fn, x, max_memory, compile, modules, (route, flat.out_shapes[0]), canonical)
@@ -761,24 +803,34 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
 
 class _Entry(NamedTuple):
     """A plan in a function's table: its route, the output's shape, and weak references to the
-    modules it was planned for."""
+    modules and callables it was planned for (:func:`_planned_for`)."""
 
     route: _Route
     out_shape: tuple[int, ...]
     refs: list
 
 
-def _planned_for(table: dict, key, modules: list[torch.nn.Module]) -> tuple | None:
-    """(route, out_shape) of ``table[key]`` when it was planned for these very modules. The key
-    holds their ids: a model freed and another of the same state made at its address matched it,
-    and a layer centring over the batch ran a freed Tanh's independent-samples plan (0.83 off,
-    found by a fresh user in 10 of 30 tries)."""
+def _planned_for(table: dict, key, held: list) -> tuple | None:
+    """(route, out_shape) of ``table[key]`` when it was planned for these very modules and
+    callables (``held``: those a weak reference can hold). The key holds their ids: a model freed
+    and another of the same state made at its address matched it, and a layer centring over the
+    batch ran a freed Tanh's independent-samples plan (0.83 off, found by a fresh user in 10 of
+    30 tries)."""
     found = table.get(key)
     if not isinstance(found, _Entry):
         return None
-    if len(found.refs) != len(modules) or any(r() is not m for r, m in zip(found.refs, modules)):
+    if len(found.refs) != len(held) or any(r() is not o for r, o in zip(found.refs, held)):
         return None
     return found.route, found.out_shape
+
+
+def _weakly_held(obj) -> bool:
+    """A weak reference can hold ``obj`` (a function, a class; not a builtin or a partial)."""
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
 
 
 def _remember(fn, x: torch.Tensor, max_memory, compile, modules, entry, flat: Flat) -> None:

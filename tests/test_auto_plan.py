@@ -4,6 +4,8 @@ No test here asserts on timing or on the machine's speed."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -341,14 +343,43 @@ class _Holder:
         return self.model(z)
 
 
+class _Slotted:
+    __slots__ = ("model",)
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, z):
+        return self.model(z)
+
+
+def _global_in(source: str, **names):
+    """``f`` defined by ``source`` in a module whose globals are ``names``."""
+    exec(source, names)  # noqa: S102 - a test's own source
+    return names["f"]
+
+
 _REACHES = {
     "lambda": lambda net: (lambda z: net(z)),
+    # reached as an attribute (`import models; models.net(z)`), of a class, of a slots object:
+    # not walked, and switched to train() they kept the old plan (0.44 off, a fresh user)
+    "attribute of a Python module": lambda net: _global_in(
+        "def f(z):\n    return models.net(z)", models=_module(net)),
+    "attribute of a class": lambda net: _global_in(
+        "def f(z):\n    return Config.model(z)", Config=type("Config", (), {"model": net})),
+    "slots object": _Slotted,
     "list in a closure": lambda net: (lambda box: (lambda z: box[0](z)))([net]),
     "dict in a closure": lambda net: (lambda box: (lambda z: box["m"](z)))({"m": net}),
     "callable object": _Holder,
     "bound method of an object": lambda net: _Holder(net).__call__,
     "four nested functions": lambda net: _nested(net),
 }
+
+
+def _module(net):
+    models = types.ModuleType("models")
+    models.net = net
+    return models
 
 
 def _nested(net):
@@ -402,6 +433,56 @@ def test_a_model_behind_a_function_switched_to_train_is_planned_again(reach):
     net.train()
     torch.testing.assert_close(jacverify.batch_jacobian(f, x), _blocks(f, x), rtol=0, atol=1e-10)
     assert jacverify.plan(f, x).method == "batched_grad_per_sample"
+
+
+def test_a_helper_rebound_behind_the_function_is_planned_again():
+    """call_key holds the callables fn reaches: a global helper rebound to one that centres over
+    the batch kept the modules' key, and the cached independent-samples plan returned Jacobians
+    0.1 off on every call after (found by a fresh user)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 5), torch.nn.Tanh()).double()
+    f = _global_in("def f(z):\n    return net(act(z))", net=net, act=torch.tanh)
+    clear_plans()
+    x = torch.randn(8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for _ in range(30):  # the race, then the last plan's path
+        jacverify.batch_jacobian(f, x)
+    f.__globals__["act"] = lambda z: torch.tanh(z - z.mean(0))
+    for _ in range(2):
+        torch.testing.assert_close(jacverify.batch_jacobian(f, x), _blocks(f, x), rtol=0,
+                                   atol=1e-10)
+    assert jacverify.plan(f, x).method == "batched_grad_per_sample"
+
+
+def test_a_forward_replaced_on_the_class_is_planned_again():
+    """_module_state holds the class's forward: ``W.forward = ...`` after planning kept the old
+    plan, 0.21 off (found by a fresh user); one assigned on the instance was seen already."""
+    class W(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(5, 5)
+
+        def forward(self, z):
+            return torch.tanh(self.lin(z))
+
+    torch.manual_seed(0)
+    w = W().double()
+    clear_plans()
+    x = torch.randn(8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for _ in range(30):
+        jacverify.batch_jacobian(w, x)
+    W.forward = lambda self, z: torch.tanh(self.lin(z - z.mean(0)))
+    torch.testing.assert_close(jacverify.batch_jacobian(w, x), _blocks(w, x), rtol=0, atol=1e-10)
+
+
+def test_the_jacobian_is_in_xs_dtype_on_every_call():
+    """A function whose output is float64 for a float32 x: the race's ways answered in either
+    dtype, call by call (found by a fresh user); the docstring promises x's."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 4))
+    clear_plans()
+    g = lambda z: net(z).double()  # noqa: E731
+    x = torch.randn(8, 5)
+    assert {jacverify.batch_jacobian(g, x).dtype for _ in range(30)} == {torch.float32}
 
 
 def test_a_layer_swapped_in_while_the_old_one_lives_is_planned_again():
