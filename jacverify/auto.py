@@ -1067,7 +1067,7 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
         seconds = checked + probes + sum(t if not k else max(0.0, t - steady) for t, k in calls)
         text += (f"; planned in {seconds * 1e3:.3g} ms = {seconds / steady:.1f} calls of the plan "
                  f"(the input's checks {checked * 1e3:.2g} ms, the probes {probes * 1e3:.3g} ms, "
-                 f"then {len(calls)} calls of candidates"
+                 f"then {len(calls)} call{'s' * (len(calls) != 1)} of candidates"
                  + (f", {kept} of which answered the caller's calls and count only beyond one "
                     "call of the plan" if kept else "") + ")")
         if warmed > 0.01:

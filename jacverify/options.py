@@ -77,9 +77,10 @@ def _bytes(text: str) -> int:
         value = float(base) ** float(power) if power else float(base)
     except ValueError:
         value = float("nan")
-    if not value * factor >= 1:
+    if not value * factor >= 1 or value * factor != int(value * factor):  # 1.5 meant 1 byte
         raise argparse.ArgumentTypeError(
-            f"max-memory {text!r} must be a positive number of bytes, e.g. 2**30, 1e9 or 512MiB")
+            f"max-memory {text!r} must be a positive, whole number of bytes, e.g. 2**30, 1e9, "
+            "512MiB or 1.5GiB")
     return int(value * factor)
 
 

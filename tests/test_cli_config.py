@@ -181,3 +181,22 @@ def test_cli_config_option_names_another_file(tmp_path):
     result = _run("check", "--quiet", "--config", str(config), str(enc))
     assert "enc.py::Encoder: PASSED" in result.stdout and result.returncode == 0, result.stdout
     assert _run("check", "--config", str(tmp_path / "none.toml"), str(enc)).returncode == 2
+
+
+@pytest.mark.parametrize(("given", "ok"), [("1.5", False), ("1.5GiB", True), ("2e9", True),
+                                           ("512MiB", True), ("0.5KiB", True), ("0.3", False)])
+def test_max_memory_on_the_command_line_is_a_whole_number_of_bytes(given, ok, capsys):
+    """--max-memory 1.5 was read as 1 byte ("over the max_memory=1 bytes budget", a fresh user)
+    where the API refuses 1.5; a fraction of a unit that makes whole bytes is fine."""
+    from jacverify.cli import main
+
+    if ok:  # parsed: then the file that does not exist is the usage error
+        assert main(["check", "--max-memory", given, "--quiet", "/nonexistent.py"]) == 2
+        err = capsys.readouterr().err
+        assert "/nonexistent.py" in err and "max-memory" not in err
+    else:
+        with pytest.raises(SystemExit) as e:
+            main(["check", "--max-memory", given, "/nonexistent.py"])
+        assert e.value.code == 2
+        assert f"max-memory {given!r} must be a positive, whole number of bytes" \
+            in capsys.readouterr().err

@@ -485,3 +485,46 @@ def test_the_check_page_plots_carry_legends():
                for alt, fig in figures.items()}
     assert legends == {"time per method": ["agrees", "wrong (mismatch)"],
                        "error against tolerance": ["max abs error", "tolerance at the worst entry"]}
+
+
+class _SinBackward5PercentOff(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.sin(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        grad = g * torch.cos(x)
+        grad[..., 0] *= 1.05
+        return grad
+
+
+class _SinNet(torch.nn.Module):
+    def __init__(self, sin=torch.sin):
+        super().__init__()
+        self.lin = torch.nn.Linear(5, 5)
+        self.sin = sin
+
+    def forward(self, z):
+        return self.sin(self.lin(z))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("verification", ["projection", "routes"])
+def test_a_half_precision_projection_check_fails_a_wrong_backward_in_float64(dtype, verification):
+    """engine._reference_routes: a backward 5% off on one entry of 25 moved uᵀJv by less than
+    float16's and bfloat16's tolerance, and the projection check PASSED (a fresh user; the full
+    check failed it on its float64 loop). The routes run once more in float64 and fail it; the
+    correct twin still passes."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 5)
+    bad = jacverify.check(_SinNet(_SinBackward5PercentOff.apply).to(dtype), x.to(dtype),
+                          verification=verification)
+    assert not bad.passed
+    assert any(f.startswith("the float64 route:vjp disagrees with finite differences")
+               for f in bad.findings)
+    torch.manual_seed(0)
+    good = jacverify.check(_SinNet().to(dtype), x.to(dtype), verification=verification)
+    assert good.passed and not good.findings
