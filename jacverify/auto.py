@@ -25,6 +25,7 @@ from jacverify.measure import (ESTIMATE_CUT, ROUNDS, Race, race, racing, recorde
                                synchronizer, timer)
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism
+from jacverify.oracles.prechecks import COUPLING_ROUNDING
 from jacverify.oracles.projections import DEFAULT_PROBES
 from jacverify.references import kept_buffers
 
@@ -103,7 +104,9 @@ class Plan:
 #   one per B samples: at batch 1 the fixed cost is nearly all (and the former guess,
 #   0.5 M (t_f + t_b), put repeat_trick at 3.8x its time and kept the fastest way out of the
 #   race); one predicted over 1.5x the best first call is not run (loop_rows at M=64 would cost
-#   3.7 calls of the winner);
+#   3.7 calls of the winner); repeat_trick runs only where fn's output on the batch twice over
+#   is its output on the batch, each copy, within the coupling probe's rounding: a function of
+#   the batch's size or of a sample's position gets another function's Jacobian from it;
 # - torch's transforms are warmed up once per process on a 2x2 tensor (judge.warm_up_transforms),
 #   and every raced method once per process and dtype on a 2-sample tanh MLP (warm_up_methods):
 #   vmap's first use costs 0.2 s, torch.func's 0.6 s, whatever the shape (0.8-0.9 s in all here),
@@ -920,14 +923,17 @@ def warm_up_methods(dtype: torch.dtype, device: str) -> None:
 
 
 def _pass_times(flat: Flat, clock, sync, rows: int | None = None
-                ) -> tuple[int, float, float, float | None]:
+                ) -> tuple[int, float, float, float | None, float]:
     """The bytes one forward saves per row (parameters left out), that forward's time (t_f) and
     one backward's through it (t_b) on the batch, and what a forward and backward on the batch
     twice over cost more than on the batch (the work per B samples, for repeat_trick over
     ``rows`` copies; None when not asked for, or when ``flat.fn`` takes no other batch size), in
     ``clock``'s seconds. The batch twice over is timed up to SLOPE_PASSES times, the fastest
     kept; once when that already predicts ``rows`` copies within ESTIMATE_CUT of one pass (a
-    second timing could only lower it: at batch 1 it cost 0.5 calls of the plan)."""
+    second timing could only lower it: at batch 1 it cost 0.5 calls of the plan). Last, how far
+    fn's output on the batch twice over moved from its output on the batch, each copy (0.0 when
+    not timed): a function of the batch's size or of a sample's position (``/ z.shape[0]``)
+    moves it, and repeat_trick, which calls fn on M copies, is then wrong (NOTE [auto plan])."""
     sync()
     start = clock()
     try:
@@ -941,27 +947,30 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None
     sync()
     middle = clock()
     if not y.requires_grad:  # no dependence on x: batch_jacobian answers zeros (_zero_if_constant)
-        return saved, middle - start, 0.0, None
+        return saved, middle - start, 0.0, None, 0.0
     torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
     sync()
     t_f, t_b = middle - start, clock() - middle
     if rows is None:
-        return saved, t_f, t_b, None
+        return saved, t_f, t_b, None, 0.0
+    once = y.detach()
     leaf = torch.cat([flat.x, flat.x]).requires_grad_()
-    slope = math.inf
+    slope, moved = math.inf, 0.0
     for _ in range(SLOPE_PASSES):  # the fastest: NOTE [auto plan]'s slope
         sync()
         start = clock()
         try:
             y = flat.fn(leaf)
         except Exception:  # noqa: BLE001 - a function of one batch size: no slope
-            return saved, t_f, t_b, None
+            return saved, t_f, t_b, None, 0.0
         torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
         sync()
         slope = min(slope, max(0.0, clock() - start - t_f - t_b))
+        if moved == 0.0:
+            moved = float((y.detach() - torch.cat([once, once])).abs().max())
         if (rows - 1) * slope <= (ESTIMATE_CUT - 1) * (t_f + t_b):
             break
-    return saved, t_f, t_b, slope
+    return saved, t_f, t_b, slope, moved
 
 
 class _Route:
@@ -1014,7 +1023,8 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
         warm_up_transforms("forward")
         warmed += clock() - forward_start
         start += clock() - forward_start  # the coupling probe counts, the warm-up does not
-    saved, t_f, t_b, slope = _pass_times(flat, clock, sync, m if "repeat_trick" in order else None)
+    saved, t_f, t_b, slope, moved = _pass_times(flat, clock, sync,
+                                                m if "repeat_trick" in order else None)
     per_row = max(saved, 1)
     jac_bytes = b * m * n * flat.x.element_size()
     if max_memory is not None and max_memory < jac_bytes + per_row:
@@ -1033,8 +1043,17 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
     order = (*vectorized, *sorted((c for c in order if c in estimates), key=estimates.get))
     chunks, refused = {}, {}
     fits = max(1, (budget - jac_bytes) // per_row)  # rows of a vectorized pass within the budget
+    # the batch twice over moved a sample's output: fn depends on the batch's size or a sample's
+    # position, and repeat_trick (M copies) answers another function's Jacobian (a fresh user:
+    # `/ z.shape[0]`, 1/3 of the true value, planned in 2 processes of 3 and raced in all)
+    rounding = max(COUPLING_ROUNDING * torch.finfo(flat.x.dtype).eps
+                   * float(center.abs().max().clamp(min=1)), 4 * noise)
     for name in order:
-        if name in _ONE_PASS and fits < rows[name]:
+        if name == "repeat_trick" and moved > rounding:
+            refused[name] = (f"fn's output on the batch twice over moved by {moved:.3g} from its "
+                             "output on the batch: it depends on the batch's size or a sample's "
+                             "position, and repeat_trick calls it on M copies")
+        elif name in _ONE_PASS and fits < rows[name]:
             refused[name] = "does not fit in one pass"
         else:
             chunks[name] = 1 if name in _ONE_ROW else int(min(rows[name], fits))

@@ -166,14 +166,14 @@ def test_one_slow_pass_of_the_batch_twice_over_does_not_predict_repeat_trick_slo
     # batch 1 that put it over the cut in 4 processes of 10, where it is the fastest way
     ticks = iter([0.0, 1.0, 2.0, 10.0, 20.0, 30.0, 33.0])
     net, x = _mlp(4, 8, 8), torch.randn(1, 4, dtype=torch.float64)
-    _, t_f, t_b, slope = auto._pass_times(flatten(make_case(net, x)), lambda: next(ticks),
-                                          lambda: None, rows=8)
+    _, t_f, t_b, slope, _ = auto._pass_times(flatten(make_case(net, x)), lambda: next(ticks),
+                                             lambda: None, rows=8)
     assert (t_f, t_b) == (1.0, 1.0) and slope == 1.0 and auto.SLOPE_PASSES == 2
     # a first pass that predicts 8 copies within ESTIMATE_CUT of one pass is the only one (the
     # clock has no more ticks: a second pass would raise StopIteration)
     ticks = iter([0.0, 1.0, 2.0, 10.0, 12.1])
-    _, t_f, t_b, slope = auto._pass_times(flatten(make_case(net, x)), lambda: next(ticks),
-                                          lambda: None, rows=8)
+    _, t_f, t_b, slope, _ = auto._pass_times(flatten(make_case(net, x)), lambda: next(ticks),
+                                             lambda: None, rows=8)
     assert slope == pytest.approx(0.1)
 
 
@@ -1022,3 +1022,23 @@ def test_the_walk_does_not_go_into_torchs_own_functions():
     modules, ids, _ = auto._walk([f], auto.WALK_DEPTH, expand=False)
     assert len(ids) <= 4 and id(net) in ids
     assert auto.modules_of(f) == [net]
+
+
+@pytest.mark.parametrize("depends", ["batch size", "position"])
+def test_a_function_of_the_batch_size_never_runs_repeat_trick(depends):
+    """_pass_times: repeat_trick calls fn on M copies of the batch; a function of the batch's size
+    (a per-sample loss scaled by 1/B) or of a sample's position answered another function's
+    Jacobian, 1/3 of the true value, on race calls and on every call where it was planned (a
+    fresh user). Its output on the batch twice over moves, and repeat_trick is refused."""
+    torch.manual_seed(0)
+    net = _mlp(4, 8, 3)
+    f = (lambda z: torch.tanh(net(z)) / z.shape[0]) if depends == "batch size" else \
+        (lambda z: torch.tanh(net(z) * (1 + torch.arange(z.shape[0], dtype=z.dtype)[:, None])))
+    x = torch.randn(1, 4, dtype=torch.float64)  # batch 1: where repeat_trick wins the race
+    clear_plans()
+    want = _blocks(f, x)
+    for _ in range(30):
+        torch.testing.assert_close(jacverify.batch_jacobian(f, x), want, rtol=0, atol=1e-12)
+    p = jacverify.plan(f, x)
+    assert p.method != "repeat_trick" and "repeat_trick fn's output on the batch twice over" \
+        in p.reason
