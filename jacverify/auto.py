@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import inspect
 import math
+import sys
 import types
 import weakref
 from collections import OrderedDict
@@ -429,9 +431,9 @@ def _validated(fn, x) -> Flat:
     (its buffers put back: it is not the caller's call) on the first use of this function, shape,
     dtype, device and module state, cached as plans are, and without calling ``fn`` after that
     (the call made a 0.09 ms Jacobian at batch 1 take 0.18 ms, where auto's took 0.09)."""
-    modules, callables = _reach(fn)
+    modules, reached = _reach(fn)
     _check_input(x, fn)
-    key = call_key(fn, x, extra="validated", modules=modules, callables=callables)
+    key = call_key(fn, x, extra="validated", modules=modules, reached=reached)
     table = plan_table(fn)
     if key in table:
         return _flat(fn, x, table[key])
@@ -518,25 +520,26 @@ def clear_plans() -> None:
 
 
 def call_key(fn, *tensors: torch.Tensor, extra: object = None,
-             modules: list[torch.nn.Module] | None = None, callables: list | None = None
+             modules: list[torch.nn.Module] | None = None, reached: list | None = None
              ) -> tuple:
     """What a cached choice depends on: shapes, dtypes, devices, the state (:func:`_module_state`)
-    of the modules ``fn`` reaches and the identities of the other callables it reaches (the
+    of the modules ``fn`` reaches and the identities of the other objects it reaches (the
     caller's :func:`_reach`, when it has it), ``extra``."""
-    if modules is None or callables is None:
-        modules, callables = _reach(fn)
+    if modules is None or reached is None:
+        modules, reached = _reach(fn)
     modes = tuple((id(m), _module_state(m)) for m in modules)
     return (*((tuple(t.shape), t.dtype, t.device) for t in tensors), modes,
-            tuple(map(id, callables)), _global_hooks(), extra)
+            tuple(map(id, reached)), _global_hooks(), extra)
 
 
 def _reach(fn) -> tuple[list[torch.nn.Module], list]:
-    """The modules ``fn`` reaches (:func:`modules_of`) and the other callables the walk passed,
-    ``fn`` itself left out (a new bound method at every access): a global helper rebound
-    (``act = lambda z: z - z.mean(0)``) kept the modules' key, and the cached independent-samples
-    plan returned Jacobians 0.1 off (found by a fresh user)."""
-    modules, _, callables = _walk([fn], WALK_DEPTH, expand=True)
-    return modules, callables
+    """The modules ``fn`` reaches (:func:`modules_of`) and the other objects the walk passed
+    (numbers and tensors left out, ``fn`` itself too: a new bound method at every access): a
+    global helper rebound (``act = lambda z: z - z.mean(0)``) or a flag (``TRAIN = True`` read
+    by ``F.batch_norm(..., training=TRAIN)``) kept the modules' key, and the cached
+    independent-samples plan returned Jacobians 0.1 and 1.18 off (found by fresh users)."""
+    modules, _, others = _walk([fn], WALK_DEPTH, expand=True)
+    return modules, others
 
 
 def modules_of(fn, depth: int = WALK_DEPTH) -> list[torch.nn.Module]:
@@ -559,44 +562,66 @@ def modules_of(fn, depth: int = WALK_DEPTH) -> list[torch.nn.Module]:
 def _walk(roots: list, depth: int, expand: bool
           ) -> tuple[list[torch.nn.Module], tuple[int, ...], list]:
     """The modules reached from ``roots`` (:func:`modules_of`), the ids of every object the
-    walk visited, in order, and the callables among them other than modules and the roots.
-    ``expand``: a module's submodules and its own classes' forwards are walked; without, the
-    walk stops at a module (the last plan's check, NOTE [last plan], where the module tree is the
-    snapshot's and the forwards are roots)."""
+    walk visited, in order (numbers and tensors left out: _VALUES), and those objects other
+    than modules and the roots. ``expand``: a module's submodules and its classes of the
+    caller's own (their methods) are walked; without, the walk stops at a module (the last
+    plan's check, NOTE [last plan], where the module tree is the snapshot's and those classes
+    are roots)."""
     found: dict[int, torch.nn.Module] = {}
     seen: dict[int, object] = {}
 
     def visit(obj, level: int) -> None:
-        if id(obj) in seen or level < 0:
+        if id(obj) in seen or level < 0 or type(obj) in _VALUES or isinstance(obj, torch.Tensor):
             return
         seen[id(obj)] = obj
         if isinstance(obj, torch.nn.Module):
             if expand:
                 found.update((id(m), m) for m in obj.modules())
-                for forward in _own_forwards(obj.modules()):
-                    visit(forward, level - 1)
+                for cls in _own_classes(obj.modules()):
+                    visit(cls, level - 1)
             return
         for o in _held(obj):
             visit(o, level - 1)
 
     for root in roots:
         visit(root, depth)
-    callables = [o for o in seen.values() if callable(o) and not isinstance(o, torch.nn.Module)
-                 and not any(o is r for r in roots)]
-    return list(found.values()), tuple(seen), callables
+    others = [o for o in seen.values() if not isinstance(o, torch.nn.Module)
+              and not any(o is r for r in roots)]
+    return list(found.values()), tuple(seen), others
 
 
-def _own_forwards(modules) -> list:
-    """The ``forward`` functions of the modules' classes that are not torch's own (a class of the
-    caller's may call a global model there)."""
-    out: dict[int, object] = {}
-    for m in modules:
-        cls = type(m)
-        if not cls.__module__.startswith("torch."):
-            forward = getattr(cls, "forward", None)
-            if isinstance(forward, types.FunctionType):
-                out[id(forward)] = forward
-    return list(out.values())
+# numbers and tensors the walk passes over: a step counter, a learning rate, a tensor kept per
+# step change every call and would plan every call (and a trainer's history of 1,200 floats took
+# the last plan's check 1.45 ms a call); a flag that changes coupling is a bool, a str or None
+_VALUES = (int, float, complex)
+
+
+def _own_classes(modules) -> list:
+    """The classes of the modules that are the caller's own (:func:`_callers`): their methods
+    may call a global model or helper (``forward``, and the methods it calls: ``self._post``),
+    and :func:`_held` of a class is its members."""
+    return list({id(type(m)): type(m) for m in modules if _callers(type(m))}.values())
+
+
+def _callers(cls: type) -> bool:
+    """``cls`` is defined by the caller's code: neither torch's nor the standard library's."""
+    top = (cls.__module__ or "").split(".")[0]
+    return not _torchs(cls.__module__) and top not in sys.stdlib_module_names
+
+
+def _members(cls: type) -> list:
+    """What a class of the caller's holds, its bases of the caller's too: functions (the
+    functions of static and class methods and of properties), class attributes."""
+    out = []
+    for c in cls.__mro__:
+        if not _callers(c):
+            continue
+        for name, v in list(vars(c).items())[:CONTAINER_ITEMS]:
+            if name.startswith("__") and name not in ("__call__", "__init__"):
+                continue
+            out.append(v.__func__ if isinstance(v, (staticmethod, classmethod))
+                       else v.fget if isinstance(v, property) else v)
+    return out
 
 
 def _held(obj) -> tuple:
@@ -621,16 +646,21 @@ def _held(obj) -> tuple:
         named = [g[n] for n in names if n in g]
         return (*cells, *(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values(),
                 *named, *_attributes_named(named, names))
-    if isinstance(obj, (list, tuple, set, frozenset)) and len(obj) <= CONTAINER_ITEMS:
+    if isinstance(obj, (list, tuple, set, frozenset, collections.deque)) \
+            and len(obj) <= CONTAINER_ITEMS:
         return tuple(obj)
     if isinstance(obj, dict) and len(obj) <= CONTAINER_ITEMS:
         return tuple(obj.values())
-    if isinstance(obj, (type, types.ModuleType, torch.Tensor, str, bytes, int, float)):
+    if isinstance(obj, type):  # a class of the caller's: its methods and class attributes
+        return tuple(_members(obj)) if _callers(obj) else ()
+    if isinstance(obj, (types.ModuleType, torch.Tensor, str, bytes, int, float)):
         return ()
     slots = [n for c in type(obj).__mro__ for n in
              ((c.__dict__.get("__slots__", ()),) if isinstance(c.__dict__.get("__slots__"), str)
               else c.__dict__.get("__slots__", ()))]
     held = [getattr(obj, n) for n in slots[:CONTAINER_ITEMS] if hasattr(obj, n)]
+    if _callers(type(obj)):  # its class's __call__, its methods, `self.act` a class attribute
+        held.append(type(obj))
     if isinstance(getattr(obj, "__dict__", None), dict) \
             and len(obj.__dict__) <= CONTAINER_ITEMS:  # a plain object, or a callable one
         held.extend(obj.__dict__.values())
@@ -671,7 +701,7 @@ def _global_hooks() -> tuple:
 # shape, dtype, device, max_memory, compile, :func:`_snapshot` of the modules, the cache entry,
 # the canonical form's shapes (a Flat of no function and no x: holding either kept the model and
 # the input alive), the ids of every object the walk from fn to its modules passes (_walk,
-# stopping at modules; the forwards of the caller's own module classes walked too), torch's
+# stopping at modules; the caller's own module classes' members walked too), torch's
 # global hooks). The ids: a global or closure variable rebound to another model (`for model in
 # models: batch_jacobian(f, x)`, f calling the global `model`, or a helper that does, or a held
 # bound method whose object's model changed), the old one still alive, passed the modules'
@@ -776,12 +806,12 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
             raise InvalidArgument(f"compile={compile!r} (type={type(compile).__name__}) names no "
                                   f"torch.compile backend; known: {', '.join(sorted(known))}")
     table = plan_table(fn)
-    modules, callables = _reach(fn)  # walked once: for the key and for the fast path's check
+    modules, reached = _reach(fn)  # walked once: for the key and for the fast path's check
     key = call_key(fn, x, extra=("batch_jacobian", max_memory, backend), modules=modules,
-                   callables=callables) if isinstance(x, torch.Tensor) else None
+                   reached=reached) if isinstance(x, torch.Tensor) else None
     owner = fn.__self__ if inspect.ismethod(fn) else fn
     strong = (owner, getattr(fn, "__func__", None), key) if backend and key is not None else None
-    held = [*modules, *(c for c in callables if _weakly_held(c))]
+    held = [*modules, *(c for c in reached if _weakly_held(c))]
     entry = _COMPILED.get(strong) if strong is not None else _planned_for(table, key, held)
     if entry is not None:
         route, out_shape = entry
@@ -814,7 +844,7 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
 
 class _Entry(NamedTuple):
     """A plan in a function's table: its route, the output's shape, and weak references to the
-    modules and callables it was planned for (:func:`_planned_for`)."""
+    modules and objects it was planned for (:func:`_planned_for`)."""
 
     route: _Route
     out_shape: tuple[int, ...]
@@ -823,7 +853,7 @@ class _Entry(NamedTuple):
 
 def _planned_for(table: dict, key, held: list) -> tuple | None:
     """(route, out_shape) of ``table[key]`` when it was planned for these very modules and
-    callables (``held``: those a weak reference can hold). The key holds their ids: a model freed
+    objects (``held``: those a weak reference can hold). The key holds their ids: a model freed
     and another of the same state made at its address matched it, and a layer centring over the
     batch ran a freed Tanh's independent-samples plan (0.83 off, found by a fresh user in 10 of
     30 tries)."""
@@ -845,21 +875,21 @@ def _weakly_held(obj) -> bool:
 
 
 def _remember(fn, x: torch.Tensor, max_memory, compile, modules, entry, flat: Flat) -> None:
-    forwards = _own_forwards(modules)
-    walked = None if isinstance(fn, torch.nn.Module) and not forwards else \
-        _walk([fn, *forwards], WALK_DEPTH, expand=False)[1]
+    classes = _own_classes(modules)
+    walked = None if isinstance(fn, torch.nn.Module) and not classes else \
+        _walk([fn, *classes], WALK_DEPTH, expand=False)[1]
     hooks = _global_hooks()
     _LAST[0] = _Last(_memo(fn), x.shape, x.dtype, x.device, max_memory, compile,
                      _snapshot(modules), entry,
                      Flat(None, None, flat.in_shapes, flat.out_shapes),  # type: ignore[arg-type]
-                     walked, hooks if any(hooks) else None, forwards)
+                     walked, hooks if any(hooks) else None, classes)
 
 
 class _Last:
     """The last plan used and what its fast path checks (NOTE [last plan])."""
 
     __slots__ = ("fn", "shape", "dtype", "device", "max_memory", "compile", "snapshot", "entry",
-                 "template", "walked", "hooks", "forwards")
+                 "template", "walked", "hooks", "classes")
 
     def __init__(self, *fields) -> None:
         for name, value in zip(self.__slots__, fields):
@@ -877,7 +907,7 @@ class _Last:
             and (_global_hooks() == self.hooks if self.hooks is not None else
                  not (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks)) \
             and (self.walked is None
-                 or _walk([fn, *self.forwards], WALK_DEPTH, expand=False)[1] == self.walked)
+                 or _walk([fn, *self.classes], WALK_DEPTH, expand=False)[1] == self.walked)
 
 
 def _candidates(m: int, n: int) -> tuple[tuple[str, ...], str]:
