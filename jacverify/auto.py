@@ -420,6 +420,12 @@ def _check_input(x, fn=None) -> None:
     if not x.is_floating_point():
         raise InvalidArgument(f"x has dtype {x.dtype}; a Jacobian needs floating inputs: pass "
                               "x.float() or x.double()")
+    if not bool(torch.isfinite(x).all()):  # named as the caller named it (make_case: inputs[0])
+        bad = int((~torch.isfinite(x)).sum())
+        raise InvalidArgument(f"x (shape {tuple(x.shape)}) holds {bad} NaN or Inf "
+                              f"entr{'y' if bad == 1 else 'ies'}; batch_jacobian's first call on a "
+                              "function and shape needs finite values (its checks compare "
+                              "outputs): pass finite inputs")
     if isinstance(fn, torch.nn.Module):
         why = _other_dtypes(list(fn.modules()), x)
         if why:
@@ -579,6 +585,11 @@ def _walk(roots: list, depth: int, expand: bool
                 found.update((id(m), m) for m in obj.modules())
                 for cls in _own_classes(obj.modules()):
                     visit(cls, level - 1)
+            for m in (obj.modules() if expand else (obj,)):  # what a module of the caller's
+                if _callers(type(m)):  # holds beside its submodules (`self.parts = [net]`)
+                    for name, value in list(vars(m).items())[:CONTAINER_ITEMS]:
+                        if name not in _MODULE_FIELDS:
+                            visit(value, level - 1)
             return
         for o in _held(obj):
             visit(o, level - 1)
@@ -590,6 +601,7 @@ def _walk(roots: list, depth: int, expand: bool
     return list(found.values()), tuple(seen), others
 
 
+_MODULE_FIELDS = frozenset(vars(torch.nn.Module()))  # a module's own bookkeeping (_modules, ...)
 # numbers and tensors the walk passes over: a step counter, a learning rate, a tensor kept per
 # step change every call and would plan every call (and a trainer's history of 1,200 floats took
 # the last plan's check 1.45 ms a call); a flag that changes coupling is a bool, a str or None

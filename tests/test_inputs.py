@@ -196,3 +196,15 @@ def test_a_method_with_the_wrong_shape_is_a_mismatch():
     assert report["transposed"].reason == ("returned (3, 2, 4), expected shape (3, 4, 2); it looks "
                                            "transposed: (B, in, out) rather than (B, out, in)")
     assert not report.passed
+
+
+@pytest.mark.parametrize("method", ["auto", "batched_grad"])
+def test_batch_jacobian_names_x_when_it_holds_nan(method):
+    """The refusal named ``inputs[0]`` (make_case's name), where batch_jacobian's argument is
+    ``x`` (a fresh user)."""
+    jacverify.clear_plans()
+    x = torch.randn(4, 3)
+    x[1, 2] = float("nan")
+    with pytest.raises(jacverify.InvalidArgument, match=r"^x \(shape \(4, 3\)\) holds 1 NaN or Inf "
+                       "entry; batch_jacobian's first call"):
+        jacverify.batch_jacobian(torch.nn.Linear(3, 2), x, method=method)
