@@ -107,8 +107,10 @@ class Plan:
 #   0.5 M (t_f + t_b), put repeat_trick at 3.8x its time and kept the fastest way out of the
 #   race); one predicted over 1.5x the best first call is not run (loop_rows at M=64 would cost
 #   3.7 calls of the winner); repeat_trick runs only where fn's output on the batch twice over
-#   is its output on the batch, each copy, within the coupling probe's rounding: a function of
-#   the batch's size or of a sample's position gets another function's Jacobian from it;
+#   (the second copy changed) is its output on each copy alone, within the coupling probe's
+#   rounding: a function of the batch's size or of a sample's position, or one that mixes
+#   samples at batch 1 (where there is no coupling to probe), gets another function's Jacobian
+#   from it;
 # - torch's transforms are warmed up once per process on a 2x2 tensor (judge.warm_up_transforms),
 #   and every raced method once per process and dtype on a 2-sample tanh MLP (warm_up_methods):
 #   vmap's first use costs 0.2 s, torch.func's 0.6 s, whatever the shape (0.8-0.9 s in all here),
@@ -970,12 +972,13 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None
     one backward's through it (t_b) on the batch, and what a forward and backward on the batch
     twice over cost more than on the batch (the work per B samples, for repeat_trick over
     ``rows`` copies; None when not asked for, or when ``flat.fn`` takes no other batch size), in
-    ``clock``'s seconds. The batch twice over is timed up to SLOPE_PASSES times, the fastest
-    kept; once when that already predicts ``rows`` copies within ESTIMATE_CUT of one pass (a
-    second timing could only lower it: at batch 1 it cost 0.5 calls of the plan). Last, how far
-    fn's output on the batch twice over moved from its output on the batch, each copy (0.0 when
-    not timed): a function of the batch's size or of a sample's position (``/ z.shape[0]``)
-    moves it, and repeat_trick, which calls fn on M copies, is then wrong (NOTE [auto plan])."""
+    ``clock``'s seconds. The batch twice over (its second copy changed) is timed up to
+    SLOPE_PASSES times, the fastest kept; once when that already predicts ``rows`` copies within
+    ESTIMATE_CUT of one pass (a second timing could only lower it: at batch 1 it cost 0.5 calls
+    of the plan). Last, how far fn's output on it moved from fn's output on each copy alone (0.0
+    when not timed): a function of the batch's size, of a sample's position (``/ z.shape[0]``)
+    or that mixes samples moves it, and repeat_trick, which calls fn on M copies, is then wrong
+    (NOTE [auto plan])."""
     sync()
     start = clock()
     try:
@@ -996,7 +999,13 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None
     if rows is None:
         return saved, t_f, t_b, None, 0.0
     once = y.detach()
-    leaf = torch.cat([flat.x, flat.x]).requires_grad_()
+    # the second copy changed as the coupling probe changes samples: with two equal copies a
+    # function that mixes samples (z - z.mean(0)) gave equal outputs at batch 1, where there is
+    # no coupling to probe, and repeat_trick won 5 plans of 6 there, 1.87 off (a fresh user)
+    delta = torch.randn(flat.x.shape, generator=torch.Generator().manual_seed(0),
+                        dtype=torch.float64).to(flat.x)
+    other = flat.x + 0.1 * delta * flat.x.abs().clamp(min=1)
+    leaf = torch.cat([flat.x, other]).requires_grad_()
     slope, moved = math.inf, 0.0
     for _ in range(SLOPE_PASSES):  # the fastest: NOTE [auto plan]'s slope
         sync()
@@ -1009,7 +1018,7 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None
         sync()
         slope = min(slope, max(0.0, clock() - start - t_f - t_b))
         if moved == 0.0:
-            moved = float((y.detach() - torch.cat([once, once])).abs().max())
+            moved = float((y.detach() - torch.cat([once, flat.values(other)])).abs().max())
         if (rows - 1) * slope <= (ESTIMATE_CUT - 1) * (t_f + t_b):
             break
     return saved, t_f, t_b, slope, moved
@@ -1093,8 +1102,9 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
     for name in order:
         if name == "repeat_trick" and moved > rounding:
             refused[name] = (f"fn's output on the batch twice over moved by {moved:.3g} from its "
-                             "output on the batch: it depends on the batch's size or a sample's "
-                             "position, and repeat_trick calls it on M copies")
+                             "output on each copy alone: it depends on the batch's size, a "
+                             "sample's position or the other samples, and repeat_trick calls it "
+                             "on M copies")
         elif name in _ONE_PASS and fits < rows[name]:
             refused[name] = "does not fit in one pass"
         else:

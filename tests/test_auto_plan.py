@@ -1024,7 +1024,17 @@ def test_the_walk_does_not_go_into_torchs_own_functions():
     assert auto.modules_of(f) == [net]
 
 
-@pytest.mark.parametrize("depends", ["batch size", "position"])
+_ON_THE_BATCH = {
+    "batch size": lambda net: (lambda z: torch.tanh(net(z)) / z.shape[0]),
+    "position": lambda net: (lambda z: torch.tanh(
+        net(z) * (1 + torch.arange(z.shape[0], dtype=z.dtype)[:, None]))),
+    # mixes samples: no coupling to probe at batch 1, and two equal copies hid it (1.87 off)
+    "batch mean": lambda net: (lambda z: torch.tanh(net(z) - net(z).mean(0))),
+    "flip": lambda net: (lambda z: torch.flip(torch.sin(net(z)), [0])),
+}
+
+
+@pytest.mark.parametrize("depends", sorted(_ON_THE_BATCH))
 def test_a_function_of_the_batch_size_never_runs_repeat_trick(depends):
     """_pass_times: repeat_trick calls fn on M copies of the batch; a function of the batch's size
     (a per-sample loss scaled by 1/B) or of a sample's position answered another function's
@@ -1032,8 +1042,7 @@ def test_a_function_of_the_batch_size_never_runs_repeat_trick(depends):
     fresh user). Its output on the batch twice over moves, and repeat_trick is refused."""
     torch.manual_seed(0)
     net = _mlp(4, 8, 3)
-    f = (lambda z: torch.tanh(net(z)) / z.shape[0]) if depends == "batch size" else \
-        (lambda z: torch.tanh(net(z) * (1 + torch.arange(z.shape[0], dtype=z.dtype)[:, None])))
+    f = _ON_THE_BATCH[depends](net)
     x = torch.randn(1, 4, dtype=torch.float64)  # batch 1: where repeat_trick wins the race
     clear_plans()
     want = _blocks(f, x)
