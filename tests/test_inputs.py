@@ -170,6 +170,10 @@ def test_method_too_large_for_the_budget_is_not_applicable():
                              methods=["full_diagonal", "sum_trick"])
     assert report["full_diagonal"].status == "not_applicable"
     assert "over the max_memory" in report["full_diagonal"].reason
+    # in bytes too: "needs about 0.0 MiB ..., over the max_memory=100 bytes" read as a
+    # contradiction (a fresh user)
+    assert report["full_diagonal"].reason.startswith("needs about ") \
+        and " bytes (0.1 MiB: " in report["full_diagonal"].reason
     assert report["sum_trick"].status == "agree"
 
 

@@ -86,9 +86,9 @@ class Method:
             need = max(need, units.bytes(work, need))
         if need > max_memory:
             return (
-                f"needs about {need / 2**20:.1f} MiB (its (B, M, N) result and what it builds "
-                f"beside it), over the max_memory={max_memory} bytes budget; raise max_memory or "
-                "check fewer samples"
+                f"needs about {need} bytes ({need / 2**20:.1f} MiB: its (B, M, N) result and "
+                f"what it builds beside it), over the max_memory={max_memory} bytes budget; "
+                "raise max_memory or check fewer samples"
             )
         if work is not None and budget is not None:
             return budget.refuses(work)
