@@ -749,8 +749,9 @@ def _module_state(m: torch.nn.Module) -> tuple:
     its parent's children, and a hook that centres a layer's output over the batch makes samples
     interact; without them the last-plan fast path kept the old plan, and a vectorized route
     over samples they couple returned Jacobians 0.96 and 0.22 off (and 0.21 off after
-    ``W.forward = ...`` on the class, found by a fresh user). What a forward reads elsewhere (a
-    flag on the module) is not seen: ``clear_plans()``.
+    ``W.forward = ...`` on the class, found by a fresh user). And its settings (:func:`_settings`):
+    ``mha.batch_first = False`` after planning ran attention across the batch on the old plan,
+    0.18 off (a third fresh user). What a forward reads elsewhere is not seen: ``clear_plans()``.
 
     >>> lin = torch.nn.Linear(2, 2)
     >>> before = _module_state(lin)
@@ -758,9 +759,23 @@ def _module_state(m: torch.nn.Module) -> tuple:
     >>> _module_state(lin) == before
     False
     """
+    d = m.__dict__
     return (m.training, tuple(map(id, m._modules.values())), tuple(m._forward_hooks),
-            tuple(m._forward_pre_hooks), id(m.__dict__.get("forward")),
-            id(getattr(type(m), "forward", None)))
+            tuple(m._forward_pre_hooks), id(d.get("forward")),
+            id(getattr(type(m), "forward", None)), len(d), _settings(m))
+
+
+def _settings(m: torch.nn.Module) -> tuple:
+    """A module's settings, as (name, value): the bools, strs and Nones it holds beside
+    nn.Module's own fields (``batch_first``, a flag of the caller's), and for torch's classes the
+    numbers too (``Softmax.dim``); a number on a class of the caller's may be a counter, which
+    would plan every call (as _VALUES)."""
+    kinds = _FLAGS if _callers(type(m)) else (*_FLAGS, int, float)
+    return tuple((k, v) for k, v in m.__dict__.items()
+                 if k not in _MODULE_FIELDS and type(v) in kinds)
+
+
+_FLAGS = (bool, str, type(None))
 
 
 def _snapshot(modules) -> list[tuple]:
@@ -774,11 +789,14 @@ def _unchanged(snapshot: list[tuple]) -> bool:
     compared field by field: an empty dict's truth is read, not copied into a tuple; the whole
     check is a third of auto's own cost per call at batch 1, NOTE [last plan]), stopping at the
     first that is not."""
-    for ref, (training, children, hooks, pre_hooks, forward, class_forward) in snapshot:
+    for ref, (training, children, hooks, pre_hooks, forward, class_forward, size,
+              settings) in snapshot:
         m = ref()
         if m is None or m.training != training:
             return False
         d = m.__dict__
+        if len(d) != size or any(d.get(k) is not v and d.get(k) != v for k, v in settings):
+            return False
         if (tuple(map(id, d["_modules"].values())) != children if children else d["_modules"]) \
                 or (tuple(d["_forward_hooks"]) != hooks if hooks else d["_forward_hooks"]) \
                 or (tuple(d["_forward_pre_hooks"]) != pre_hooks if pre_hooks

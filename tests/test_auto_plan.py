@@ -1172,3 +1172,21 @@ def test_a_model_a_module_holds_outside_its_submodules_is_planned_again():
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(),
                               torch.nn.Linear(8, 3)).double().eval()
     _replans_after(_Parts(net), net.train, x)
+
+
+def test_a_setting_of_a_torch_module_changed_after_planning_is_planned_again():
+    """_settings: ``softmax.dim = 0`` (softmax across the batch) and a flag on a torch module
+    (``lin.center``, read by the caller's function) kept the old plan, 0.064 and 0.27 off (a
+    third fresh user)."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    softmax = torch.nn.Softmax(dim=1)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), softmax).double()
+    _replans_after(net, lambda: setattr(softmax, "dim", 0), x)
+    lin = torch.nn.Linear(4, 4).double()
+    lin.center = False
+
+    def g(z):
+        h = torch.tanh(lin(z))
+        return h - h.mean(0) if lin.center else h
+    _replans_after(g, lambda: setattr(lin, "center", True), x)
