@@ -23,11 +23,11 @@ from jacverify.errors import (FunctionRaised, InvalidArgument, JacobianTooLarge,
                               NotApplicable)
 from jacverify.judge import describe_worst, warm_up_transforms
 from jacverify.validation import check_bool, check_bytes, check_int
-from jacverify.measure import (ESTIMATE_CUT, ROUNDS, Race, race, racing, recorded_forward, settle_allocator,
-                               synchronizer, timer)
+from jacverify.measure import (ESTIMATE_CUT, ROUNDS, Race, race, racing, recorded_forward,
+                               settle_allocator, synchronizer, timer)
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism
-from jacverify.oracles.prechecks import COUPLING_ROUNDING
+from jacverify.oracles.prechecks import perturbed, resolution
 from jacverify.oracles.projections import DEFAULT_PROBES
 from jacverify.references import kept_buffers
 
@@ -554,8 +554,10 @@ def modules_of(fn, depth: int = WALK_DEPTH) -> list[torch.nn.Module]:
     """The modules (with their submodules) ``fn`` reaches within ``depth`` steps: ``fn`` itself,
     a bound method's object, a ``functools.partial``'s function and arguments, what a Python
     function holds in its closure, its defaults and the globals its code names, the items of a
-    list, tuple, set or dict, the attributes of a plain object (up to CONTAINER_ITEMS each), and
-    what the ``forward`` of a module of a class of the caller's own (not torch's) reaches. A
+    list, tuple, set, deque or dict, the attributes and slots of a plain object (up to
+    CONTAINER_ITEMS each), the attributes a function's code names on a Python module or class,
+    and for a class of the caller's own (not torch's, not the standard library's) its methods and
+    class attributes and, for such a module, what it holds beside its submodules. A
     model switched to train() behind a lambda changes the plan's key (its BatchNorm makes samples
     interact) as the model passed itself does; one reached some other way (a module's method
     looked up through a string, say) is not seen.
@@ -639,10 +641,8 @@ def _members(cls: type) -> list:
 
 
 def _held(obj) -> tuple:
-    """What :func:`modules_of` looks into, one step from ``obj`` (a module: nothing, its
-    submodules are its own)."""
-    if isinstance(obj, torch.nn.Module):
-        return ()
+    """What :func:`modules_of` looks into, one step from ``obj`` (not a module, a number or a
+    tensor: :func:`_walk` takes those itself)."""
     if isinstance(obj, functools.partial):
         return (obj.func, *obj.args, *obj.keywords.values())
     if inspect.ismethod(obj):
@@ -667,7 +667,7 @@ def _held(obj) -> tuple:
         return tuple(obj.values())
     if isinstance(obj, type):  # a class of the caller's: its methods and class attributes
         return tuple(_members(obj)) if _callers(obj) else ()
-    if isinstance(obj, (types.ModuleType, torch.Tensor, str, bytes, int, float)):
+    if isinstance(obj, (types.ModuleType, str, bytes)):
         return ()
     slots = [n for c in type(obj).__mro__ for n in
              ((c.__dict__.get("__slots__", ()),) if isinstance(c.__dict__.get("__slots__"), str)
@@ -711,8 +711,9 @@ def _global_hooks() -> tuple:
 
 # NOTE [last plan]
 # The last plan used is checked first (a repeated call cost 7 us through the cache above, 2 us
-# here: 15% of a 0.1 ms Jacobian at batch 1 went to finding its plan): _Last holds (a weak reference to fn,
-# shape, dtype, device, max_memory, compile, :func:`_snapshot` of the modules, the cache entry,
+# here: 15% of a 0.1 ms Jacobian at batch 1 went to finding its plan): _Last holds (a weak
+# reference to fn, shape, dtype, device, max_memory, compile, :func:`_snapshot` of the modules,
+# the cache entry,
 # the canonical form's shapes (a Flat of no function and no x: holding either kept the model and
 # the input alive), the ids of every object the walk from fn to its modules passes (_walk,
 # stopping at modules; the caller's own module classes' members walked too), torch's
@@ -1020,11 +1021,9 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None
     # the second copy changed as the coupling probe changes samples: with two equal copies a
     # function that mixes samples (z - z.mean(0)) gave equal outputs at batch 1, where there is
     # no coupling to probe, and repeat_trick won 5 plans of 6 there, 1.87 off (a fresh user)
-    delta = torch.randn(flat.x.shape, generator=torch.Generator().manual_seed(0),
-                        dtype=torch.float64).to(flat.x)
-    other = flat.x + 0.1 * delta * flat.x.abs().clamp(min=1)
+    other = perturbed(flat.x, 0)
     leaf = torch.cat([flat.x, other]).requires_grad_()
-    slope, moved = math.inf, 0.0
+    slope, moved = math.inf, None
     for _ in range(SLOPE_PASSES):  # the fastest: NOTE [auto plan]'s slope
         sync()
         start = clock()
@@ -1035,11 +1034,11 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None
         torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
         sync()
         slope = min(slope, max(0.0, clock() - start - t_f - t_b))
-        if moved == 0.0:
+        if moved is None:  # the first pass's output: each pass computes the same
             moved = float((y.detach() - torch.cat([once, flat.values(other)])).abs().max())
         if (rows - 1) * slope <= (ESTIMATE_CUT - 1) * (t_f + t_b):
             break
-    return saved, t_f, t_b, slope, moved
+    return saved, t_f, t_b, slope, moved or 0.0
 
 
 class _Route:
@@ -1115,8 +1114,7 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
     # the batch twice over moved a sample's output: fn depends on the batch's size or a sample's
     # position, and repeat_trick (M copies) answers another function's Jacobian (a fresh user:
     # `/ z.shape[0]`, 1/3 of the true value, planned in 2 processes of 3 and raced in all)
-    rounding = max(COUPLING_ROUNDING * torch.finfo(flat.x.dtype).eps
-                   * float(center.abs().max().clamp(min=1)), 4 * noise)
+    rounding = resolution(center, noise)
     for name in order:
         if name == "repeat_trick" and moved > rounding:
             refused[name] = (f"fn's output on the batch twice over moved by {moved:.3g} from its "

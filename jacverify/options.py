@@ -8,7 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jacverify import validation
 from jacverify.databases import DATABASE_HELP
+from jacverify.errors import InvalidArgument
 
 __all__ = ["Option", "OPTIONS", "CAMPAIGN_OPTIONS", "add_to_argparse", "add_to_pytest",
            "parse_dtype", "parse_methods"]
@@ -75,13 +77,14 @@ def _bytes(text: str) -> int:
     try:
         base, _, power = low.partition("**")
         value = float(base) ** float(power) if power else float(base)
-    except ValueError:
+    except (ValueError, OverflowError):  # 2**3000 overflows a float
         value = float("nan")
-    if not value * factor >= 1 or value * factor != int(value * factor):  # 1.5 meant 1 byte
+    try:  # the API's own check (1.5 meant 1 byte; inf raised int()'s OverflowError)
+        return validation.check_bytes("max_memory", value * factor)
+    except InvalidArgument:
         raise argparse.ArgumentTypeError(
             f"max-memory {text!r} must be a positive, whole number of bytes, e.g. 2**30, 1e9, "
-            "512MiB or 1.5GiB")
-    return int(value * factor)
+            "512MiB or 1.5GiB") from None
 
 
 def _limit(name: str, unit: str) -> Callable[[str], float]:

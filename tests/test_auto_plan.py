@@ -442,14 +442,8 @@ def test_a_helper_rebound_behind_the_function_is_planned_again():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(5, 5), torch.nn.Tanh()).double()
     f = _global_in("def f(z):\n    return net(act(z))", net=net, act=torch.tanh)
-    clear_plans()
     x = torch.randn(8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    for _ in range(30):  # the race, then the last plan's path
-        jacverify.batch_jacobian(f, x)
-    f.__globals__["act"] = lambda z: torch.tanh(z - z.mean(0))
-    for _ in range(2):
-        torch.testing.assert_close(jacverify.batch_jacobian(f, x), _blocks(f, x), rtol=0,
-                                   atol=1e-10)
+    _replans_after(f, lambda: f.__globals__.update(act=lambda z: torch.tanh(z - z.mean(0))), x)
     assert jacverify.plan(f, x).method == "batched_grad_per_sample"
 
 
@@ -465,13 +459,9 @@ def test_a_forward_replaced_on_the_class_is_planned_again():
             return torch.tanh(self.lin(z))
 
     torch.manual_seed(0)
-    w = W().double()
-    clear_plans()
     x = torch.randn(8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    for _ in range(30):
-        jacverify.batch_jacobian(w, x)
-    W.forward = lambda self, z: torch.tanh(self.lin(z - z.mean(0)))
-    torch.testing.assert_close(jacverify.batch_jacobian(w, x), _blocks(w, x), rtol=0, atol=1e-10)
+    _replans_after(W().double(), lambda: setattr(W, "forward", lambda self, z: torch.tanh(
+        self.lin(z - z.mean(0)))), x)
 
 
 def test_the_jacobian_is_in_xs_dtype_on_every_call():

@@ -184,10 +184,12 @@ def test_cli_config_option_names_another_file(tmp_path):
 
 
 @pytest.mark.parametrize(("given", "ok"), [("1.5", False), ("1.5GiB", True), ("2e9", True),
-                                           ("512MiB", True), ("0.5KiB", True), ("0.3", False)])
+                                           ("512MiB", True), ("0.5KiB", True), ("0.3", False),
+                                           ("inf", False), ("2**3000", False)])
 def test_max_memory_on_the_command_line_is_a_whole_number_of_bytes(given, ok, capsys):
     """--max-memory 1.5 was read as 1 byte ("over the max_memory=1 bytes budget", a fresh user)
-    where the API refuses 1.5; a fraction of a unit that makes whole bytes is fine."""
+    where the API refuses 1.5; a fraction of a unit that makes whole bytes is fine. inf and
+    2**3000 raised OverflowError tracebacks."""
     from jacverify.cli import main
 
     if ok:  # parsed: then the file that does not exist is the usage error

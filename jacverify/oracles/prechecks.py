@@ -11,7 +11,7 @@ import torch
 from jacverify.case import Flat
 from jacverify.errors import InvalidArgument, NondeterministicFunction, NonFiniteOutput
 
-__all__ = ["Coupling", "check_determinism", "check_coupling"]
+__all__ = ["Coupling", "check_determinism", "check_coupling", "perturbed", "resolution"]
 
 # NOTE [coupling threshold]
 # Independent samples give bitwise-equal outputs for the untouched samples on deterministic
@@ -25,6 +25,31 @@ __all__ = ["Coupling", "check_determinism", "check_coupling"]
 # batched ODE solver whose shared adaptive step moves other samples by its own tolerance (2.8e-9)
 # is treated as independent, and the report says what moved and why that is below resolution.
 COUPLING_ROUNDING = 64
+
+
+def resolution(y: torch.Tensor, noise: float = 0.0) -> float:
+    """The least move of outputs ``y`` (B, M) told apart from rounding (NOTE [coupling
+    threshold]): COUPLING_ROUNDING eps of their largest size (at least 1), or 4x the run-to-run
+    ``noise``.
+
+    >>> resolution(torch.ones(2, 3, dtype=torch.float64)) == 64 * torch.finfo(torch.float64).eps
+    True
+    """
+    return max(COUPLING_ROUNDING * torch.finfo(y.dtype).eps * float(y.abs().max().clamp(min=1)),
+               4 * noise)
+
+
+def perturbed(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """``x`` with every entry moved by 10% of its size (at least 0.1) in a random direction drawn
+    from ``seed``: the probes' other point (NOTE [coupling probes]).
+
+    >>> x = torch.zeros(2, 3)
+    >>> bool((perturbed(x, 0) != x).all()), torch.equal(perturbed(x, 0), perturbed(x, 0))
+    (True, True)
+    """
+    delta = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float64).to(x)
+    return x + 0.1 * delta * x.abs().clamp(min=1)
 
 
 @dataclass(frozen=True)
@@ -72,8 +97,7 @@ def check_determinism(flat: Flat, what: str = "the function") -> tuple[float, to
         )
     diff = (y1 - y2).abs()
     noise = float(diff.max())
-    eps = torch.finfo(y1.dtype).eps
-    if noise > COUPLING_ROUNDING * eps * float(y1.abs().max().clamp(min=1)):
+    if noise > resolution(y1):
         b, m = (int(i) for i in (diff == diff.max()).nonzero()[0])
         raise NondeterministicFunction(
             f"{what} returned different outputs for the same input (max difference {noise:.3g} "
@@ -123,8 +147,6 @@ def check_coupling(flat: Flat, seed: int, noise: float = 0.0, rtol: float = 0.0,
     b = flat.batch_size
     if b == 1:
         return Coupling(None, 0)
-    gen = torch.Generator().manual_seed(seed)
-    delta = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x)
     index = torch.arange(b, device=x.device)
     groups = []
     for members in separating_groups(b):
@@ -134,9 +156,8 @@ def check_coupling(flat: Flat, seed: int, noise: float = 0.0, rtol: float = 0.0,
     calls = 0
     with torch.no_grad():
         y = flat.values(x) if center is None else center
-        eps = torch.finfo(y.dtype).eps
-        threshold = max(COUPLING_ROUNDING * eps * float(y.abs().max().clamp(min=1)), 4 * noise)
-        changed_x = x + 0.1 * delta * x.abs().clamp(min=1)  # every sample changed; groups pick
+        threshold = resolution(y, noise)
+        changed_x = perturbed(x, seed)  # every sample changed; groups pick
         spread = (-1,) + (1,) * (x.ndim - 1)
 
         def moves(group: torch.Tensor) -> tuple[torch.Tensor, float, float, float]:
