@@ -1303,7 +1303,8 @@ def _verify(fn, x: torch.Tensor, value: torch.Tensor, name: str, probes: int, se
     ref_flat = pre.ref_flat
     drawn = draw_probes(ref_flat, probes, seed, pre.coupling.coupled)
     ref, scale = projection_reference(ref_flat, drawn)
-    c = compare(project(value, drawn), ref, case.dtype, tolerances(), derivative_scale=scale)
+    c = compare(project(value, drawn), ref, case.dtype, tolerances().floored(ref_flat.precision),
+                derivative_scale=scale)
     if not c.passed:
         raise MismatchError(
             f"batch_jacobian via {name} failed its verification (uᵀJv over {probes} random "

@@ -230,6 +230,9 @@ class Flat:
     vectors: torch.Tensor | None = None  # (K, N) or (K, M) for the JVP/VJP quantities
     differentiates: bool = False  # the forward itself takes derivatives (NOTE [values only])
     out_names: tuple[str, ...] | None = None  # the keys of a dict output, in its order
+    # the coarser dtype fn computes in inside, whose rounding its values carry (NOTE [effective
+    # precision]); None: x's own
+    precision: torch.dtype | None = None
 
     def values(self, x: torch.Tensor) -> torch.Tensor:
         """``fn(x)`` as values, for the references: no graph is kept (NOTE [values only])."""
@@ -256,6 +259,11 @@ class Flat:
     @property
     def batch_size(self) -> int:
         return self.x.shape[0]
+
+    @property
+    def eps(self) -> float:
+        """The machine epsilon of the rounding ``fn``'s values carry: ``precision``'s, else x's."""
+        return torch.finfo(self.precision or self.x.dtype).eps
 
     @property
     def n_in(self) -> int:

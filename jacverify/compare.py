@@ -64,6 +64,22 @@ class Tolerances(dict):
     atol: float = 0.0
     eps: float | None = None
 
+    def floored(self, precision: torch.dtype | None) -> Tolerances:
+        """These tolerances, each rtol at least sqrt(eps) of ``precision``: the dtype a function
+        computes in inside when coarser than its inputs' (NOTE [effective precision]); None: as
+        they are.
+
+        >>> t = tolerances().floored(torch.float16)
+        >>> t[torch.float64] == t[torch.float16] == DEFAULT_RTOL[torch.float16]
+        True
+        """
+        if precision is None:
+            return self
+        floor = torch.finfo(precision).eps ** 0.5
+        out = Tolerances({dt: max(rtol, floor) for dt, rtol in self.items()})
+        out.atol, out.eps = self.atol, self.eps
+        return out
+
 
 def tolerances(overrides: Mapping[torch.dtype, float] | float | None = None, *,
                atol: float = 0.0, eps: float | None = None) -> Tolerances:
@@ -242,8 +258,10 @@ def compare(
     rule += (f" + {ROUNDING_SAFETY:g} * measured rounding (up to {_largest(rounding):.2g})"
              if _largest(rounding) else "")
     rule += f" + atol {atol:.2g}" if atol else ""
-    source = "sqrt(eps)" if rtol == DEFAULT_RTOL.get(dt) else "override"
-    rule += f", rtol={rtol:.2g} ({source} of {str(dt).removeprefix('torch.')})"
+    # a default of another dtype where the function computes in that one (Tolerances.floored)
+    named = next((d for d in (dt, *DEFAULT_RTOL) if DEFAULT_RTOL.get(d) == rtol), None)
+    source = f"sqrt(eps) of {named}" if named else f"override of {dt}"
+    rule += f", rtol={rtol:.2g} ({source.replace('torch.', '')})"
     return Comparison(
         reference=reference.name,
         passed=bool((diff <= allowed).all()),

@@ -26,6 +26,7 @@ from jacverify.references import (
     DEFAULT_MAX_MEMORY,
     DEFAULT_TIME_BUDGET,
     Prechecked,
+    pinned_nothing,
     isolated,
     prechecked,
     verify,
@@ -146,6 +147,7 @@ def _run_check(fn, inputs, *, methods, batch_axis, out_batch_axis, dtype, device
     runs = 2 if warm_timing else 1
     with isolated(case.fn):
         pre = prechecked(case, flatten(case))
+        rtols = rtols.floored(pre.ref_flat.precision)  # NOTE [effective precision]
         # "routes": the routes, plus only the methods the caller named (NOTE [route probes])
         if verification == "routes" and methods is None:
             chosen = tuple(extra_methods)
@@ -193,7 +195,8 @@ def _check(case: Case, pre: Prechecked, chosen: Sequence[Method], rtols, max_mem
                      v.scales, runs, budget=costs.budget, units=costs.units) for m in chosen]
     notes = v.notes + ((_verification_note("full", why),) if why else ())
     return Report(case, tuple(results), tuple(r.name for r in v.refs), v.coupling, v.refs[0].value,
-                  v.ref_flat.x.dtype, notes, v.flat, findings=v.findings, required=required)
+                  v.ref_flat.x.dtype, notes, v.flat, findings=v.findings, required=required,
+                  unresolved=v.unresolved)
 
 
 def _check_projected(case: Case, pre: Prechecked, chosen: Sequence[Method], rtols,
@@ -228,7 +231,7 @@ def _check_projected(case: Case, pre: Prechecked, chosen: Sequence[Method], rtol
     return Report(case, tuple(results), (ref.name,), coupling, ref.value, ref_flat.x.dtype,
                   tuple(notes), flat, index_labels=("probe", "sample"),
                   verification=f"{mode} ({probes} probe{'s' * (probes > 1)})",
-                  required=required, findings=tuple(findings))
+                  required=required, findings=tuple(findings), unresolved=pinned_nothing(ref))
 
 
 HALF_EPS = 1e-4  # float16's eps is 9.8e-4, bfloat16's 7.8e-3, float32's 1.2e-7

@@ -70,19 +70,22 @@ class Verdict(_Named):
 # when a method the caller required (check_method's own implementation) is wrong, or when the
 # references themselves found a wrong derivative formula (the float64 loop against finite
 # differences); UNVERIFIED when no candidate agreed (every method raised, none applied, methods=[],
-# the only method was the user's and it raised, a Hessian check of a ReLU network) or when a
-# required method could not be verified. A route (NOTE [route probes]) computes projections, not
+# the only method was the user's and it raised, a Hessian check of a ReLU network), when a
+# required method could not be verified, or when the references pinned down nothing to agree with
+# (`unresolved`: NOTE [unstable finite differences]). A route (NOTE [route probes]) computes projections, not
 # the quantity: where the check ran methods of the quantity, one of them must be verified (routes
 # that agree do not earn a pass for methods that could not run); a route that disagrees fails it
 # like any candidate. `verdict` is the only function that says PASSED.
 def verdict(results: Iterable[MethodResult], *, required: Sequence[str] = (),
-            findings: Sequence[str] = ()) -> Verdict:
+            findings: Sequence[str] = (), unresolved: str | None = None) -> Verdict:
     """The verdict of a set of results under NOTE [earned verdict].
 
     Args:
         results: one per candidate.
         required: names of candidates that must themselves agree (a user's own method).
         findings: wrong derivatives the references found on their own (each makes it FAILED).
+        unresolved: why the references pinned down no entry, or None: then agreeing verifies
+            nothing.
 
     >>> ok = MethodResult("a", "batch_jacobian", "reverse", False, Status.AGREE,
     ...                   comparisons=(Comparison("loop", True, 0, 0, (0,), 0, 0, 1, ""),))
@@ -91,12 +94,14 @@ def verdict(results: Iterable[MethodResult], *, required: Sequence[str] = (),
     ('passed', 'unverified', 'failed')
     >>> verdict([ok, raised_], required=["b"]) is Verdict.UNVERIFIED
     True
+    >>> verdict([ok], unresolved="every entry sits on a kink")
+    'unverified'
     """
     results = tuple(results)
     by_name = {r.method: r for r in results}
     if findings or any(r.status in WRONG for r in results):
         return Verdict.FAILED
-    if any(name not in by_name or not by_name[name].verified for name in required):
+    if unresolved or any(name not in by_name or not by_name[name].verified for name in required):
         return Verdict.UNVERIFIED
     earning = [r for r in results if r.quantity != "route"] or results
     return Verdict.PASSED if any(r.verified for r in earning) else Verdict.UNVERIFIED

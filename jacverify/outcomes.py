@@ -49,6 +49,7 @@ class Outcome:
             "kind": self.kind,
             "status": self.status,
             "findings": body.get("findings", []),
+            "unresolved": body.get("unresolved"),
             "verification": body.get("verification"),
             "error": self.error,
             "input_shapes": [list(s) for s in self.input_shapes],

@@ -142,6 +142,7 @@ def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
     max_memory = _memory(max_memory)
     with isolated(case.fn):
         v = verify(case, rtols, max_memory, _budget(time_budget))
+        rtols = rtols.floored(v.ref_flat.precision)  # NOTE [effective precision]
         vec64 = vectors.to(device=v.ref_flat.x.device, dtype=v.ref_flat.x.dtype)
         refs = [Reference(r.name, *derive(r.value, r.error, vec64)) for r in v.refs]
         if direction is not None:
@@ -159,7 +160,7 @@ def _run_quantity(case, quantity: str, vectors: torch.Tensor, derive: Callable,
         growth = _scaling(chosen, results, flat, scaling, case.seed) if scaling else ()
     return Report(case, tuple(results), tuple(r.name for r in refs), v.coupling, refs[0].value,
                   v.ref_flat.x.dtype, v.notes, v.flat, quantity, labels, growth,
-                  findings=v.findings)
+                  findings=v.findings, unresolved=v.unresolved)
 
 
 def _chosen(methods, quantity: str, extra_methods: Sequence = ()):
@@ -374,6 +375,7 @@ def _second_order(fn, x, quantity: str, diagonal: bool, batch_axis: int, methods
     with isolated(case.fn):
         _second_order_fits(case, max_memory)
         v = verify(case, rtols, max_memory, _budget(time_budget))
+        rtols = rtols.floored(v.ref_flat.precision)  # NOTE [effective precision]
         within_time_budget(v.ref_flat, v.coupling.coupled, _budget(time_budget), second_order=True)
         b, m, n = v.flat.batch_size, v.flat.n_out, v.flat.n_in
         expected = (b, m, n) if diagonal else (b, m, n, n)
@@ -409,7 +411,8 @@ def _second_order(fn, x, quantity: str, diagonal: bool, batch_axis: int, methods
                              rtols, scales, 2 if warm_timing else 1, expected, finding)
                         for mm in chosen)
     return Report(case, results, (ref.name,), v.coupling, ref.value, v.ref_flat.x.dtype,
-                  tuple(notes), v.flat, quantity, labels, findings=v.findings)
+                  tuple(notes), v.flat, quantity, labels, findings=v.findings,
+                  unresolved=v.unresolved)
 
 
 def _second_order_fits(case, max_memory: int) -> None:

@@ -23,11 +23,12 @@ from jacverify.errors import FunctionRaised, InvalidArgument, JacobianTooLarge
 from jacverify.measure import synchronizer
 from jacverify.judge import first_line
 from jacverify.methods.loops import loop
-from jacverify.oracles import Coupling, check_coupling, check_determinism, finite_differences
+from jacverify.oracles import (Coupling, check_coupling, check_determinism, effective_precision,
+                              finite_differences)
 
 __all__ = ["DEFAULT_MAX_MEMORY", "DEFAULT_TIME_BUDGET", "estimate_seconds", "within_time_budget",
            "Prechecked", "Verified", "prechecked", "verify", "isolated",
-           "warnings_recorded", "LOOP_DISAGREES"]
+           "warnings_recorded", "LOOP_DISAGREES", "pinned_nothing"]
 
 DEFAULT_MAX_MEMORY = 2**30  # bytes any one method or reference may materialise
 DEFAULT_TIME_BUDGET = 600.0  # seconds the references of one check are estimated to take, at most
@@ -71,6 +72,7 @@ class Verified:
     scales: Scales
     notes: tuple[str, ...]
     findings: tuple[str, ...] = ()
+    unresolved: str | None = None  # why the references pin down no entry (then nothing verifies)
 
     @property
     def loop_trusted(self) -> bool:
@@ -90,11 +92,33 @@ def prechecked(case: Case, flat: Flat | None = None) -> Prechecked:
     ref_flat = _reference_version(case, notes) or flat
     if ref_flat is not flat:
         noise, center = check_determinism(ref_flat, "the reference copy of the function")
+    precision = effective_precision(ref_flat, case.seed)
+    if precision is not None:
+        flat, ref_flat = _computing_in(precision, flat, ref_flat, notes)
     coupling = check_coupling(ref_flat, case.seed, noise, torch.finfo(case.dtype).eps ** 0.5,
                               center)
     if coupling.below_resolution:
         notes.append(coupling.below_resolution)
     return Prechecked(flat, ref_flat, coupling, tuple(notes))
+
+
+def _computing_in(precision: torch.dtype, flat: Flat, ref_flat: Flat,
+                  notes: list[str]) -> tuple[Flat, Flat]:
+    """Both forms of a function that computes in ``precision`` inside (NOTE [effective
+    precision]), and the report's note."""
+    name = str(precision).removeprefix("torch.")
+    ref_dtype = str(ref_flat.x.dtype).removeprefix("torch.")
+    notes.append(
+        f"the function computes in {name} inside: its {ref_dtype} copy's outputs carry {name}'s "
+        f"rounding (NOTE [effective precision]), so finite differences take {name}'s steps and "
+        f"error bounds and every tolerance is at least sqrt(eps) of {name} "
+        f"({torch.finfo(precision).eps ** 0.5:.2g}); derivatives are verified only to that. "
+        f"Remove the cast inside (or check it in {name}) to verify them more closely")
+    with_precision = dataclasses.replace(ref_flat, precision=precision)
+    if torch.finfo(flat.x.dtype).eps >= torch.finfo(precision).eps:
+        return flat, with_precision  # the methods' dtype is that coarse already
+    return (with_precision if ref_flat is flat else dataclasses.replace(flat, precision=precision),
+            with_precision)
 
 
 # NOTE [cost estimate]
@@ -161,7 +185,8 @@ def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None,
         )
     pre = prechecked(case, flat) if pre is None else pre
     within_time_budget(pre.ref_flat, pre.coupling.coupled, time_budget)
-    notes, ref_flat = list(pre.notes), pre.ref_flat
+    notes, flat, ref_flat = list(pre.notes), pre.flat, pre.ref_flat
+    rtols = rtols.floored(ref_flat.precision)  # NOTE [effective precision]
     step = getattr(rtols, "eps", None)
     fd_value, fd_error = finite_differences(ref_flat, independent=not pre.coupling.coupled,
                                             step=step)
@@ -173,6 +198,7 @@ def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None,
     unstable = unstable_entries(fd, derivative, ref_flat)
     if unstable:
         notes.append(unstable)
+    unresolved = pinned_nothing(fd, derivative)
     rounding = _plausible_rounding(flat, ref_flat, loop_ref, _measured_rounding(flat, loop_ref),
                                    notes)
     scales = Scales(rounding, derivative)
@@ -186,7 +212,7 @@ def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None,
             f"loop there differs from the float64 loop by {float(scales.rounding.max()):.3g}, more than "
             "sqrt(eps) of max|J|; that measured rounding (x8) is allowed to every method")
     return Verified(flat, ref_flat, pre.coupling, loop_ref, refs, scales, tuple(notes),
-                    tuple(findings))
+                    tuple(findings), unresolved)
 
 
 # NOTE [unstable finite differences]
@@ -197,24 +223,52 @@ def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None,
 # entry whose bound is over UNSTABLE_FRACTION of its scale (|J| + its row's max|J| + d, and sqrt(eps)
 # max|J| so that an exactly-zero row's rounding floor does not count) is named in
 # a note, with its value and bound, so the report says the derivative is not pinned down there.
+# Where that is every entry not exactly 0 (ReLU at exactly 0 everywhere, a function that computes
+# in float16 inside: NOTE [effective precision]), no agreement says more than the Jacobian's
+# sparsity: the check ends UNVERIFIED, saying why (NOTE [earned verdict]; it said PASSED 18/18 on
+# ReLU at zeros, and FAILED a correct function that computes in float16, blaming its backward).
 UNSTABLE_FRACTION = 1e-2
 
 
-def unstable_entries(fd: Reference, derivative_scale: torch.Tensor, flat: Flat) -> str | None:
-    """A note naming the entries finite differences could not pin down, or None."""
+def _unpinned(fd: Reference, derivative_scale: torch.Tensor | None) -> tuple[torch.Tensor,
+                                                                           torch.Tensor]:
+    """The entries whose error bound is over UNSTABLE_FRACTION of their scale (NOTE [unstable
+    finite differences]), and each entry's bound over its scale. The scale of a projection
+    (``fd.magnitude`` set) is its magnitude (NOTE [projection probes])."""
     from jacverify.compare import row_size
 
     assert fd.error is not None
     # plus sqrt(eps) of the largest entry: an exactly-zero row (its rounding floor ~1e-13) is
     # not "unstable"
     floor = torch.finfo(fd.value.dtype).eps ** 0.5 * float(fd.value.abs().max())
-    scale = fd.value.abs() + row_size(fd.value) + derivative_scale[..., None].to(fd.value) + floor
-    bad = fd.error > UNSTABLE_FRACTION * scale.clamp(min=torch.finfo(fd.value.dtype).tiny)
+    around = fd.magnitude if derivative_scale is None else (
+        row_size(fd.value) + derivative_scale[..., None].to(fd.value))
+    scale = fd.value.abs() + around + floor
+    ratio = fd.error / scale.clamp(min=torch.finfo(fd.value.dtype).tiny)
+    return ratio > UNSTABLE_FRACTION, ratio
+
+
+def pinned_nothing(fd: Reference, derivative_scale: torch.Tensor | None = None) -> str | None:
+    """Why nothing can be verified when finite differences pin down none of the entries (NOTE
+    [unstable finite differences]), or None. ``derivative_scale``: d of NOTE [tolerances], (B, M);
+    None for projections, whose scale is their magnitude."""
+    bad, _ = _unpinned(fd, derivative_scale)
+    # a 0 pinned down is the Jacobian's sparsity, not a derivative verified
+    if not bool(bad.any()) or bool((~bad & (fd.value != 0)).any()):
+        return None
+    return (f"finite differences pin down no entry that is not exactly 0 ({int(bad.sum())} of "
+            f"{bad.numel()} are not pinned down: their error bounds are over "
+            f"{UNSTABLE_FRACTION:.0%} of their size): every method that agrees agrees only within "
+            "that uncertainty, so no derivative was verified (see the notes for why)")
+
+
+def unstable_entries(fd: Reference, derivative_scale: torch.Tensor, flat: Flat) -> str | None:
+    """A note naming the entries finite differences could not pin down, or None."""
+    bad, ratio = _unpinned(fd, derivative_scale)
     count = int(bad.sum())
     if not count:
         return None
-    worst = tuple(int(i) for i in torch.unravel_index(
-        (fd.error / scale.clamp(min=torch.finfo(fd.value.dtype).tiny)).argmax(), fd.value.shape))
+    worst = tuple(int(i) for i in torch.unravel_index(ratio.argmax(), fd.value.shape))
     where = flat.describe_index(worst, ("sample", "output", "input"))
     return (f"finite differences are unstable at {count} entr{'y' if count == 1 else 'ies'} "
             f"(their step sizes disagree; worst {worst}, {where}: {float(fd.value[worst]):.6g} "

@@ -44,11 +44,13 @@ class Report:
     verification: str = "full"  # or "projection (K probes)": see check(verification=)
     findings: tuple[str, ...] = ()  # wrong derivatives the references found on their own
     required: tuple[str, ...] = ()  # methods that must themselves agree (check_method's own)
+    unresolved: str | None = None  # why the references pinned down nothing (then UNVERIFIED)
 
     @property
     def verdict(self) -> Verdict:
         """passed, failed or unverified: NOTE [earned verdict] in :mod:`jacverify.judge`."""
-        return verdict(self.results, required=self.required, findings=self.findings)
+        return verdict(self.results, required=self.required, findings=self.findings,
+                       unresolved=self.unresolved)
 
     @property
     def passed(self) -> bool:
@@ -78,9 +80,10 @@ class Report:
     @property
     def fastest(self) -> str | None:
         """The fastest method that agrees, or None (a route of NOTE [route probes] computes
-        projections, not the quantity: never the fastest)."""
+        projections, not the quantity: never the fastest). None when the references pinned down
+        nothing (``unresolved``): there, agreeing says nothing."""
         agreeing = [r for r in self.results if r.status == "agree" and r.time_s is not None
-                    and r.quantity != "route"]
+                    and r.quantity != "route" and not self.unresolved]
         return min(agreeing, key=lambda r: r.time_s).method if agreeing else None  # type: ignore
 
     def __getitem__(self, method: str) -> MethodResult:
@@ -260,6 +263,8 @@ class Report:
             if self.findings:
                 parts.append("the references found a wrong derivative formula")
             return "FAILED: " + "; ".join(parts)
+        if self.unresolved:
+            return f"UNVERIFIED: {self.unresolved}"
         missing = [n for n in self.required if n not in {r.method for r in self.verified}]
         if missing:
             return (f"UNVERIFIED: {', '.join(missing)} could not be verified (it did not run to a "
@@ -286,6 +291,7 @@ class Report:
             "verdict": str(self.verdict),
             "passed": self.passed,
             "findings": list(self.findings),
+            "unresolved": self.unresolved,
             "fastest": self.fastest,
             "notes": list(self.notes),
             "scaling": {m: [[k, t] for k, t in points] for m, points in self.scaling},

@@ -528,3 +528,57 @@ def test_a_half_precision_projection_check_fails_a_wrong_backward_in_float64(dty
     torch.manual_seed(0)
     good = jacverify.check(_SinNet().to(dtype), x.to(dtype), verification=verification)
     assert good.passed and not good.findings
+
+
+# --- NOTE [effective precision]: a function that computes in a coarser dtype inside ---
+
+def _cast(inside, sin=torch.sin):
+    """The caller's float64 (or float32) input through a model that computes in ``inside``: the
+    float64 check of a float32 model behind a cast (FAILED, 8 methods "wrong", before NOTE
+    [effective precision]) and float16 inside (FAILED: "a backward formula of the function is
+    wrong")."""
+    torch.manual_seed(0)
+    net = _SinNet(sin).to(inside)
+    return lambda z: net(z.to(inside)).to(z.dtype)
+
+
+@pytest.mark.parametrize("verification", ["full", "projection"])
+def test_a_function_computing_in_float32_inside_passes_in_float64_and_says_so(verification):
+    report = jacverify.check(_cast(torch.float32), _x(6, 5), verification=verification)
+    assert report.passed and not report.findings, report.failure_message()
+    assert any(n.startswith("the function computes in float32 inside") for n in report.notes)
+
+
+@pytest.mark.parametrize("verification", ["full", "projection"])
+def test_a_wrong_backward_behind_a_float32_cast_still_fails_in_float64(verification):
+    report = jacverify.check(_cast(torch.float32, _SinBackward5PercentOff.apply), _x(6, 5),
+                             verification=verification)
+    assert report.verdict == Verdict.FAILED
+
+
+@pytest.mark.parametrize("inside, dtype", [(torch.float16, torch.float64),
+                                           (torch.float16, torch.float32),
+                                           (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("verification", ["full", "projection"])
+def test_a_function_computing_in_half_inside_is_unverified_not_blamed(inside, dtype,
+                                                                      verification):
+    report = jacverify.check(_cast(inside), _x(6, 5).to(dtype), verification=verification)
+    assert report.verdict == Verdict.UNVERIFIED and not report.findings
+    assert report.headline().startswith("UNVERIFIED: finite differences pin down no entry")
+    name = str(inside).removeprefix("torch.")
+    assert any(n.startswith(f"the function computes in {name} inside") for n in report.notes)
+    assert report.fastest is None  # agreeing within that uncertainty makes no method "fastest"
+
+
+def test_a_function_computing_in_its_own_dtype_is_not_called_coarser():
+    report = jacverify.check(_SinNet().double(), _x(6, 5))
+    assert report.passed and not any("inside" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("fn", [torch.relu, torch.abs], ids=["relu", "abs"])
+def test_every_entry_on_a_kink_is_unverified_and_off_the_kinks_passes(fn):
+    """ReLU at exactly 0 everywhere said PASSED 18/18: only the Jacobian's zeros were pinned."""
+    at_kinks = jacverify.check(fn, torch.zeros(3, 4, dtype=torch.float64))
+    assert at_kinks.verdict == Verdict.UNVERIFIED
+    assert "pin down no entry that is not exactly 0" in at_kinks.headline()
+    assert jacverify.check(fn, _x(3, 4)).passed

@@ -19,7 +19,8 @@ __all__ = ["finite_differences", "directional_differences", "fd_step", "ROUNDING
 # value returned, so we take it whole as the truncation estimate (conservative by design: near a
 # kink the three step sizes disagree and the estimate grows, so FD never claims accuracy it lacks).
 # Rounding: each evaluation of f carries a relative error of at most ROUNDING_FACTOR * eps (an
-# assumption about the function: a few dozen roundings deep), divided by the smallest step h/4,
+# assumption about the function: a few dozen roundings deep; eps of the dtype it computes in, NOTE
+# [effective precision]), divided by the smallest step h/4,
 # times the Richardson weights' amplification (|4|+|1|)/3 * (16+1)/15 < 2.
 # Kinks: across a kink at distance d < s from x (ReLU, abs), D(s) carries an error (b - a)(1/2 - d/2s)
 # whose constant part no extrapolation can see. The second difference per step,
@@ -37,9 +38,10 @@ __all__ = ["finite_differences", "directional_differences", "fd_step", "ROUNDING
 ROUNDING_FACTOR = 64
 
 
-def fd_step(x: torch.Tensor) -> torch.Tensor:
-    """The largest step h each entry of ``x`` is moved by (NOTE [finite-difference error estimate])."""
-    eps = torch.finfo(x.dtype).eps
+def fd_step(x: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """The largest step h each entry of ``x`` is moved by (NOTE [finite-difference error estimate])
+    for a function whose values carry rounding ``eps`` (default: that of ``x``'s dtype)."""
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
     base = 2.0 ** round(math.log2(eps ** 0.2))
     return base * torch.exp2(torch.ceil(torch.log2(torch.clamp(x.abs(), min=1.0))))
 
@@ -59,8 +61,8 @@ def finite_differences(flat: Flat, independent: bool, step: float | None = None,
     """
     x, fn = flat.x.detach(), flat.values  # NOTE [values only]
     b, n, m = flat.batch_size, flat.n_in, flat.n_out
-    eps = torch.finfo(x.dtype).eps
-    steps = (fd_step(x) if step is None else torch.full_like(x, step)) * shrink
+    eps = flat.eps  # NOTE [effective precision]: the rounding fn's values carry
+    steps = (fd_step(x, eps) if step is None else torch.full_like(x, step)) * shrink
     value = x.new_zeros(b, m, n)
     error = x.new_zeros(b, m, n)
     groups = [slice(None)] if independent else [slice(i, i + 1) for i in range(b)]

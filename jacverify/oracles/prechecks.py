@@ -11,7 +11,8 @@ import torch
 from jacverify.case import Flat
 from jacverify.errors import InvalidArgument, NondeterministicFunction, NonFiniteOutput
 
-__all__ = ["Coupling", "check_determinism", "check_coupling", "perturbed", "resolution"]
+__all__ = ["Coupling", "check_determinism", "check_coupling", "effective_precision", "perturbed",
+           "resolution"]
 
 # NOTE [coupling threshold]
 # Independent samples give bitwise-equal outputs for the untouched samples on deterministic
@@ -50,6 +51,53 @@ def perturbed(x: torch.Tensor, seed: int) -> torch.Tensor:
     delta = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed),
                         dtype=torch.float64).to(x)
     return x + 0.1 * delta * x.abs().clamp(min=1)
+
+
+# NOTE [effective precision]
+# The references run on a float64 copy of the function (NOTE [references on the CPU]), and finite
+# differences assume its values carry float64's rounding (NOTE [finite-difference error estimate]).
+# A function that computes in a coarser dtype inside -- `net(z.half()).to(z.dtype)`, a float32
+# model behind a cast, an output rounded through bfloat16 -- carries that dtype's rounding
+# instead: float64 steps (1e-3 |x|) over float16 values (eps 1e-3) make finite differences off by
+# O(1), and the check blamed "a backward formula" of a correct function (a fresh user). Two tests
+# tell such a function, each at a point moved off every coarser dtype's grid (a few float32 ulps,
+# so x's own grid -- a float32 case's inputs cast up -- says nothing), coarsest dtype first:
+# rounding the input to the dtype leaves every output bitwise the same (the function casts its
+# input), or every non-integer output is exactly representable in the dtype (it rounds its
+# output). A function that does not move at all between that point and one 10% away (a constant)
+# says nothing either way. The dtype found replaces x's in the steps and the rounding of finite
+# differences and sets the tolerance's floor (sqrt of its eps); the report says so.
+_COARSER = (torch.bfloat16, torch.float16, torch.float32)  # coarsest first
+
+
+def effective_precision(flat: Flat, seed: int) -> torch.dtype | None:
+    """The coarser dtype than ``flat.x``'s that ``flat.fn`` computes in inside, or None (NOTE
+    [effective precision]): 3-5 calls of the function.
+
+    >>> from jacverify.case import Flat
+    >>> x = torch.randn(3, 2, dtype=torch.float64)
+    >>> cast = lambda z: torch.tanh(z.half()).to(z.dtype)
+    >>> effective_precision(Flat(cast, x, ((2,),), ((2,),)), 0)
+    torch.float16
+    >>> effective_precision(Flat(torch.tanh, x, ((2,),), ((2,),)), 0) is None
+    True
+    """
+    x = flat.x
+    eps = torch.finfo(x.dtype).eps
+    coarser = [dt for dt in _COARSER if torch.finfo(dt).eps > eps]
+    if not coarser:
+        return None
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    off = x + (x.abs().clamp(min=1) * (0.25 + 0.5 * u.to(x)) * 2.0 ** -20)  # 2-6 float32 ulps
+    y = flat.values(off)
+    if torch.equal(flat.values(perturbed(x, seed)), y):
+        return None
+    fractional = y[y != y.round()]
+    for dt in coarser:
+        if torch.equal(flat.values(off.to(dt).to(x.dtype)), y) or (
+                fractional.numel() and torch.equal(fractional, fractional.to(dt).to(y.dtype))):
+            return dt
+    return None
 
 
 @dataclass(frozen=True)
