@@ -27,7 +27,7 @@ from jacverify.measure import (ESTIMATE_CUT, ROUNDS, Race, race, racing, recorde
                                settle_allocator, synchronizer, timer)
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism
-from jacverify.oracles.prechecks import perturbed, resolution
+from jacverify.oracles.prechecks import perturbed, resolution, separating_groups
 from jacverify.oracles.projections import DEFAULT_PROBES
 from jacverify.references import kept_buffers
 
@@ -73,7 +73,8 @@ class Plan:
 
 # NOTE [auto plan]
 # A reverse pass costs about one backward per cotangent row, a forward pass one jvp per tangent:
-# - samples interact (the coupling probe moved another sample's output): the per-sample truth is
+# - samples interact (the coupling probe moved another sample's output, or the timed backward
+#   of one group's outputs reached the others' inputs: _pass_times): the per-sample truth is
 #   the diagonal block of the full Jacobian -> batched_grad_per_sample, B*M cotangent rows;
 # - M <= N: reverse mode, M cotangent rows: batched_grad (one autograd.grad with
 #   is_grads_batched), vmap_vjp (vmap over torch.func.vjp), functional_vectorized
@@ -985,8 +986,18 @@ def warm_up_methods(dtype: torch.dtype, device: str) -> None:
     _pass_times(flat, timer(device), lambda: None)
 
 
-def _pass_times(flat: Flat, clock, sync, rows: int | None = None
-                ) -> tuple[int, float, float, float | None, float]:
+class _Passes(NamedTuple):
+    """What :func:`_pass_times` measured (seconds in its clock's)."""
+
+    saved: int  # bytes one forward saves per row, parameters left out
+    t_f: float  # that forward on the batch
+    t_b: float  # one backward through it
+    slope: float | None  # a forward and backward on the batch twice over, beyond t_f + t_b
+    moved: float  # fn's output on the batch twice over, off its output on each copy alone
+    leak: str | None  # samples whose input gradient the others' outputs reached (a coupling)
+
+
+def _pass_times(flat: Flat, clock, sync, rows: int | None = None) -> _Passes:
     """The bytes one forward saves per row (parameters left out), that forward's time (t_f) and
     one backward's through it (t_b) on the batch, and what a forward and backward on the batch
     twice over cost more than on the batch (the work per B samples, for repeat_trick over
@@ -994,10 +1005,15 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None
     ``clock``'s seconds. The batch twice over (its second copy changed) is timed up to
     SLOPE_PASSES times, the fastest kept; once when that already predicts ``rows`` copies within
     ESTIMATE_CUT of one pass (a second timing could only lower it: at batch 1 it cost 0.5 calls
-    of the plan). Last, how far fn's output on it moved from fn's output on each copy alone (0.0
+    of the plan). Then how far fn's output on it moved from fn's output on each copy alone (0.0
     when not timed): a function of the batch's size, of a sample's position (``/ z.shape[0]``)
     or that mixes samples moves it, and repeat_trick, which calls fn on M copies, is then wrong
-    (NOTE [auto plan])."""
+    (NOTE [auto plan]). Last, the timed backward's cotangent is the outputs of one group of
+    samples (the coupling probe's first): an input gradient on the other samples is coupling
+    that the values do not show (``leak`` says where; None where there is none, or at batch 1).
+    A straight-through term over the batch (``z + (z.mean(0) - z.mean(0).detach())``) or a
+    custom backward that mixes samples moves no other sample's value, and the independent-samples
+    plan answered the sum of every sample's block, 4-5 off on every call (a fresh user)."""
     sync()
     start = clock()
     try:
@@ -1011,12 +1027,16 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None
     sync()
     middle = clock()
     if not y.requires_grad:  # no dependence on x: batch_jacobian answers zeros (_zero_if_constant)
-        return saved, middle - start, 0.0, None, 0.0
-    torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
+        return _Passes(saved, middle - start, 0.0, None, 0.0, None)
+    group = torch.zeros(flat.batch_size, dtype=torch.bool, device=leaf.device)
+    group[separating_groups(flat.batch_size)[0] if flat.batch_size > 1 else 0] = True
+    (grad,) = torch.autograd.grad(y, leaf, group.view(-1, *(1,) * (y.ndim - 1)).to(y).expand_as(y),
+                                  allow_unused=True)
     sync()
     t_f, t_b = middle - start, clock() - middle
+    leak = None if grad is None else _leak(grad.detach().flatten(1), group)
     if rows is None:
-        return saved, t_f, t_b, None, 0.0
+        return _Passes(saved, t_f, t_b, None, 0.0, leak)
     once = y.detach()
     # the second copy changed as the coupling probe changes samples: with two equal copies a
     # function that mixes samples (z - z.mean(0)) gave equal outputs at batch 1, where there is
@@ -1030,7 +1050,7 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None
         try:
             y = flat.fn(leaf)
         except Exception:  # noqa: BLE001 - a function of one batch size: no slope
-            return saved, t_f, t_b, None, 0.0
+            return _Passes(saved, t_f, t_b, None, 0.0, leak)
         torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
         sync()
         slope = min(slope, max(0.0, clock() - start - t_f - t_b))
@@ -1038,8 +1058,27 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None
             moved = float((y.detach() - torch.cat([once, flat.values(other)])).abs().max())
         if (rows - 1) * slope <= (ESTIMATE_CUT - 1) * (t_f + t_b):
             break
-    return saved, t_f, t_b, slope, moved or 0.0
+    return _Passes(saved, t_f, t_b, slope, moved or 0.0, leak)
 
+
+def _leak(grad: torch.Tensor, group: torch.Tensor) -> str | None:
+    """Where the input gradient (B, N) of ``group``'s outputs reached other samples beyond the
+    rounding of the group's own (:func:`resolution`; exactly 0 for independent samples, whose
+    other rows get no cotangent), or None."""
+    if bool(group.all()):
+        return None
+    other = grad[~group].abs().max(1).values
+    reached = (other > resolution(grad[group])).nonzero().flatten()
+    if not len(reached):
+        return None
+    samples = torch.arange(len(group), device=group.device)
+    named = ", ".join(map(str, samples[~group][reached][:5].tolist()))
+    return (f"the outputs of samples {', '.join(map(str, samples[group][:5].tolist()))}"
+            f"{', ...' if int(group.sum()) > 5 else ''} have a gradient with respect to sample(s) "
+            f"{named}{', ...' if len(reached) > 5 else ''} (up to {float(other.max()):.3g}), "
+            "though their values do not move with them: samples interact through autograd "
+            "alone (a straight-through or detach term over the batch, a custom backward that "
+            "mixes samples)")
 
 class _Route:
     """What a cache entry holds: the plan and its route; while the race is still being run on the
@@ -1079,20 +1118,21 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
     warmed = clock() - warm_start  # once per process and dtype: 0.0 after the first plan
     start = clock()
     noise, center = check_determinism(flat)  # a function with randomness has no Jacobian
-    coupling = check_coupling(flat, seed=0, noise=noise, center=center)
-    if coupling.coupled:
-        order, rows = ("batched_grad_per_sample",), {"batched_grad_per_sample": b * m}
-        why = f"samples interact ({coupling.reason}): rows of the full Jacobian, B*M = {b * m}"
-    else:
-        order, why = _candidates(m, n)
-        rows = {c: (n if c in FORWARD_FAMILY else m) for c in order}
-    if any(get_methods([c])[0].mode == "forward" for c in order):  # forward AD: warm it up too
-        forward_start = clock()
+    coupled = check_coupling(flat, seed=0, noise=noise, center=center).reason
+    order, why = _candidates(m, n)
+    if any(get_methods([c])[0].mode == "forward" for c in order) and not coupled:
+        forward_start = clock()  # forward AD: warm it up too
         warm_up_transforms("forward")
         warmed += clock() - forward_start
         start += clock() - forward_start  # the coupling probe counts, the warm-up does not
-    saved, t_f, t_b, slope, moved = _pass_times(flat, clock, sync,
-                                                m if "repeat_trick" in order else None)
+    saved, t_f, t_b, slope, moved, leak = _pass_times(
+        flat, clock, sync, m if "repeat_trick" in order and not coupled else None)
+    coupled = coupled or leak
+    if coupled:
+        order, rows = ("batched_grad_per_sample",), {"batched_grad_per_sample": b * m}
+        why = f"samples interact ({coupled}): rows of the full Jacobian, B*M = {b * m}"
+    else:
+        rows = {c: (n if c in FORWARD_FAMILY else m) for c in order}
     per_row = max(saved, 1)
     jac_bytes = b * m * n * flat.x.element_size()
     if max_memory is not None and max_memory < jac_bytes + per_row:
