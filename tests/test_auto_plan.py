@@ -1182,6 +1182,18 @@ def test_a_setting_of_a_torch_module_changed_after_planning_is_planned_again():
     _replans_after(g, lambda: setattr(lin, "center", True), x)
 
 
+def test_a_setting_replaced_by_another_attribute_fails_the_last_plans_check():
+    """_unchanged reads the settings by name: one deleted and another attribute added keeps the
+    module's dict the same size, and the read's KeyError is a change."""
+    lin = torch.nn.Linear(2, 2)
+    lin.center = False
+    snapshot = auto._snapshot([lin])
+    assert auto._unchanged(snapshot)
+    del lin.center
+    lin.other = object()
+    assert not auto._unchanged(snapshot)
+
+
 class _BackwardMixesSamples(torch.autograd.Function):
     """tanh with a backward that adds every sample's mean gradient: a custom op whose values are
     per sample but whose derivative couples the batch."""
