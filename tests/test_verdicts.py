@@ -582,3 +582,31 @@ def test_every_entry_on_a_kink_is_unverified_and_off_the_kinks_passes(fn):
     assert at_kinks.verdict == Verdict.UNVERIFIED
     assert "pin down no entry that is not exactly 0" in at_kinks.headline()
     assert jacverify.check(fn, _x(3, 4)).passed
+
+
+class _Energy(torch.nn.Module):
+    """A potential with its constant reference energy: outputs near -40000, a Jacobian of O(1)."""
+
+    def __init__(self, offset):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(),
+                                       torch.nn.Linear(16, 1))
+        self.register_buffer("e0", torch.tensor(offset))
+
+    def forward(self, z):
+        return self.net(z) + self.e0
+
+
+@pytest.mark.parametrize("dtype, offset", [(torch.float32, -4e4), (torch.float64, -1e8)])
+def test_a_constant_output_offset_does_not_widen_the_tolerance(dtype, offset):
+    """NOTE [tolerances]' c: rtol x |f| / |x| on every entry allowed 14 on O(1) entries beside a
+    -40000 offset in float32, and a check_method 50% off PASSED (a fresh user). 1% off now fails;
+    the right method still passes."""
+    x = _x(8, 3).to(dtype)
+
+    def scaled(k):
+        return lambda f, z: torch.func.vmap(torch.func.jacrev(f))(z) * k
+
+    assert jacverify.check_method(scaled(1.01), _Energy(offset), x).verdict == Verdict.FAILED
+    assert jacverify.check_method(scaled(1.0), _Energy(offset), x).passed
