@@ -1005,7 +1005,8 @@ class _Passes(NamedTuple):
     t_f: float  # that forward on the batch
     t_b: float  # one backward through it
     slope: float | None  # a forward and backward on the batch twice over, beyond t_f + t_b
-    moved: float  # fn's output on the batch twice over, off its output on each copy alone
+    moved: torch.Tensor | None  # (M,): fn's output on the batch twice over, off its output on
+    # each copy alone, per output (None when not timed)
     leak: str | None  # samples whose input gradient the others' outputs reached (a coupling)
 
 
@@ -1017,8 +1018,8 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None) -> _Passes:
     ``clock``'s seconds. The batch twice over (its second copy changed) is timed up to
     SLOPE_PASSES times, the fastest kept; once when that already predicts ``rows`` copies within
     ESTIMATE_CUT of one pass (a second timing could only lower it: at batch 1 it cost 0.5 calls
-    of the plan). Then how far fn's output on it moved from fn's output on each copy alone (0.0
-    when not timed): a function of the batch's size, of a sample's position (``/ z.shape[0]``)
+    of the plan). Then how far fn's output on it moved from fn's output on each copy alone, per
+    output (None when not timed): a function of the batch's size, of a sample's position (``/ z.shape[0]``)
     or that mixes samples moves it, and repeat_trick, which calls fn on M copies, is then wrong
     (NOTE [auto plan]). Last, the timed backward's cotangent is the outputs of one group of
     samples (the coupling probe's first): an input gradient on the other samples is coupling
@@ -1039,7 +1040,7 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None) -> _Passes:
     sync()
     middle = clock()
     if not y.requires_grad:  # no dependence on x: batch_jacobian answers zeros (_zero_if_constant)
-        return _Passes(saved, middle - start, 0.0, None, 0.0, None)
+        return _Passes(saved, middle - start, 0.0, None, None, None)
     group = torch.zeros(flat.batch_size, dtype=torch.bool, device=leaf.device)
     group[separating_groups(flat.batch_size)[0] if flat.batch_size > 1 else 0] = True
     (grad,) = torch.autograd.grad(y, leaf, group.view(-1, *(1,) * (y.ndim - 1)).to(y).expand_as(y),
@@ -1048,7 +1049,7 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None) -> _Passes:
     t_f, t_b = middle - start, clock() - middle
     leak = None if grad is None else _leak(grad.detach().flatten(1), group)
     if rows is None:
-        return _Passes(saved, t_f, t_b, None, 0.0, leak)
+        return _Passes(saved, t_f, t_b, None, None, leak)
     once = y.detach()
     # the second copy changed as the coupling probe changes samples: with two equal copies a
     # function that mixes samples (z - z.mean(0)) gave equal outputs at batch 1, where there is
@@ -1062,15 +1063,15 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None) -> _Passes:
         try:
             y = flat.fn(leaf)
         except Exception:  # noqa: BLE001 - a function of one batch size: no slope
-            return _Passes(saved, t_f, t_b, None, 0.0, leak)
+            return _Passes(saved, t_f, t_b, None, None, leak)
         torch.autograd.grad(y, leaf, torch.ones_like(y), allow_unused=True)
         sync()
         slope = min(slope, max(0.0, clock() - start - t_f - t_b))
         if moved is None:  # the first pass's output: each pass computes the same
-            moved = float((y.detach() - torch.cat([once, flat.values(other)])).abs().max())
+            moved = (y.detach() - torch.cat([once, flat.values(other)])).abs().flatten(1).amax(0)
         if (rows - 1) * slope <= (ESTIMATE_CUT - 1) * (t_f + t_b):
             break
-    return _Passes(saved, t_f, t_b, slope, moved or 0.0, leak)
+    return _Passes(saved, t_f, t_b, slope, moved, leak)
 
 
 def _leak(grad: torch.Tensor, group: torch.Tensor) -> str | None:
@@ -1166,10 +1167,13 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
     # the batch twice over moved a sample's output: fn depends on the batch's size or a sample's
     # position, and repeat_trick (M copies) answers another function's Jacobian (a fresh user:
     # `/ z.shape[0]`, 1/3 of the true value, planned in 2 processes of 3 and raced in all)
-    rounding = resolution(center, noise)
+    # (per output, as the coupling probe's floor: NOTE [coupling threshold])
+    if moved is not None and not bool((moved > resolution(center, noise, per_output=True)).any()):
+        moved = None
     for name in order:
-        if name == "repeat_trick" and moved > rounding:
-            refused[name] = (f"fn's output on the batch twice over moved by {moved:.3g} from its "
+        if name == "repeat_trick" and moved is not None:
+            refused[name] = (f"fn's output on the batch twice over moved by "
+                             f"{float(moved.max()):.3g} from its "
                              "output on each copy alone: it depends on the batch's size, a "
                              "sample's position or the other samples, and repeat_trick calls it "
                              "on M copies")

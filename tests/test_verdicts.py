@@ -225,6 +225,24 @@ def test_batch_statistics_are_still_coupling():
     assert report["sum_trick"].status == Status.NOT_APPLICABLE
 
 
+def _coupled_small_block(z):
+    return torch.cat([1e3 * z, 1e-3 * (z + z.mean(0, keepdim=True))], -1)
+
+
+def test_coupling_in_a_small_output_block_beside_a_large_one_is_coupling():
+    """NOTE [coupling threshold], per output: the 1e3 block set the floor of the coupled 1e-3
+    block in float32; check blamed a backward formula and batch_jacobian returned entries 78%
+    off (a fresh user). The twin without the mean stays independent."""
+    x = _x(8, 3).float()
+    report = jacverify.check(_coupled_small_block, x)
+    assert report.coupling.coupled and report.passed and not report.findings
+    full = torch.autograd.functional.jacobian(_coupled_small_block, x)
+    want = torch.stack([full[b, :, b] for b in range(8)])
+    torch.testing.assert_close(jacverify.batch_jacobian(_coupled_small_block, x), want,
+                               rtol=0, atol=1e-9)
+    assert not jacverify.check(lambda z: torch.cat([1e3 * z, 1e-3 * z], -1), x).coupling.coupled
+
+
 # --- NOTE [hints]: a culprit is named only where the evidence separates it ---
 
 def test_det_hessian_nan_without_vmap_is_not_blamed_on_a_batching_rule():

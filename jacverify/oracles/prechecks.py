@@ -25,17 +25,28 @@ __all__ = ["Coupling", "check_determinism", "check_coupling", "effective_precisi
 # less than rtol / (B - 1) of what the probed sample itself moved cannot change any verdict: a
 # batched ODE solver whose shared adaptive step moves other samples by its own tolerance (2.8e-9)
 # is treated as independent, and the report says what moved and why that is below resolution.
+# Both floors are per output: the scale is each output's own largest size, and the probed
+# sample's move is its move in that output (row_s_m of NOTE [tolerances] is per output too). With
+# the largest over all outputs, a block at 1e3 beside a coupled block at 1e-3
+# (`cat([1e3 z, 1e-3 (z + z.mean(0))])`) hid the coupling in float32: check blamed a backward
+# formula and batch_jacobian returned entries 78% off (a fresh user).
 COUPLING_ROUNDING = 64
 
 
-def resolution(y: torch.Tensor, noise: float = 0.0) -> float:
+def resolution(y: torch.Tensor, noise: float = 0.0, per_output: bool = False):
     """The least move of outputs ``y`` (B, M) told apart from rounding (NOTE [coupling
     threshold]): COUPLING_ROUNDING eps of their largest size (at least 1), or 4x the run-to-run
-    ``noise``.
+    ``noise``; ``per_output``: of each output's own largest size, (M,).
 
     >>> resolution(torch.ones(2, 3, dtype=torch.float64)) == 64 * torch.finfo(torch.float64).eps
     True
+    >>> y = torch.tensor([[1e3, 1e-3]], dtype=torch.float64)
+    >>> (resolution(y, per_output=True) / torch.finfo(torch.float64).eps).tolist()
+    [64000.0, 64.0]
     """
+    if per_output:
+        size = y.abs().amax(0).clamp(min=1)
+        return (COUPLING_ROUNDING * torch.finfo(y.dtype).eps * size).clamp(min=4 * noise)
     return max(COUPLING_ROUNDING * torch.finfo(y.dtype).eps * float(y.abs().max().clamp(min=1)),
                4 * noise)
 
@@ -204,36 +215,42 @@ def check_coupling(flat: Flat, seed: int, noise: float = 0.0, rtol: float = 0.0,
     calls = 0
     with torch.no_grad():
         y = flat.values(x) if center is None else center
-        threshold = resolution(y, noise)
+        threshold = resolution(y, noise, per_output=True)
         changed_x = perturbed(x, seed)  # every sample changed; groups pick
         spread = (-1,) + (1,) * (x.ndim - 1)
 
-        def moves(group: torch.Tensor) -> tuple[torch.Tensor, float, float, float]:
-            """The others' moves (B, M; the group's rows zeroed), the group's own largest move,
-            the floor under which a move is below resolution, and the others' largest move."""
+        def moves(group: torch.Tensor) -> tuple[torch.Tensor, int, float, float, float]:
+            """The others' moves (B, M; the group's rows zeroed) and, at the output where they
+            are furthest over their floor, that output, the group's own move there, the floor
+            under which a move is below resolution (per output: a block of outputs at 1e3 set
+            the floor of a coupled block at 1e-3, and its coupling went unseen in float32, a
+            fresh user), and the others' move there."""
             nonlocal calls
             calls += 1
             moved = (flat.values(torch.where(group.view(spread), changed_x, x)) - y).abs()
-            own = moved[group].max()
+            own = moved[group].amax(0)
             moved.masked_fill_(group[:, None], 0)
-            own, other = torch.stack([own, moved.max()]).tolist()
-            return moved, own, max(threshold, rtol * own / (b - 1)), other
+            other = moved.amax(0)
+            floor = torch.maximum(threshold, rtol * own / (b - 1))
+            m = int((other / floor).argmax())
+            return moved, m, float(own[m]), float(floor[m]), float(other[m])
 
         faint = None
         for group in groups:
-            moved, own, floor, other = moves(group)
-            if threshold < other <= floor and faint is None:
+            moved, m, own, floor, other = moves(group)
+            if other > float(threshold[m]) and other <= floor and faint is None:
                 changed = ", ".join(map(str, index[group].tolist()[:5])) + (
                     ", ..." if int(group.sum()) > 5 else "")
                 faint = (f"changing samples {changed} moved other samples' outputs by up to "
-                         f"{float(moved.max()):.3g}, under {floor:.3g} = rtol {rtol:.2g} x their own "
-                         f"move {own:.3g} / (B - 1): below what the check resolves, so samples are "
-                         "treated as independent (NOTE [coupling threshold])")
+                         f"{other:.3g} ({flat.describe_output(m)}), under {floor:.3g} = rtol "
+                         f"{rtol:.2g} x their own move {own:.3g} / (B - 1): below what the check "
+                         "resolves, so samples are treated as independent (NOTE [coupling "
+                         "threshold])")
             if other <= floor:
                 continue
             for s in index[group].tolist():  # name one sample that moves the others
                 one = index == s
-                single, _, single_floor, single_other = moves(one)
+                single, _, _, single_floor, single_other = moves(one)
                 if single_other > single_floor:
                     moved = single
                     break
