@@ -27,7 +27,7 @@ from jacverify.validation import check_bool, check_bytes, check_int
 from jacverify.measure import (ESTIMATE_CUT, ROUNDS, Race, race, racing, recorded_forward,
                                settle_allocator, synchronizer, timer)
 from jacverify.methods import get_methods
-from jacverify.oracles import check_coupling, check_determinism
+from jacverify.oracles import check_coupling, check_determinism, graph_cut
 from jacverify.oracles.prechecks import perturbed, resolution, separating_groups
 from jacverify.oracles.projections import DEFAULT_PROBES
 from jacverify.references import kept_buffers
@@ -1040,6 +1040,9 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None) -> _Passes:
     sync()
     middle = clock()
     if not y.requires_grad:  # no dependence on x: batch_jacobian answers zeros (_zero_if_constant)
+        cut = graph_cut(flat)  # unless its values move: NOTE [graph cut]
+        if cut:
+            raise InvalidArgument(f"fn: {cut}; batch_jacobian has no derivative to give")
         return _Passes(saved, middle - start, 0.0, None, None, None)
     group = torch.zeros(flat.batch_size, dtype=torch.bool, device=leaf.device)
     group[separating_groups(flat.batch_size)[0] if flat.batch_size > 1 else 0] = True

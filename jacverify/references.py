@@ -24,7 +24,7 @@ from jacverify.measure import synchronizer
 from jacverify.judge import first_line
 from jacverify.methods.loops import loop
 from jacverify.oracles import (Coupling, check_coupling, check_determinism, effective_precision,
-                              finite_differences)
+                              finite_differences, graph_cut)
 
 __all__ = ["DEFAULT_MAX_MEMORY", "DEFAULT_TIME_BUDGET", "estimate_seconds", "within_time_budget",
            "Prechecked", "Verified", "prechecked", "verify", "isolated",
@@ -50,6 +50,7 @@ class Prechecked:
     ref_flat: Flat  # the case in float64 where the function runs so, else ``flat``
     coupling: Coupling
     notes: tuple[str, ...]
+    cut: str | None = None  # NOTE [graph cut]: a finding that fails the check
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def prechecked(case: Case, flat: Flat | None = None) -> Prechecked:
                               center)
     if coupling.below_resolution:
         notes.append(coupling.below_resolution)
-    return Prechecked(flat, ref_flat, coupling, tuple(notes))
+    return Prechecked(flat, ref_flat, coupling, tuple(notes), graph_cut(flat))
 
 
 def _computing_in(precision: torch.dtype, flat: Flat, ref_flat: Flat,
@@ -211,6 +212,7 @@ def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None,
             f"this Jacobian is ill-conditioned in {str(flat.x.dtype).removeprefix('torch.')}: the "
             f"loop there differs from the float64 loop by {float(scales.rounding.max()):.3g}, more than "
             "sqrt(eps) of max|J|; that measured rounding (x8) is allowed to every method")
+    findings = [pre.cut, *findings] if pre.cut else findings
     return Verified(flat, ref_flat, pre.coupling, loop_ref, refs, scales, tuple(notes),
                     tuple(findings), unresolved)
 

@@ -10,7 +10,7 @@ import torch
 
 from jacverify.case import Case, Flat
 from jacverify.compare import Reference, compare
-from jacverify.oracles import Coupling
+from jacverify.oracles import GRAPH_CUT, Coupling
 
 from jacverify.judge import WRONG, MethodResult, Status, Verdict, describe_worst, verdict
 
@@ -100,6 +100,10 @@ class Report:
         loop_trusted = "loop" in self.trusted
         if not bad and not self.findings:
             return None
+        if any(f.startswith(GRAPH_CUT) for f in self.findings):
+            return ("autograd cannot see the function's computation (torch.no_grad(), .detach() "
+                    "or a round trip outside torch inside it): what reverse mode answers is not "
+                    "its derivative, and no backward formula is to blame")
         user = [r.method for r in bad if r.mode == "user"]
         # a second-order reference is finite differences of the float64 loop, built only once the
         # loop agreed with finite differences: the references agree with each other there too
@@ -260,7 +264,9 @@ class Report:
             if self.mismatches:
                 parts.append(f"{len(self.mismatches)} method(s) disagree with the "
                              f"{' and '.join(self.trusted) or 'trusted'} reference")
-            if self.findings:
+            if any(f.startswith(GRAPH_CUT) for f in self.findings):
+                parts.append(GRAPH_CUT)
+            elif self.findings:
                 parts.append("the references found a wrong derivative formula")
             return "FAILED: " + "; ".join(parts)
         if self.unresolved:

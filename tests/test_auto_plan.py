@@ -1235,3 +1235,20 @@ def test_samples_coupled_through_autograd_alone_get_their_diagonal_blocks(how):
     p = jacverify.plan(f, x)
     assert p.method == "batched_grad_per_sample" and "through autograd alone" in p.reason
     assert jacverify.plan(lambda z: torch.tanh(net(z)), x).method != "batched_grad_per_sample"
+
+
+def test_a_function_hiding_its_computation_from_autograd_is_refused():
+    """NOTE [graph cut]: under torch.no_grad() inside fn, the race's reverse-mode candidates
+    answered zeros and the forward ones the derivative, call by call, and the plan settled on
+    zeros (a fresh user). A step function still gets its zeros."""
+    net = _mlp(4, 8, 3)
+
+    def hidden(z):
+        with torch.no_grad():
+            return net(z)
+
+    clear_plans()
+    with pytest.raises(InvalidArgument, match="carries no autograd graph"):
+        jacverify.batch_jacobian(hidden, torch.randn(5, 4, dtype=torch.float64))
+    step = jacverify.batch_jacobian(lambda z: (z > 0).to(z.dtype), torch.randn(5, 4))
+    assert step.shape == (5, 4, 4) and not step.any()

@@ -628,3 +628,20 @@ def test_a_constant_output_offset_does_not_widen_the_tolerance(dtype, offset):
 
     assert jacverify.check_method(scaled(1.01), _Energy(offset), x).verdict == Verdict.FAILED
     assert jacverify.check_method(scaled(1.0), _Energy(offset), x).passed
+
+
+def _no_graph(z):
+    with torch.no_grad():
+        return torch.tanh(z) * 2
+
+
+def test_a_function_hiding_its_computation_from_autograd_is_named_not_a_backward_formula():
+    """NOTE [graph cut]: torch.no_grad() inside the function; check failed with the hint "a
+    backward formula is wrong" (a fresh user). A step function, whose derivative is 0 where it has
+    one, is not such a cut."""
+    report = jacverify.check(_no_graph, _x(4, 3))
+    assert report.verdict == Verdict.FAILED
+    assert report.findings[0].startswith("the function's output carries no autograd graph")
+    assert report.hint.startswith("autograd cannot see the function's computation")
+    step = jacverify.check(lambda z: (z > 0).to(z.dtype), _x(4, 3))
+    assert not any(f.startswith("the function's output carries") for f in step.findings)

@@ -2,8 +2,8 @@
 pre-checks (determinism, batch coupling) that decide which methods can apply at all."""
 
 from jacverify.oracles.finite_differences import directional_differences, finite_differences
-from jacverify.oracles.prechecks import (Coupling, check_coupling, check_determinism,
-                                        effective_precision)
+from jacverify.oracles.prechecks import (GRAPH_CUT, Coupling, check_coupling, check_determinism,
+                                        effective_precision, graph_cut)
 
 __all__ = ["finite_differences", "directional_differences", "check_coupling", "check_determinism",
-           "Coupling", "effective_precision"]
+           "Coupling", "effective_precision", "graph_cut", "GRAPH_CUT"]

@@ -11,8 +11,8 @@ import torch
 from jacverify.case import Flat
 from jacverify.errors import InvalidArgument, NondeterministicFunction, NonFiniteOutput
 
-__all__ = ["Coupling", "check_determinism", "check_coupling", "effective_precision", "perturbed",
-           "resolution"]
+__all__ = ["Coupling", "check_determinism", "check_coupling", "effective_precision", "graph_cut",
+           "nudged", "perturbed", "resolution", "GRAPH_CUT"]
 
 # NOTE [coupling threshold]
 # Independent samples give bitwise-equal outputs for the untouched samples on deterministic
@@ -64,6 +64,60 @@ def perturbed(x: torch.Tensor, seed: int) -> torch.Tensor:
     return x + 0.1 * delta * x.abs().clamp(min=1)
 
 
+def nudged(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """``x`` with every entry moved by 2-6 float32 ulps of its size (at least 1), or 4-12 of its
+    own dtype's where that is coarser: a move no smooth function ignores, too small to cross a
+    step's threshold (NOTE [effective precision], NOTE [graph cut]).
+
+    >>> x = torch.ones(2, 3, dtype=torch.float64)
+    >>> d = (nudged(x, 0) - x).abs()
+    >>> bool((d > 2 * 2.0 ** -23).all() and (d < 6 * 2.0 ** -23).all())
+    True
+    """
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    size = max(2.0 ** -20, 8 * torch.finfo(x.dtype).eps)
+    return x + x.abs().clamp(min=1) * (0.25 + 0.5 * u.to(x)) * size
+
+
+# NOTE [graph cut]
+# A function whose output carries no autograd graph -- torch.no_grad() around its body,
+# .detach(), a round trip through numpy -- is a constant to reverse mode: torch.func and
+# autograd.functional answer zeros (or raise), while its values move with x, so finite
+# differences see a derivative. Told apart from a step function (`(x > 0).float()`: derivative
+# 0 wherever it has one, as vmap(jacrev) answers) by a move of a few ulps (`nudged`): a smooth
+# function's values move, a step's do not. check() makes it a finding with its own hint (it was
+# blamed on "a backward formula", a fresh user), batch_jacobian refuses it (its reverse-mode
+# candidates answered zeros on some calls and the forward ones the derivative on others).
+GRAPH_CUT = "the function's output carries no autograd graph"
+
+
+def graph_cut(flat: Flat) -> str | None:
+    """Why reverse mode sees a constant where the function's values move (NOTE [graph cut]), or
+    None: 1-3 calls of the function.
+
+    >>> from jacverify.case import Flat
+    >>> x = torch.randn(3, 2)
+    >>> cut = Flat(lambda z: torch.tanh(z.detach()), x, ((2,),), ((2,),))
+    >>> graph_cut(cut).startswith(GRAPH_CUT), graph_cut(Flat(torch.tanh, x, ((2,),), ((2,),)))
+    (True, None)
+    >>> graph_cut(Flat(lambda z: (z > 0).float(), x, ((2,),), ((2,),))) is None  # a step
+    True
+    """
+    leaf = flat.x.detach().clone().requires_grad_()
+    try:
+        with torch.enable_grad():
+            if flat.fn(leaf).requires_grad:
+                return None
+    except Exception:  # noqa: BLE001 - it runs only without autograd: the methods will say so
+        return None
+    if torch.equal(flat.values(nudged(flat.x, 0)), flat.values(flat.x)):
+        return None
+    return (f"{GRAPH_CUT} (torch.no_grad() or .detach() around its computation, or a round trip "
+            "outside torch), though its values move with x: autograd sees a constant, and "
+            "reverse mode answers zeros where finite differences see a derivative. Compute it "
+            "with autograd on, in torch, to check its derivative (NOTE [graph cut])")
+
+
 # NOTE [effective precision]
 # The references run on a float64 copy of the function (NOTE [references on the CPU]), and finite
 # differences assume its values carry float64's rounding (NOTE [finite-difference error estimate]).
@@ -98,8 +152,7 @@ def effective_precision(flat: Flat, seed: int) -> torch.dtype | None:
     coarser = [dt for dt in _COARSER if torch.finfo(dt).eps > eps]
     if not coarser:
         return None
-    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    off = x + (x.abs().clamp(min=1) * (0.25 + 0.5 * u.to(x)) * 2.0 ** -20)  # 2-6 float32 ulps
+    off = nudged(x, seed)
     y = flat.values(off)
     if torch.equal(flat.values(perturbed(x, seed)), y):
         return None
