@@ -261,7 +261,7 @@ def pinned_nothing(fd: Reference, derivative_scale: torch.Tensor | None = None) 
     return (f"finite differences pin down no entry that is not exactly 0 ({int(bad.sum())} of "
             f"{bad.numel()} are not pinned down: their error bounds are over "
             f"{UNSTABLE_FRACTION:.0%} of their size): every method that agrees agrees only within "
-            "that uncertainty, so no derivative was verified (see the notes for why)")
+            "that uncertainty, so no derivative was verified")
 
 
 def unstable_entries(fd: Reference, derivative_scale: torch.Tensor, flat: Flat) -> str | None:

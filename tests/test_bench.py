@@ -94,9 +94,40 @@ def test_verify_catches_a_wrong_method(twin):
     jacverify.batch_jacobian(net, x, method=right, verify=True)
 
 
+class _TanhBackward10PercentOff(torch.autograd.Function):
+    @staticmethod
+    def forward(z):
+        return torch.tanh(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y) * 1.10
+
+
+def test_verify_that_pins_down_nothing_is_not_a_pass():
+    """A function closing over float32 layers (references in float32) at saturated inputs:
+    finite differences pinned down none of the projections, and verify=True returned a Jacobian
+    10% off (a fresh user). It raises NotVerified now; where the projections are pinned down, the
+    same wrong backward is a MismatchError."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
+    f = lambda z: net[2](_TanhBackward10PercentOff.apply(net[0](z)))  # noqa: E731
+    smooth = torch.randn(6, 4)
+    with pytest.raises(jacverify.NotVerified, match="pin down no entry"):
+        jacverify.batch_jacobian(f, 50 * torch.randn(6, 4), method="batched_grad", verify=True)
+    with pytest.raises(jacverify.MismatchError, match="failed its verification"):
+        jacverify.batch_jacobian(f, smooth, method="batched_grad", verify=True)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"method": "fastest"}, "not a registered batch_jacobian method"),
     ({"probes": 0, "verify": True}, r"probes=0 \(type=int\) must be an int >= 1"),
+    ({"probes": -5}, r"probes=-5 \(type=int\) must be an int >= 1"),
     ({"max_memory": -1}, r"max_memory=-1 \(type=int\) must be a positive number; a number of bytes"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, message):
