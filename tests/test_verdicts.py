@@ -645,3 +645,33 @@ def test_a_function_hiding_its_computation_from_autograd_is_named_not_a_backward
     assert report.hint.startswith("autograd cannot see the function's computation")
     step = jacverify.check(lambda z: (z > 0).to(z.dtype), _x(4, 3))
     assert not any(f.startswith("the function's output carries") for f in step.findings)
+
+
+class _UpcastAttention(torch.nn.Module):
+    """Self-attention whose softmax runs in float32 whatever the input's dtype, as Hugging Face
+    attention upcasts it; ``sin`` wraps the attention's output."""
+
+    def __init__(self, sin=torch.sin, d=8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv, self.o, self.ln = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d), \
+            torch.nn.LayerNorm(d)
+        self.sin = sin
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, -1)
+        a = torch.softmax(((q @ k.transpose(-1, -2)) / 8 ** 0.5).float(), dim=-1).to(q.dtype)
+        return self.ln(x + self.sin(self.o(a @ v)))
+
+
+def test_float32_in_the_middle_of_a_float64_copy_is_found_and_a_wrong_backward_still_fails():
+    """NOTE [effective precision]'s third test: the float32 softmax of a Hugging Face style
+    attention, inside the references' float64 copy, FAILED a correct layer with "a backward
+    formula is wrong" (a fresh user). The same layer with a backward 5% off on one entry still
+    fails."""
+    x = _x(3, 4, 8).float()
+    good = jacverify.check(_UpcastAttention(), x)
+    assert good.passed and not good.findings, good.failure_message()
+    assert any(n.startswith("the function computes in float32 inside") for n in good.notes)
+    bad = jacverify.check(_UpcastAttention(_SinBackward5PercentOff.apply), x)
+    assert bad.verdict == Verdict.FAILED
