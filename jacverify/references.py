@@ -24,7 +24,7 @@ from jacverify.measure import synchronizer
 from jacverify.judge import first_line
 from jacverify.methods.loops import loop
 from jacverify.oracles import (Coupling, check_coupling, check_determinism, effective_precision,
-                              finite_differences, graph_cut)
+                              finite_differences, graph_cut, tangent_dropped)
 
 __all__ = ["DEFAULT_MAX_MEMORY", "DEFAULT_TIME_BUDGET", "estimate_seconds", "within_time_budget",
            "Prechecked", "Verified", "prechecked", "verify", "isolated",
@@ -100,6 +100,9 @@ def prechecked(case: Case, flat: Flat | None = None) -> Prechecked:
                               center)
     if coupling.below_resolution:
         notes.append(coupling.below_resolution)
+    dropped = tangent_dropped(flat)
+    if dropped:
+        notes.append(dropped)
     return Prechecked(flat, ref_flat, coupling, tuple(notes), graph_cut(flat))
 
 

@@ -10,7 +10,7 @@ import torch
 
 from jacverify.case import Case, Flat
 from jacverify.compare import Reference, compare
-from jacverify.oracles import GRAPH_CUT, Coupling
+from jacverify.oracles import GRAPH_CUT, TANGENT_DROPPED, Coupling
 
 from jacverify.judge import WRONG, MethodResult, Status, Verdict, describe_worst, verdict
 
@@ -126,6 +126,10 @@ class Report:
             return ("a backward formula is wrong: the float64 loop, which uses nothing but backward "
                     "formulas, disagrees with finite differences, which use none")
         if all(r.mode == "forward" for r in bad) and any(r.mode == "reverse" for r in good):
+            if any(n.startswith(TANGENT_DROPPED) for n in self.notes):
+                return ("only forward-mode methods disagree, and forward mode drops the tangent "
+                        "(see the notes): an op has no forward-AD formula and torch answers zeros "
+                        "for it rather than raising; no jvp formula is wrong")
             return ("only forward-mode methods disagree: a jvp formula is wrong (a custom "
                     "autograd.Function's jvp, or an op's forward-AD formula)")
         if all(r.vectorized for r in bad) and any(not r.vectorized for r in good):

@@ -675,3 +675,25 @@ def test_float32_in_the_middle_of_a_float64_copy_is_found_and_a_wrong_backward_s
     assert any(n.startswith("the function computes in float32 inside") for n in good.notes)
     bad = jacverify.check(_UpcastAttention(_SinBackward5PercentOff.apply), x)
     assert bad.verdict == Verdict.FAILED
+
+
+@torch.library.custom_op("jacverify_tests::sin_backward_only", mutates_args=())
+def _sin_backward_only(x: torch.Tensor) -> torch.Tensor:
+    return torch.sin(x)
+
+
+_sin_backward_only.register_fake(lambda x: torch.empty_like(x))
+_sin_backward_only.register_autograd(
+    lambda ctx, g: g * torch.cos(ctx.saved_tensors[0]),
+    setup_context=lambda ctx, inputs, output: ctx.save_for_backward(inputs[0]))
+
+
+def test_an_op_without_a_forward_formula_is_named_not_a_wrong_jvp():
+    """A torch.library op with register_autograd only: torch's forward mode answers zeros for it
+    (no error), and the check blamed "a jvp formula is wrong" (a fresh user). The forward methods
+    still disagree (what they answer is wrong); the hint and a note say why. torch.sin itself,
+    the twin, gets no such note."""
+    report = jacverify.check(lambda z: _sin_backward_only(z) * 2, _x(5, 3))
+    assert report.verdict == Verdict.FAILED
+    assert "forward mode drops the tangent" in report.hint
+    assert not any("drops the tangent" in n for n in jacverify.check(torch.sin, _x(5, 3)).notes)

@@ -12,7 +12,7 @@ from jacverify.case import Flat
 from jacverify.errors import InvalidArgument, NondeterministicFunction, NonFiniteOutput
 
 __all__ = ["Coupling", "check_determinism", "check_coupling", "effective_precision", "graph_cut",
-           "nudged", "perturbed", "resolution", "GRAPH_CUT"]
+           "nudged", "perturbed", "resolution", "tangent_dropped", "GRAPH_CUT", "TANGENT_DROPPED"]
 
 # NOTE [coupling threshold]
 # Independent samples give bitwise-equal outputs for the untouched samples on deterministic
@@ -79,6 +79,11 @@ def nudged(x: torch.Tensor, seed: int) -> torch.Tensor:
     return x + x.abs().clamp(min=1) * (0.25 + 0.5 * u.to(x)) * size
 
 
+def _moves(flat: Flat) -> bool:
+    """The function's values move under a nudge (:func:`nudged`): it is no constant and no step."""
+    return not torch.equal(flat.values(nudged(flat.x, 0)), flat.values(flat.x))
+
+
 # NOTE [graph cut]
 # A function whose output carries no autograd graph -- torch.no_grad() around its body,
 # .detach(), a round trip through numpy -- is a constant to reverse mode: torch.func and
@@ -110,12 +115,44 @@ def graph_cut(flat: Flat) -> str | None:
                 return None
     except Exception:  # noqa: BLE001 - it runs only without autograd: the methods will say so
         return None
-    if torch.equal(flat.values(nudged(flat.x, 0)), flat.values(flat.x)):
+    if not _moves(flat):
         return None
     return (f"{GRAPH_CUT} (torch.no_grad() or .detach() around its computation, or a round trip "
             "outside torch), though its values move with x: autograd sees a constant, and "
             "reverse mode answers zeros where finite differences see a derivative. Compute it "
             "with autograd on, in torch, to check its derivative (NOTE [graph cut])")
+
+
+# An op with a backward but no forward-AD formula that torch does not refuse (a torch.library
+# custom op with register_autograd only) drops the tangent: forward mode answers zeros, and the
+# check blamed "a jvp formula" (a fresh user). One dual forward tells it: the output's tangent is
+# None while the input's is not.
+TANGENT_DROPPED = "forward mode drops the tangent"
+
+
+def tangent_dropped(flat: Flat) -> str | None:
+    """Why forward mode answers zeros here (the output of a dual input has no tangent), or None:
+    one call of the function.
+
+    >>> from jacverify.case import Flat
+    >>> tangent_dropped(Flat(torch.sin, torch.randn(2, 3), ((3,),), ((3,),))) is None
+    True
+    """
+    import torch.autograd.forward_ad as fwAD
+
+    try:
+        with fwAD.dual_level():
+            out = flat.fn(fwAD.make_dual(flat.x.detach(), torch.ones_like(flat.x)))
+            if fwAD.unpack_dual(out).tangent is not None:
+                return None
+    except Exception:  # noqa: BLE001 - no forward AD at all: the forward methods say so
+        return None
+    if not _moves(flat):
+        return None  # a constant or a step: no tangent is the right answer
+    return (f"{TANGENT_DROPPED}: the output of a dual input has none, though its values move "
+            "with x: an op on the way has no forward-AD formula and torch does not refuse it (a "
+            "torch.library custom op with register_autograd only), so forward mode answers zeros "
+            "there; register a jvp (setup_context and jvp, or torch.library's) to use it")
 
 
 # NOTE [effective precision]
