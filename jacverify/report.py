@@ -13,6 +13,7 @@ from jacverify.compare import Reference, compare
 from jacverify.oracles import GRAPH_CUT, TANGENT_DROPPED, Coupling
 
 from jacverify.judge import WRONG, MethodResult, Status, Verdict, describe_worst, verdict
+from jacverify.methods import is_builtin
 
 __all__ = ["MethodResult", "Report", "Status", "Verdict"]
 
@@ -104,7 +105,8 @@ class Report:
             return ("autograd cannot see the function's computation (torch.no_grad(), .detach() "
                     "or a round trip outside torch inside it): what reverse mode answers is not "
                     "its derivative, and no backward formula is to blame")
-        user = [r.method for r in bad if r.mode == "user"]
+        user = [r.method for r in bad if r.mode == "user"
+                or (r.quantity != "route" and not is_builtin(r.method, r.quantity))]
         # a second-order reference is finite differences of the float64 loop, built only once the
         # loop agreed with finite differences: the references agree with each other there too
         second_order = "fd_of_jacobian" in self.trusted and not self.findings

@@ -267,6 +267,21 @@ def test_a_wrong_user_method_is_blamed_on_the_user_not_on_a_backward_formula():
     assert "mine (your own code)" in report.hint and "backward formula" not in report.hint
 
 
+def test_a_wrong_registered_method_is_blamed_on_its_author():
+    """A method added with register_method is the user's code too: 2% off, it was told "reverse-mode
+    methods are wrong in what they add" (a fresh user)."""
+    loop = jacverify.get_methods(["loop"])[0]
+    mine = jacverify.Method("mine_registered", lambda flat: loop.compute(flat) * 1.02, "reverse",
+                            vectorized=False, assumes_independent=False)
+    jacverify.register_method(mine)
+    try:
+        report = jacverify.check(torch.nn.Tanh(), _x(4, 3), methods=["loop", "mine_registered"])
+    finally:
+        jacverify.unregister_method("mine_registered")
+    assert report.verdict == Verdict.FAILED
+    assert "mine_registered (your own code)" in report.hint
+
+
 # --- the fuzzers: an example that verifies nothing is not a pass ---
 
 def _needs_five(x: torch.Tensor) -> torch.Tensor:

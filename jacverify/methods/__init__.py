@@ -19,7 +19,8 @@ from jacverify.costs import Budget, UnitCosts, Work
 from jacverify.errors import InvalidArgument
 from jacverify.quantity_table import get_quantity
 
-__all__ = ["Method", "register_method", "unregister_method", "registered_methods", "get_methods"]
+__all__ = ["Method", "register_method", "unregister_method", "registered_methods", "get_methods",
+           "is_builtin"]
 
 Mode = Literal["reverse", "forward", "numeric"]
 
@@ -207,3 +208,15 @@ def get_methods(names: Iterable[str] | None, quantity: str = "batch_jacobian") -
 
 # Importing the families registers them, in the order reports list them.
 from jacverify.methods import loops, autograd_functional, torch_func, batched, directional, second_order, param_grads  # noqa: E402,F401,I001
+
+_BUILTIN = frozenset(id(m) for m in _REGISTRY.values())
+
+
+def is_builtin(name: str, quantity: str = "batch_jacobian") -> bool:
+    """``name`` is one of jacverify's own methods of ``quantity``, not one a user registered
+    (:func:`register_method`; a hint names those as the user's code, NOTE [hints]).
+
+    >>> is_builtin("vmap_jacrev"), is_builtin("no_such_method")
+    (True, False)
+    """
+    return id(_REGISTRY.get((quantity, name))) in _BUILTIN
