@@ -664,8 +664,9 @@ def _held(obj) -> tuple:
                 pass
         g, names = obj.__globals__, obj.__code__.co_names
         named = [g[n] for n in names if n in g]
+        own = list(obj.__dict__.values())[:CONTAINER_ITEMS]  # `f.center = True` (a fresh user)
         return (*cells, *(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values(),
-                *named, *_attributes_named(named, names))
+                *own, *named, *_attributes_named(named, names))
     if isinstance(obj, (list, tuple, set, frozenset, collections.deque)) \
             and len(obj) <= CONTAINER_ITEMS:
         return tuple(obj)
@@ -758,7 +759,9 @@ def _module_state(m: torch.nn.Module) -> tuple:
     over samples they couple returned Jacobians 0.96 and 0.22 off (and 0.21 off after
     ``W.forward = ...`` on the class, found by a fresh user). And its settings (:func:`_settings`):
     ``mha.batch_first = False`` after planning ran attention across the batch on the old plan,
-    0.18 off (a third fresh user). What a forward reads elsewhere is not seen: ``clear_plans()``.
+    0.18 off (a third fresh user). And which of its buffers are None: an eval BatchNorm whose
+    running statistics are set to None normalizes over the batch, and its old plan was 0.29 off
+    (a fresh user). What a forward reads elsewhere is not seen: ``clear_plans()``.
 
     >>> lin = torch.nn.Linear(2, 2)
     >>> before = _module_state(lin)
@@ -769,7 +772,8 @@ def _module_state(m: torch.nn.Module) -> tuple:
     d = m.__dict__
     return (m.training, tuple(map(id, m._modules.values())), tuple(m._forward_hooks),
             tuple(m._forward_pre_hooks), id(d.get("forward")),
-            id(getattr(type(m), "forward", None)), len(d), _settings(m))
+            id(getattr(type(m), "forward", None)), len(d),
+            tuple(b is None for b in m._buffers.values()), _settings(m))
 
 
 def _settings(m: torch.nn.Module) -> tuple:
@@ -804,8 +808,8 @@ def _unchanged(snapshot: list[tuple]) -> bool:
     settings are one C-level read and compare; the whole check is a third of auto's own cost per
     call at batch 1, NOTE [last plan]), stopping at the first that is not."""
     try:
-        for ref, training, children, hooks, pre_hooks, forward, class_forward, size, get, \
-                settings in snapshot:
+        for ref, training, children, hooks, pre_hooks, forward, class_forward, size, buffers, \
+                get, settings in snapshot:
             m = ref()
             if m is None or m.training != training:
                 return False
@@ -817,6 +821,8 @@ def _unchanged(snapshot: list[tuple]) -> bool:
                     or (tuple(d["_forward_hooks"]) != hooks if hooks else d["_forward_hooks"]) \
                     or (tuple(d["_forward_pre_hooks"]) != pre_hooks if pre_hooks
                         else d["_forward_pre_hooks"]) or id(d.get("forward")) != forward \
+                    or (tuple(b is None for b in d["_buffers"].values()) != buffers if buffers
+                        else d["_buffers"]) \
                     or id(getattr(type(m), "forward", None)) != class_forward:
                 return False
     except KeyError:  # a setting deleted and another attribute added: len(d) alone missed it

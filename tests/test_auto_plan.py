@@ -1252,3 +1252,25 @@ def test_a_function_hiding_its_computation_from_autograd_is_refused():
         jacverify.batch_jacobian(hidden, torch.randn(5, 4, dtype=torch.float64))
     step = jacverify.batch_jacobian(lambda z: (z > 0).to(z.dtype), torch.randn(5, 4))
     assert step.shape == (5, 4, 4) and not step.any()
+
+
+def test_a_function_attribute_and_a_buffer_set_to_none_are_planned_again():
+    """A flag on the function itself (``f.center = True``, 0.40 off) and an eval BatchNorm whose
+    running statistics are set to None (it then normalizes over the batch, 0.29 off) kept the
+    old plan (a fresh user)."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    net = _mlp(4, 8, 3)
+
+    def f(z):
+        h = net(z)
+        return h - h.mean(0) if f.center else h
+    f.center = False
+    _replans_after(f, lambda: setattr(f, "center", True), x)
+    bn = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4),
+                             torch.nn.Tanh()).double().eval()
+
+    def unset():
+        bn[1].running_mean = None
+        bn[1].running_var = None
+    _replans_after(bn, unset, x)
