@@ -15,7 +15,7 @@ from jacverify.auto import CLOSE_SHAPES, FORWARD_FAMILY, MEMORY_FLOOR, REVERSE_F
 from jacverify.bench import MethodBench, with_ratios, bench
 from jacverify.case import flatten, make_case
 from jacverify.examples.networks import BatchCoupled
-from jacverify.examples.twins import CubeWrongBackward, CubeWrongJvp, cube_net
+from jacverify.examples.twins import CubeWrongBackward, CubeWrongJvp, cube_net, tanh_off
 from jacverify.measure import Timing, peak_memory, saved_activation_bytes, time_call
 from jacverify.methods.loops import loop
 
@@ -94,21 +94,6 @@ def test_verify_catches_a_wrong_method(twin):
     jacverify.batch_jacobian(net, x, method=right, verify=True)
 
 
-class _TanhBackward10PercentOff(torch.autograd.Function):
-    @staticmethod
-    def forward(z):
-        return torch.tanh(z)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return g * (1 - y * y) * 1.10
-
-
 def test_verify_that_pins_down_nothing_is_not_a_pass():
     """A function closing over float32 layers (references in float32) at saturated inputs:
     finite differences pinned down none of the projections, and verify=True returned a Jacobian
@@ -116,7 +101,7 @@ def test_verify_that_pins_down_nothing_is_not_a_pass():
     same wrong backward is a MismatchError."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
-    f = lambda z: net[2](_TanhBackward10PercentOff.apply(net[0](z)))  # noqa: E731
+    f = lambda z: net[2](tanh_off(1.10).apply(net[0](z)))  # noqa: E731
     smooth = torch.randn(6, 4)
     with pytest.raises(jacverify.NotVerified, match="pin down no entry"):
         jacverify.batch_jacobian(f, 50 * torch.randn(6, 4), method="batched_grad", verify=True)

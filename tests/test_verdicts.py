@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import jacverify
+from jacverify.examples.twins import tanh_off
 from jacverify.judge import Status, Verdict
 
 
@@ -714,19 +715,7 @@ def test_an_op_without_a_forward_formula_is_named_not_a_wrong_jvp():
     assert not any("drops the tangent" in n for n in jacverify.check(torch.sin, _x(5, 3)).notes)
 
 
-class _TanhBackward10PercentOff(torch.autograd.Function):
-    @staticmethod
-    def forward(z):
-        return torch.tanh(z)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return g * (1 - y * y) * 0.9
+_TANH_10_PERCENT_OFF = tanh_off(0.9)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -735,12 +724,12 @@ def test_outputs_finite_differences_cannot_pin_down_do_not_pass_on_the_others(dt
     beside a correct float64 block PASSED 12/18 on the float64 block (a fresh user). The same
     function in full precision throughout is pinned down, and its wrong backward fails."""
     def mixed(z):
-        return torch.cat([_TanhBackward10PercentOff.apply(z.half()).to(z.dtype), torch.sin(z)], -1)
+        return torch.cat([_TANH_10_PERCENT_OFF.apply(z.half()).to(z.dtype), torch.sin(z)], -1)
 
     report = jacverify.check(mixed, _x(4, 3).to(dtype))
     assert report.verdict == Verdict.UNVERIFIED
     assert "of 3 output(s) (output[0], output[1], output[2]" in report.unresolved
 
     def full(z):
-        return torch.cat([_TanhBackward10PercentOff.apply(z), torch.sin(z)], -1)
+        return torch.cat([_TANH_10_PERCENT_OFF.apply(z), torch.sin(z)], -1)
     assert jacverify.check(full, _x(4, 3).to(dtype)).verdict == Verdict.FAILED

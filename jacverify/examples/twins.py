@@ -125,6 +125,35 @@ def cube_off(*, backward: float = 1.0, jvp: float = 1.0,
     return CubeOff
 
 
+def tanh_off(backward: float) -> type[torch.autograd.Function]:
+    """tanh whose backward is ``backward`` times the right one, with no jvp or batching rule of
+    its own: saturated inputs (|x| ~ 50) leave finite differences little to pin down, and a
+    float16 copy of it next to a float64 block hid its error (tests of NOTE [unstable finite
+    differences]).
+
+    >>> x = torch.tensor([0.0], requires_grad=True)
+    >>> tanh_off(1.1).apply(x).backward(); float(x.grad)  # 1 - tanh(0)^2 = 1, 10% over
+    1.100000023841858
+    """
+
+    class TanhOff(torch.autograd.Function):
+        @staticmethod
+        def forward(x):
+            return torch.tanh(x)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(output)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (y,) = ctx.saved_tensors
+            return backward * (1 - y * y) * grad
+
+    TanhOff.__name__ = TanhOff.__qualname__ = f"TanhOff(backward={backward:g})"
+    return TanhOff
+
+
 class Apply(nn.Module):
     """A module around an ``autograd.Function``'s ``apply``."""
 
