@@ -334,8 +334,22 @@ def _reference_version(case: Case, notes: list[str]) -> Flat | None:
 
 
 def _derivative_scale(flat: Flat) -> torch.Tensor:
-    """d_s_m of NOTE [tolerances], per sample and output: (B, M)."""
-    return flat.values(flat.x).abs() / flat.x.abs().amax(1, keepdim=True).clamp(min=1.0)
+    """d_s_m of NOTE [tolerances], per sample and output: (B, M); the smaller of each output and
+    its distance from the batch's mean, unless that is 0 in every sample (a constant) or B = 1.
+
+    >>> from jacverify.case import Flat
+    >>> x = torch.tensor([[0.0], [1.0], [2.0]], dtype=torch.float64)
+    >>> _derivative_scale(Flat(lambda z: torch.cat([z - 4e4, 0 * z + 3], 1), x, ((1,),), ((2,),)))
+    tensor([[1.0000, 3.0000],
+            [0.0000, 3.0000],
+            [0.5000, 1.5000]], dtype=torch.float64)
+    """
+    y = flat.values(flat.x)
+    size = y.abs()
+    if flat.batch_size > 1:
+        centred = (y - y.mean(0, keepdim=True)).abs()
+        size = torch.where((centred != 0).any(0, keepdim=True), torch.minimum(size, centred), size)
+    return size / flat.x.abs().amax(1, keepdim=True).clamp(min=1.0)
 
 
 def _measured_rounding(flat: Flat, loop_ref: Reference | None) -> torch.Tensor:

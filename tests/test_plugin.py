@@ -88,8 +88,8 @@ def test_a_failing_downstream_test_shows_the_report(pytester):
         "  against finite_differences: max abs error *, max rel error *; worst entry (*) "
         "(sample *, output[[]*[]], input[[]*[]]): value *, reference * (finite_differences), "
         "allowed error *",
-        "  tolerance: |value - ref| <= rtol * (|ref| + max|ref| of its row or column, the smaller) + "
-        "512 eps d where its row cancels to ~0 + 2 * fd_error, rtol=0.00035 (sqrt(eps) of float32)",
+        "  tolerance: |value - ref| <= rtol * (|ref| + max|ref| of its row or column, the smaller + d of its sample and "
+        "output) + 2 * fd_error, rtol=0.00035 (sqrt(eps) of float32)",
         "case: jacverify.make_case(Sequential(...), (torch.randn(6, 5),), *seed=0)",
         "seed: 0",
         "replay (saved module and inputs):",

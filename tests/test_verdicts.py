@@ -634,9 +634,9 @@ class _Energy(torch.nn.Module):
 
 @pytest.mark.parametrize("dtype, offset", [(torch.float32, -4e4), (torch.float64, -1e8)])
 def test_a_constant_output_offset_does_not_widen_the_tolerance(dtype, offset):
-    """NOTE [tolerances]' c: rtol x |f| / |x| on every entry allowed 14 on O(1) entries beside a
-    -40000 offset in float32, and a check_method 50% off PASSED (a fresh user). 1% off now fails;
-    the right method still passes."""
+    """NOTE [tolerances]' d: rtol x |f| / |x| on every entry allowed 14 on O(1) entries beside a
+    -40000 offset in float32, and a check_method 50% off PASSED (a fresh user). d is the distance
+    from the batch's mean where smaller: 1% off now fails; the right method still passes."""
     x = _x(8, 3).to(dtype)
 
     def scaled(k):
