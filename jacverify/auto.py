@@ -1036,7 +1036,10 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None) -> _Passes:
     that the values do not show (``leak`` says where; None where there is none, or at batch 1).
     A straight-through term over the batch (``z + (z.mean(0) - z.mean(0).detach())``) or a
     custom backward that mixes samples moves no other sample's value, and the independent-samples
-    plan answered the sum of every sample's block, 4-5 off on every call (a fresh user)."""
+    plan answered the sum of every sample's block, 4-5 off on every call (a fresh user). The
+    cotangent is random (terms of opposite sign on two outputs cancelled under ones), and where
+    nothing reached the other samples a second backward, untimed, starts from theirs (a running
+    total over the batch, ``cumsum(0)``, couples one way only: a second fresh user)."""
     sync()
     start = clock()
     try:
@@ -1056,11 +1059,17 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None) -> _Passes:
         return _Passes(saved, middle - start, 0.0, None, None, None)
     group = torch.zeros(flat.batch_size, dtype=torch.bool, device=leaf.device)
     group[separating_groups(flat.batch_size)[0] if flat.batch_size > 1 else 0] = True
-    (grad,) = torch.autograd.grad(y, leaf, group.view(-1, *(1,) * (y.ndim - 1)).to(y).expand_as(y),
-                                  allow_unused=True)
+    cotangent = torch.randn(y.shape, generator=torch.Generator().manual_seed(0),
+                            dtype=torch.float64).to(y)  # random: terms of either sign cannot cancel
+    mask = group.view(-1, *(1,) * (y.ndim - 1)).to(y)
+    (grad,) = torch.autograd.grad(y, leaf, cotangent * mask, allow_unused=True,
+                                  retain_graph=flat.batch_size > 1)
     sync()
     t_f, t_b = middle - start, clock() - middle
     leak = None if grad is None else _leak(grad.detach().flatten(1), group)
+    if grad is not None and leak is None and flat.batch_size > 1:  # and the other way round
+        (grad,) = torch.autograd.grad(y, leaf, cotangent * (1 - mask), allow_unused=True)
+        leak = _leak(grad.detach().flatten(1), ~group)
     if rows is None:
         return _Passes(saved, t_f, t_b, None, None, leak)
     once = y.detach()
@@ -1088,13 +1097,15 @@ def _pass_times(flat: Flat, clock, sync, rows: int | None = None) -> _Passes:
 
 
 def _leak(grad: torch.Tensor, group: torch.Tensor) -> str | None:
-    """Where the input gradient (B, N) of ``group``'s outputs reached other samples beyond the
-    rounding of the group's own (:func:`resolution`; exactly 0 for independent samples, whose
-    other rows get no cotangent), or None."""
-    if bool(group.all()):
+    """Where the input gradient (B, N) of ``group``'s outputs reached other samples, or None. For
+    independent samples those rows are exactly 0 (a vjp is linear in its cotangent, and theirs is
+    0), so any other value is coupling; a floor at the rounding of the group's own gradient, as
+    the value probe's, missed a coupled output at 1e-3 beside a block at 1e3 in float32 (a second
+    fresh user). Non-finite gradients (0 x inf) say nothing: None."""
+    if bool(group.all()) or not bool(torch.isfinite(grad).all()):
         return None
     other = grad[~group].abs().max(1).values
-    reached = (other > resolution(grad[group])).nonzero().flatten()
+    reached = (other > 0).nonzero().flatten()
     if not len(reached):
         return None
     samples = torch.arange(len(group), device=group.device)

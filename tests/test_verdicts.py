@@ -609,6 +609,21 @@ def test_a_function_computing_in_its_own_dtype_is_not_called_coarser():
     assert report.passed and not any("inside" in n for n in report.notes)
 
 
+@pytest.mark.parametrize("fn, x", [
+    (torch.sin, 1000 * _x(4, 3)),
+    (lambda z: torch.cat([torch.sin(2 ** k * torch.pi * z) for k in range(10)], -1),
+     torch.rand(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)),
+    (torch.log, 1e-6 * _x(4, 3).abs() + 1e-7),
+], ids=["sin_1000", "positional_encoding", "log_1e-6"])
+def test_float64_functions_of_high_curvature_are_not_called_float32_inside(fn, x):
+    """NOTE [effective precision]'s third test once cancelled f's terms up to d^2 only: these
+    read as float32 inside, loosening their float64 checks 20,000 times (a second fresh user)."""
+    from jacverify.case import flatten, make_case
+    from jacverify.oracles.prechecks import effective_precision
+
+    assert effective_precision(flatten(make_case(fn, x)), 0) is None
+
+
 @pytest.mark.parametrize("fn", [torch.relu, torch.abs], ids=["relu", "abs"])
 def test_every_entry_on_a_kink_is_unverified_and_off_the_kinks_passes(fn):
     """ReLU at exactly 0 everywhere said PASSED 18/18: only the Jacobian's zeros were pinned."""

@@ -65,9 +65,10 @@ def perturbed(x: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def nudged(x: torch.Tensor, seed: int) -> torch.Tensor:
-    """``x`` with every entry moved by 2-6 float32 ulps of its size (at least 1), or 4-12 of its
-    own dtype's where that is coarser: a move no smooth function ignores, too small to cross a
-    step's threshold (NOTE [effective precision], NOTE [graph cut]).
+    """``x`` with every entry moved by 2-6 float32 ulps of its size (of 1 where it is 0), or 4-12
+    of its own dtype's where that is coarser: a move no smooth function ignores, too small to
+    cross a step's threshold (NOTE [effective precision], NOTE [graph cut]). Of its own size, not
+    of at least 1: log at 1e-6 moved by 5e-7 read as float32 inside (a fresh user).
 
     >>> x = torch.ones(2, 3, dtype=torch.float64)
     >>> d = (nudged(x, 0) - x).abs()
@@ -76,7 +77,7 @@ def nudged(x: torch.Tensor, seed: int) -> torch.Tensor:
     """
     u = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     size = max(2.0 ** -20, 8 * torch.finfo(x.dtype).eps)
-    return x + x.abs().clamp(min=1) * (0.25 + 0.5 * u.to(x)) * size
+    return x + torch.where(x != 0, x.abs(), 1.0) * (0.25 + 0.5 * u.to(x)) * size
 
 
 def _moves(flat: Flat) -> bool:
@@ -169,10 +170,13 @@ def tangent_dropped(flat: Flat) -> str | None:
 # output). A function that does not move at all between that point and one 10% away (a constant)
 # says nothing either way. A third test finds float32 inside where neither cast is at the ends
 # (`softmax(a.float()).to(a.dtype)`, the upcast of Hugging Face attention: a correct layer FAILED
-# "a backward formula is wrong", a fresh user): along the nudge d, f(x + 4d) - 6 f(x + 2d) +
-# 8 f(x + d) - 3 f(x) cancels f's terms up to d^2 (24 d^3 f''' is left) and keeps its rounding
-# (about 10x one evaluation's): float64 functions gave 1e-15 of max|f| (an encoder layer, a deep
-# MLP, exp(10 z)), float32 inside 2e-7; over FLOAT32_INSIDE (eps32 / 1024) is float32. Half
+# "a backward formula is wrong", a fresh user): along the nudge d, f(x + 8d) - 14 f(x + 4d) +
+# 56 f(x + 2d) - 64 f(x + d) + 21 f(x) cancels f's terms up to d^3 (56 d^4 f'''' is left) and
+# keeps its rounding (about 90x one evaluation's): float64 functions gave 1e-15 of max|f| (an
+# encoder layer, a deep MLP, exp(10 z)), float32 inside 2e-7; over FLOAT32_INSIDE (eps32 / 1024)
+# is float32. A first version cancelled terms up to d^2 only: 24 d^3 f''' of sin(1000 z), of a
+# NeRF positional encoding (sin(2^9 pi z)) and of log at 1e-6 read as float32, which loosened
+# their float64 checks 20,000 times and left some UNVERIFIED (a second fresh user). Half
 # precision in the middle is not found this way (a nudge of float32 ulps moves nothing there,
 # and nudges of its own ulps leave f's curvature above its rounding).
 # The dtype found replaces x's in the steps and the rounding of finite differences and sets the
@@ -210,8 +214,8 @@ def effective_precision(flat: Flat, seed: int) -> torch.dtype | None:
     if torch.float32 not in coarser:
         return None
     step = off - x  # the third test: float32 rounding inside, measured along the nudge
-    y0 = flat.values(x)
-    noise = (flat.values(x + 4 * step) - 6 * flat.values(x + 2 * step) + 8 * y - 3 * y0).abs()
+    y0, y2, y4 = flat.values(x), flat.values(x + 2 * step), flat.values(x + 4 * step)
+    noise = (flat.values(x + 8 * step) - 14 * y4 + 56 * y2 - 64 * y + 21 * y0).abs()
     floor = FLOAT32_INSIDE * float(y0.abs().max())
     return torch.float32 if float(noise.max()) > floor > 0 else None
 
