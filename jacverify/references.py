@@ -435,6 +435,17 @@ def _refined_at_kinks(ref_flat: Flat, independent: bool, loop_ref: Reference | N
     columns = suspect.any(1).any(0).nonzero().flatten().tolist()
     value, error = finite_differences(ref_flat, independent, columns=columns,
                                       shrink=1 / KINK_SHRINK)
+    # flat where steps KINK_SHRINK x larger move: a staircase (an output rounded through bfloat16
+    # read 0 with a bound of 1e-8 at both step sizes, and the loop's 0.98 was called a wrong
+    # backward, a second fresh user) or a ReLU's flat side: neither pins the entry down. (Flat at
+    # those too, the output is constant there, and a loop that is not 0 is wrong.)
+    flat = suspect & (value == 0) & (fd.value == 0)
+    if bool(flat.any()):
+        wide, wide_error = finite_differences(ref_flat, independent, columns=columns,
+                                              shrink=KINK_SHRINK)
+        error = torch.where(flat & (wide != 0), (wide.abs() + wide_error) * KINK_SHRINK, error)
+    error = torch.where((value == 0) & (fd.value != 0),
+                        torch.maximum(error, fd.value.abs() + fd.error), error)
     count = int(suspect.sum())
     notes.append(f"finite differences again at steps {KINK_SHRINK}x smaller at {count} "
                  f"entr{'y' if count == 1 else 'ies'} where the loop was off them by more than "

@@ -748,3 +748,33 @@ def test_outputs_finite_differences_cannot_pin_down_do_not_pass_on_the_others(dt
     def full(z):
         return torch.cat([_TANH_10_PERCENT_OFF.apply(z), torch.sin(z)], -1)
     assert jacverify.check(full, _x(4, 3).to(dtype)).verdict == Verdict.FAILED
+
+
+class _ConstantWithABackward(torch.autograd.Function):
+    """A constant whose backward says 1: a wrong formula finite differences read as 0 at every
+    step size."""
+
+    @staticmethod
+    def forward(z):
+        return torch.ones_like(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def test_an_output_rounded_through_bfloat16_is_not_blamed_on_a_backward_formula():
+    """NOTE [kinks the steps cross]: the bfloat16 staircase read 0 with a bound of 1e-8 at both
+    step sizes, and the loop's 0.84 was "a backward formula of the function is wrong" (a second
+    fresh user). Flat there but moving at steps 256x larger, the entry is not pinned down; a
+    constant with a backward that says 1 is flat at every step and still a finding."""
+    f = lambda z: torch.cat([torch.sin(z), torch.sin(z).bfloat16().to(z.dtype)], -1)  # noqa: E731
+    report = jacverify.check(f, _x(4, 3))
+    assert not report.findings and report.verdict != Verdict.PASSED
+    assert "pin down no entry that is not exactly 0 of 3 output(s)" in report.unresolved
+    wrong = jacverify.check(lambda z: torch.sin(z) + _ConstantWithABackward.apply(z), _x(4, 3))
+    assert wrong.findings and wrong.verdict == Verdict.FAILED
