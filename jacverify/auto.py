@@ -28,7 +28,7 @@ from jacverify.measure import (ESTIMATE_CUT, ROUNDS, Race, race, racing, recorde
                                settle_allocator, synchronizer, timer)
 from jacverify.methods import get_methods
 from jacverify.oracles import check_coupling, check_determinism, graph_cut
-from jacverify.oracles.prechecks import perturbed, resolution, separating_groups
+from jacverify.oracles.prechecks import carries_graph, perturbed, resolution, separating_groups
 from jacverify.oracles.projections import DEFAULT_PROBES
 from jacverify.references import kept_buffers
 
@@ -357,11 +357,7 @@ def _zero_if_constant(flat: Flat) -> torch.Tensor | None:
     (a constant, or a step such as ``(x > 0).float()``: its derivative is 0 wherever it has one,
     as ``vmap(jacrev)`` returns), where reverse mode's ways raise torch's "does not require grad";
     otherwise None (the method's error is the caller's to raise)."""
-    leaf = flat.x.detach().clone().requires_grad_()
-    try:
-        if flat.fn(leaf).requires_grad:
-            return None
-    except Exception:  # noqa: BLE001 - fn runs only without autograd (out=): the method's error
+    if carries_graph(flat):
         return None
     return flat.x.new_zeros(flat.batch_size, flat.n_out, flat.n_in)
 

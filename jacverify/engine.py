@@ -223,9 +223,8 @@ def _check_projected(case: Case, pre: Prechecked, chosen: Sequence[Method], rtol
         Probes(drawn.u[:k], drawn.v[:k]),
         lambda r: judge(r, flat, coupling.reason, float("inf"), (first,), None, case.dtype, rtols,
                         scales, 1, expected=(k, flat.batch_size)))
-    findings = [pre.cut] if pre.cut else []
-    findings += _reference_routes(ref_flat, flat, Probes(drawn.u[:k], drawn.v[:k]), first,
-                                  coupling, rtols, scales, notes)
+    findings = [*pre.findings, *_reference_routes(ref_flat, flat, Probes(drawn.u[:k], drawn.v[:k]),
+                                                  first, coupling, rtols, scales, notes)]
     results += [judge(dataclasses.replace(m, compute=partial(_projected, m.compute, drawn)), flat,
                       coupling.reason, max_memory, (ref,), None, case.dtype, rtols, scales, runs,
                       expected=shape, budget=costs.budget, units=costs.units) for m in chosen]

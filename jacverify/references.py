@@ -52,6 +52,11 @@ class Prechecked:
     notes: tuple[str, ...]
     cut: str | None = None  # NOTE [graph cut]: a finding that fails the check
 
+    @property
+    def findings(self) -> tuple[str, ...]:
+        """What the pre-checks found wrong on their own (each fails the check)."""
+        return (self.cut,) if self.cut else ()
+
 
 @dataclass(frozen=True)
 class Verified:
@@ -93,7 +98,7 @@ def prechecked(case: Case, flat: Flat | None = None) -> Prechecked:
     ref_flat = _reference_version(case, notes) or flat
     if ref_flat is not flat:
         noise, center = check_determinism(ref_flat, "the reference copy of the function")
-    precision = effective_precision(ref_flat, case.seed)
+    precision = effective_precision(ref_flat, case.seed, center)
     if precision is not None:
         flat, ref_flat = _computing_in(precision, flat, ref_flat, notes)
     coupling = check_coupling(ref_flat, case.seed, noise, torch.finfo(case.dtype).eps ** 0.5,
@@ -215,9 +220,8 @@ def verify(case: Case, rtols, max_memory: int, time_budget: float | None = None,
             f"this Jacobian is ill-conditioned in {str(flat.x.dtype).removeprefix('torch.')}: the "
             f"loop there differs from the float64 loop by {float(scales.rounding.max()):.3g}, more than "
             "sqrt(eps) of max|J|; that measured rounding (x8) is allowed to every method")
-    findings = [pre.cut, *findings] if pre.cut else findings
     return Verified(flat, ref_flat, pre.coupling, loop_ref, refs, scales, tuple(notes),
-                    tuple(findings), unresolved)
+                    (*pre.findings, *findings), unresolved)
 
 
 # NOTE [unstable finite differences]
@@ -435,15 +439,19 @@ def _refined_at_kinks(ref_flat: Flat, independent: bool, loop_ref: Reference | N
     columns = suspect.any(1).any(0).nonzero().flatten().tolist()
     value, error = finite_differences(ref_flat, independent, columns=columns,
                                       shrink=1 / KINK_SHRINK)
-    # flat where steps KINK_SHRINK x larger move: a staircase (an output rounded through bfloat16
-    # read 0 with a bound of 1e-8 at both step sizes, and the loop's 0.98 was called a wrong
-    # backward, a second fresh user) or a ReLU's flat side: neither pins the entry down. (Flat at
-    # those too, the output is constant there, and a loop that is not 0 is wrong.)
+    # Flat at both step sizes where steps KINK_SHRINK x larger move: a staircase (an output
+    # rounded through bfloat16 read 0 with a bound of 1e-8 at both, and the loop's 0.98 was
+    # called a wrong backward, a second fresh user). The entry is not pinned down: its bound is
+    # what the large steps read, widened by the same KINK_SHRINK, so no value near the derivative
+    # they see is refuted. (Flat at those too, the output is constant there, and a loop that is
+    # not 0 is wrong.)
     flat = suspect & (value == 0) & (fd.value == 0)
     if bool(flat.any()):
         wide, wide_error = finite_differences(ref_flat, independent, columns=columns,
                                               shrink=KINK_SHRINK)
         error = torch.where(flat & (wide != 0), (wide.abs() + wide_error) * KINK_SHRINK, error)
+    # flat at the smaller steps only where the default ones moved (a ReLU's flat side, a
+    # staircase): bounded by what the default steps read
     error = torch.where((value == 0) & (fd.value != 0),
                         torch.maximum(error, fd.value.abs() + fd.error), error)
     count = int(suspect.sum())

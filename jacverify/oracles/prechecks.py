@@ -11,7 +11,8 @@ import torch
 from jacverify.case import Flat
 from jacverify.errors import InvalidArgument, NondeterministicFunction, NonFiniteOutput
 
-__all__ = ["Coupling", "check_determinism", "check_coupling", "effective_precision", "graph_cut",
+__all__ = ["Coupling", "carries_graph", "check_determinism", "check_coupling",
+           "effective_precision", "graph_cut",
            "nudged", "perturbed", "resolution", "tangent_dropped", "GRAPH_CUT", "TANGENT_DROPPED"]
 
 # NOTE [coupling threshold]
@@ -85,6 +86,25 @@ def _moves(flat: Flat) -> bool:
     return not torch.equal(flat.values(nudged(flat.x, 0)), flat.values(flat.x))
 
 
+def carries_graph(flat: Flat) -> bool:
+    """``flat.fn``'s output, from an input that requires grad, is in autograd's graph; True too
+    when fn raises so (it runs only without autograd, an ``out=``: the methods say so).
+
+    >>> from jacverify.case import Flat
+    >>> x = torch.randn(3, 2)
+    >>> carries_graph(Flat(torch.tanh, x, ((2,),), ((2,),)))
+    True
+    >>> carries_graph(Flat(lambda z: torch.tanh(z.detach()), x, ((2,),), ((2,),)))
+    False
+    """
+    leaf = flat.x.detach().clone().requires_grad_()
+    try:
+        with torch.enable_grad():
+            return flat.fn(leaf).requires_grad
+    except Exception:  # noqa: BLE001 - not this check's to report
+        return True
+
+
 # NOTE [graph cut]
 # A function whose output carries no autograd graph -- torch.no_grad() around its body,
 # .detach(), a round trip through numpy -- is a constant to reverse mode: torch.func and
@@ -109,14 +129,7 @@ def graph_cut(flat: Flat) -> str | None:
     >>> graph_cut(Flat(lambda z: (z > 0).float(), x, ((2,),), ((2,),))) is None  # a step
     True
     """
-    leaf = flat.x.detach().clone().requires_grad_()
-    try:
-        with torch.enable_grad():
-            if flat.fn(leaf).requires_grad:
-                return None
-    except Exception:  # noqa: BLE001 - it runs only without autograd: the methods will say so
-        return None
-    if not _moves(flat):
+    if carries_graph(flat) or not _moves(flat):
         return None
     return (f"{GRAPH_CUT} (torch.no_grad() or .detach() around its computation, or a round trip "
             "outside torch), though its values move with x: autograd sees a constant, and "
@@ -185,9 +198,11 @@ _COARSER = (torch.bfloat16, torch.float16, torch.float32)  # coarsest first
 FLOAT32_INSIDE = torch.finfo(torch.float32).eps / 1024
 
 
-def effective_precision(flat: Flat, seed: int) -> torch.dtype | None:
+def effective_precision(flat: Flat, seed: int,
+                        center: torch.Tensor | None = None) -> torch.dtype | None:
     """The coarser dtype than ``flat.x``'s that ``flat.fn`` computes in inside, or None (NOTE
-    [effective precision]): 3-8 calls of the function.
+    [effective precision]): 3-8 calls of the function (``center``: its output at ``flat.x``,
+    when the caller has it).
 
     >>> from jacverify.case import Flat
     >>> x = torch.randn(3, 2, dtype=torch.float64)
@@ -214,7 +229,8 @@ def effective_precision(flat: Flat, seed: int) -> torch.dtype | None:
     if torch.float32 not in coarser:
         return None
     step = off - x  # the third test: float32 rounding inside, measured along the nudge
-    y0, y2, y4 = flat.values(x), flat.values(x + 2 * step), flat.values(x + 4 * step)
+    y0 = flat.values(x) if center is None else center
+    y2, y4 = flat.values(x + 2 * step), flat.values(x + 4 * step)
     noise = (flat.values(x + 8 * step) - 14 * y4 + 56 * y2 - 64 * y + 21 * y0).abs()
     floor = FLOAT32_INSIDE * float(y0.abs().max())
     return torch.float32 if float(noise.max()) > floor > 0 else None
