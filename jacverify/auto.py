@@ -1245,7 +1245,8 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
             text += (f"; after {warmed:.2g} s warming up torch's transforms (once per process "
                      "and dtype)")
         route.plan = Plan(name, chunk, chosen_rows[name], text, budget, seconds, seconds / steady)
-        route.route = runner(name, _passes(chunk, chosen_rows[name]))
+        # (every candidate raised: batched_grad as it is, which holds no shape, nor flat's fn)
+        route.route = runs.get(name) or runner(name, _passes(chunk, chosen_rows[name]))
         route.finishers = [(c, chunks[c], rows[c]) for c in sorted(result.times,
                                                                    key=result.times.get)]
         route.explore = None
@@ -1253,7 +1254,8 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
     pending: list[str | None] = [None]
     # looked up once: get_methods per call was a third of a racing call's 28 us beyond its
     # candidate (64-64-64 at B=16: 54-85 racing calls, 1.5-2.4 ms, 4 calls of the plan)
-    runs = {c: runner(c, _passes(chunks[c], rows[c])) for c in chunks}
+    # each with its constants built (NOTE [plan constants]): the race times what the plan runs
+    runs = {c: runner(c, _passes(chunks[c], rows[c]), flat) for c in chunks}
 
     def step(fl: Flat, useful: bool) -> torch.Tensor:
         """One call of the race on ``fl``; the value of the first candidate that does not raise."""
@@ -1356,10 +1358,12 @@ def _passes(chunk: int, rows: int) -> int | None:
     return None if chunk >= rows else chunk
 
 
-def runner(name: str, chunk_size: int | None) -> Callable[[Flat], torch.Tensor]:
+def runner(name: str, chunk_size: int | None, template: Flat | None = None
+           ) -> Callable[[Flat], torch.Tensor]:
     """The registered method ``name`` with ``chunk_size`` rows per pass (None: one pass), as
-    ``f(flat)`` (``Method.runner``): what the race times and the plan runs."""
-    return get_methods([name])[0].runner(chunk_size)
+    ``f(flat)`` (``Method.runner``); with ``template``, its constants built once for calls of
+    that form (NOTE [plan constants]): what the race times and the plan runs."""
+    return get_methods([name])[0].runner(chunk_size, template)
 
 
 # one pass whatever the chunk: only chosen when that pass fits

@@ -289,7 +289,8 @@ def _answers(net, calls: int, batch: int) -> torch.Tensor:
 def _patched(monkeypatch, wrap) -> None:
     """Every candidate auto runs goes through ``wrap(name, compute)``."""
     real = auto.runner
-    monkeypatch.setattr(auto, "runner", lambda name, chunk: wrap(name, real(name, chunk)))
+    monkeypatch.setattr(auto, "runner",
+                        lambda name, chunk, template=None: wrap(name, real(name, chunk, template)))
 
 
 def test_the_race_runs_on_the_callers_calls_and_every_call_gets_the_jacobian(monkeypatch):
