@@ -12,9 +12,8 @@ float64:
    runs on these calls, NOTE [auto plan]), call each correct method once, then time auto and
    every correct method within SCREEN of the best single call round-robin in a new random order
    each round (``measure.time_calls(shuffle=...)``, CPU time, one torch thread, medians). Each
-   reports the plan, auto / the fastest method, auto / its own method called directly, its
-   constants built once as the plan's route holds them ("own": what finding the plan costs per
-   call) and the planning cost in steady calls of auto: the CPU
+   reports the plan, auto / the fastest method, auto / its own method called directly ("own":
+   what finding the plan costs per call) and the planning cost in steady calls of auto: the CPU
    time of the calls until the race ended, beyond as many steady calls of auto (everything the
    first call validates and probes included).
 
@@ -87,8 +86,7 @@ def measure(spec: SuiteCase, correct: list[str], compile: str | bool, seed: int)
     timed = {n: (lambda c=methods[n].compute: c(flat)) for n, t in once.items()
              if t.median <= SCREEN * best}
     timed["auto"] = lambda: jacverify.batch_jacobian(net, x, compile=compile)
-    # as the plan runs it: its constants built once (NOTE [plan constants])
-    own = runner(p.method, None if p.chunk_size >= p.rows else p.chunk_size, flat)
+    own = runner(p.method, None if p.chunk_size >= p.rows else p.chunk_size)
     timed["auto's method"] = lambda: own(flat)
     timings = time_calls(timed, min_seconds=MIN_SECONDS, shuffle=seed)
     auto_s = timings.pop("auto").median

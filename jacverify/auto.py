@@ -333,6 +333,9 @@ def batch_jacobian(
                     "methods apply and why") from e
             value = zeros
     value = value.detach()
+    if 0 in value.stride() and any(s == 0 and n > 1 for s, n in zip(value.stride(), value.shape)):
+        value = value.contiguous()  # one memory location for several entries (z + 1's Jacobian,
+        # an expanded identity): writing into it raised; the caller gets a Jacobian of their own
     if value.dtype != x.dtype:  # fn's output in another dtype: the ways differ (found racing)
         value = value.to(x.dtype)
     if verify and check_bool("verify", verify):
@@ -1245,8 +1248,7 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
             text += (f"; after {warmed:.2g} s warming up torch's transforms (once per process "
                      "and dtype)")
         route.plan = Plan(name, chunk, chosen_rows[name], text, budget, seconds, seconds / steady)
-        # (every candidate raised: batched_grad as it is, which holds no shape, nor flat's fn)
-        route.route = runs.get(name) or runner(name, _passes(chunk, chosen_rows[name]))
+        route.route = runner(name, _passes(chunk, chosen_rows[name]))
         route.finishers = [(c, chunks[c], rows[c]) for c in sorted(result.times,
                                                                    key=result.times.get)]
         route.explore = None
@@ -1254,8 +1256,7 @@ def _make_plan(flat: Flat, max_memory: int | None, explore: bool, checked: float
     pending: list[str | None] = [None]
     # looked up once: get_methods per call was a third of a racing call's 28 us beyond its
     # candidate (64-64-64 at B=16: 54-85 racing calls, 1.5-2.4 ms, 4 calls of the plan)
-    # each with its constants built (NOTE [plan constants]): the race times what the plan runs
-    runs = {c: runner(c, _passes(chunks[c], rows[c]), flat) for c in chunks}
+    runs = {c: runner(c, _passes(chunks[c], rows[c])) for c in chunks}
 
     def step(fl: Flat, useful: bool) -> torch.Tensor:
         """One call of the race on ``fl``; the value of the first candidate that does not raise."""
@@ -1358,12 +1359,10 @@ def _passes(chunk: int, rows: int) -> int | None:
     return None if chunk >= rows else chunk
 
 
-def runner(name: str, chunk_size: int | None, template: Flat | None = None
-           ) -> Callable[[Flat], torch.Tensor]:
+def runner(name: str, chunk_size: int | None) -> Callable[[Flat], torch.Tensor]:
     """The registered method ``name`` with ``chunk_size`` rows per pass (None: one pass), as
-    ``f(flat)`` (``Method.runner``); with ``template``, its constants built once for calls of
-    that form (NOTE [plan constants]): what the race times and the plan runs."""
-    return get_methods([name])[0].runner(chunk_size, template)
+    ``f(flat)`` (``Method.runner``): what the race times and the plan runs."""
+    return get_methods([name])[0].runner(chunk_size)
 
 
 # one pass whatever the chunk: only chosen when that pass fits

@@ -289,8 +289,7 @@ def _answers(net, calls: int, batch: int) -> torch.Tensor:
 def _patched(monkeypatch, wrap) -> None:
     """Every candidate auto runs goes through ``wrap(name, compute)``."""
     real = auto.runner
-    monkeypatch.setattr(auto, "runner",
-                        lambda name, chunk, template=None: wrap(name, real(name, chunk, template)))
+    monkeypatch.setattr(auto, "runner", lambda name, chunk: wrap(name, real(name, chunk)))
 
 
 def test_the_race_runs_on_the_callers_calls_and_every_call_gets_the_jacobian(monkeypatch):
@@ -1285,3 +1284,47 @@ def test_a_function_attribute_and_a_buffer_set_to_none_are_planned_again():
         bn[1].running_mean = None
         bn[1].running_var = None
     _replans_after(bn, unset, x)
+
+
+class _ScalesInNumpy(torch.autograd.Function):
+    """y = 3 z, with a backward that scales its grad_output in place through numpy: a write that
+    bumps no version counter (as ``.data`` writes and C++ extensions make)."""
+
+    @staticmethod
+    def forward(ctx, z):
+        return 3 * z
+
+    @staticmethod
+    def backward(ctx, g):
+        a = g.numpy()
+        a *= 3.0
+        return torch.from_numpy(a)
+
+
+def _shift(z):
+    return z + 1  # its backward passes the cotangent through
+
+
+def test_every_call_starts_from_fresh_cotangents():
+    """A route that kept its cotangents between calls (a fresh user, against a version of the
+    plan that built them once) answered 3x more wrong on every call of a backward that writes
+    into its grad_output, 3.5e18 off by the 40th; and an identity's Jacobian, the cotangent
+    itself, changed every later call when the caller wrote into it. Every call's answer is the
+    truth, whatever the caller and the backward did with the previous one's."""
+    torch.manual_seed(0)
+    net = _mlp(6, 16, 4)
+    clear_plans()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    truth = 3 * torch.func.vmap(torch.func.jacrev(net))(x)
+    def f(z):
+        return _ScalesInNumpy.apply(net(z))
+
+    for _ in range(40):
+        torch.testing.assert_close(jacverify.batch_jacobian(f, x), truth)
+    for batch in (1, 4):
+        z = torch.randn(batch, 3, dtype=torch.float64)
+        eye = torch.eye(3, dtype=torch.float64).expand(batch, 3, 3)
+        for _ in range(40):
+            jac = jacverify.batch_jacobian(_shift, z)
+            torch.testing.assert_close(jac, eye, rtol=0, atol=0)
+            jac.mul_(2)  # the caller's own copy

@@ -82,55 +82,6 @@ def test_every_chunked_method_equals_its_one_pass(name, chunk):
                                rtol=0, atol=1e-13)
 
 
-_PREPARED = sorted(m.name for m in jacverify.get_methods(None) if m.constants is not None)
-
-
-@pytest.mark.parametrize("name", _PREPARED)
-@pytest.mark.parametrize("chunk", [None, 2])
-def test_a_route_with_its_constants_built_once_equals_the_method(name, chunk):
-    """NOTE [plan constants]: the route holds the cotangents the method builds per call; it
-    answers what the method does on every later call of that form, and its answer is not the
-    constant itself: ``z + 1``'s backward passes the cotangent through, and a caller writing
-    into that Jacobian changed every later call's (the identity read 2 on the diagonal)."""
-    assert {"repeat_trick", "batched_grad", "vmap_vjp"} <= set(_PREPARED)
-    flat = flatten(make_case(_mlp(3, 8, 5), torch.randn(4, 3, dtype=torch.float64)))
-    route = runner(name, chunk, flat)
-    for seed in range(2):
-        other = flat.at(flat.fn, torch.randn(4, 3, dtype=torch.float64,
-                                             generator=torch.Generator().manual_seed(seed)))
-        torch.testing.assert_close(route(other), runner(name, None)(other), rtol=0, atol=1e-13)
-    shift = flatten(make_case(lambda z: z + 1, torch.randn(4, 3, dtype=torch.float64)))
-    route = runner(name, chunk, shift)
-    route(shift).mul_(2)  # the caller's own copy
-    torch.testing.assert_close(route(shift), torch.eye(3, dtype=torch.float64).expand(4, 3, 3),
-                               rtol=0, atol=0)
-
-
-class _WritesItsGradOutput(torch.autograd.Function):
-    """Doubles, with a backward that doubles its grad_output in place (legal, if rude: the
-    cotangent a caller passed in is changed)."""
-
-    @staticmethod
-    def forward(ctx, z):
-        return 2 * z
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.mul_(2)
-
-
-def test_a_backward_writing_into_its_cotangent_does_not_change_the_next_call():
-    """NOTE [plan constants]: the repeat trick's shared cotangent, written into by a backward,
-    made the next call's Jacobian 4 I where the method (a fresh cotangent) says 2 I: the route
-    builds it again after such a call."""
-    flat = flatten(make_case(_WritesItsGradOutput.apply, torch.randn(3, 4, dtype=torch.float64)))
-    route = runner("repeat_trick", None, flat)
-    two = 2 * torch.eye(4, dtype=torch.float64).expand(3, 4, 4)
-    for _ in range(3):
-        torch.testing.assert_close(route(flat), two, rtol=0, atol=0)
-    torch.testing.assert_close(runner("repeat_trick", None)(flat), two, rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("twin", [CubeWrongBackward, CubeWrongJvp])
 def test_verify_catches_a_wrong_method(twin):
     """A wrong backward fails every reverse method; a wrong jvp the forward ones. Forced onto such

@@ -45,9 +45,6 @@ class Method:
         work: ``work(B, M, N)``, its work in passes of the batch (NOTE [cost model] in
             :mod:`jacverify.costs`), from which a check estimates its time and memory before it
             runs; None: no estimate (it always runs).
-        constants: ``constants(B, M, N, dtype, device)``, the tensor of cotangents or tangents
-            ``compute`` builds on every call (``compute(flat, constants=...)`` takes it built):
-            a plan builds it once (NOTE [plan constants]); None: nothing to build.
     """
 
     name: str
@@ -61,23 +58,15 @@ class Method:
     cost: str = ""
     chunked: bool = False
     work: Callable[[int, int, int], Work] | None = None
-    constants: Callable[..., torch.Tensor] | None = None
 
-    def runner(self, chunk_size: int | None, template: Flat | None = None
-               ) -> Callable[[Flat], torch.Tensor]:
+    def runner(self, chunk_size: int | None) -> Callable[[Flat], torch.Tensor]:
         """``compute`` with ``chunk_size`` rows per pass where the method takes one (None: one
         pass, and always for a method that is not ``chunked``), as ``f(flat)``: ``compute``
         itself for one pass (a cached plan's route: each Python frame between the call and the
-        method's was 1-2% of a 0.2 ms Jacobian at batch 1, NOTE [last plan]). With a
-        ``template`` (a plan's shapes, dtype and device), its ``constants`` built once for them
-        (NOTE [plan constants]): for calls of that shape only."""
-        call = self.compute if chunk_size is None or not self.chunked else \
-            functools.partial(self.compute, chunk_size=chunk_size)
-        if template is None or self.constants is None:
-            return call
-        return _Prepared(call, self.constants, (template.batch_size, template.n_out,
-                                                template.n_in, template.x.dtype,
-                                                template.x.device))
+        method's was 1-2% of a 0.2 ms Jacobian at batch 1, NOTE [last plan])."""
+        if chunk_size is None or not self.chunked:
+            return self.compute
+        return functools.partial(self.compute, chunk_size=chunk_size)
 
     def estimate(self, flat: Flat) -> Work | None:
         """Its :class:`~jacverify.costs.Work` on ``flat``, or None without an estimate."""
@@ -105,47 +94,6 @@ class Method:
         if work is not None and budget is not None:
             return budget.refuses(work)
         return None
-
-
-# NOTE [plan constants]
-# The vectorized ways build the same tensor on every call: the identity's rows as cotangents,
-# repeated over the batch (repeat_trick: eye, repeat_interleave, a reshape and a slice per pass),
-# or eye expanded over it (batched_grad, vmap_vjp, batched_double_backward, forward_broadcast).
-# A plan is for one shape, dtype and device, so its route builds that tensor once and passes it
-# (`Method.runner(chunk, template)`). At batch 1 those ops were 20% of repeat_trick's call
-# (0.152 -> 0.122 ms, mlp 8-64-8 in float32, CPU time round-robin with the other methods), more
-# than auto's own per-call cost (NOTE [last plan]); at the sizes where a call takes a millisecond
-# they are 1% or less. A tensor shared between calls must stay what it was:
-# - autograd may answer the cotangent itself (``fn = lambda z: z + 1``: AddBackward passes its
-#   grad through), so an answer in the constant's storage is copied, else a caller writing into
-#   its Jacobian would change every later call's cotangent;
-# - a backward that writes into its grad_output (a custom Function's ``g.mul_(2)``) bumps the
-#   constant's version counter, and the constant is built again after that call (that call's
-#   answer is what a fresh cotangent gives: the write happens there too).
-# The methods called by name, by `check` and by the race's first calls build it per call as before.
-class _Prepared:
-    """``call(flat, constants=...)`` with ``build(*shape)`` built once, before its first call (a
-    race times that call as the plan will run it), and again after a call that changed it (NOTE
-    [plan constants])."""
-
-    __slots__ = ("call", "build", "shape", "held", "version", "storage")
-
-    def __init__(self, call: Callable[..., torch.Tensor], build: Callable[..., torch.Tensor],
-                 shape: tuple) -> None:
-        self.call, self.build, self.shape = call, build, shape
-        self._hold()
-
-    def _hold(self) -> None:
-        held = self.held = self.build(*self.shape)
-        self.version, self.storage = held._version, held.untyped_storage().data_ptr()
-
-    def __call__(self, flat: Flat) -> torch.Tensor:
-        out = self.call(flat, constants=self.held)
-        if self.held._version != self.version:  # a backward wrote into its grad_output
-            self._hold()
-        if out.untyped_storage().data_ptr() == self.storage:  # autograd answered the constant
-            out = out.clone()
-        return out
 
 
 _REGISTRY: dict[tuple[str, str], Method] = {}  # (quantity, name) -> method

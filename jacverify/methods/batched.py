@@ -16,31 +16,23 @@ def _copies(flat: Flat, k: int) -> torch.Tensor:
     return flat.x.detach().repeat(k, 1)
 
 
-def identity_rows(b: int, k: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """(k * B, k): row (i, b) is e_i, the identity repeated for every sample (``n`` unused: the
-    signature of ``Method.constants``)."""
-    return torch.eye(k, dtype=dtype, device=device).repeat_interleave(b, dim=0)
+def _identity_rows(flat: Flat, k: int) -> torch.Tensor:
+    """(k * B, k): row (i, b) is e_i, the identity repeated for every sample."""
+    eye = torch.eye(k, dtype=flat.x.dtype, device=flat.x.device)
+    return eye.repeat_interleave(flat.batch_size, dim=0)
 
 
-def _basis(b: int, k: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """(k, B, k): e_i for every sample, row i (a view of eye(k))."""
-    return torch.eye(k, dtype=dtype, device=device)[:, None, :].expand(k, b, k)
-
-
-def repeat_trick(flat: Flat, chunk_size: int | None = None,
-                 constants: torch.Tensor | None = None) -> torch.Tensor:
+def repeat_trick(flat: Flat, chunk_size: int | None = None) -> torch.Tensor:
     """Copy i of the batch gets cotangent e_i; one backward gives every row of every sample
-    (``chunk_size`` copies per pass; all M by default). ``constants``: :func:`identity_rows`
-    built (NOTE [plan constants])."""
+    (``chunk_size`` copies per pass; all M by default)."""
     b, m, n = flat.batch_size, flat.n_out, flat.n_in
     step = m if chunk_size is None else max(1, min(m, chunk_size))
-    cotangents = identity_rows(b, m, n, flat.x.dtype, flat.x.device) if constants is None \
-        else constants  # copy i of sample b gets e_i
+    cotangents = _identity_rows(flat, m).reshape(m, b, m)  # copy i of sample b gets e_i
     parts = []
     for start in range(0, m, step):
         k = min(step, m - start)
         x = _copies(flat, k).requires_grad_()
-        (g,) = torch.autograd.grad(flat.fn(x), x, cotangents[start * b:(start + k) * b],
+        (g,) = torch.autograd.grad(flat.fn(x), x, cotangents[start:start + k].reshape(k * b, m),
                                    allow_unused=True, materialize_grads=True)
         parts.append(g.reshape(k, b, n))
     rows = parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -50,62 +42,48 @@ def repeat_trick(flat: Flat, chunk_size: int | None = None,
 def dual_repeat(flat: Flat) -> torch.Tensor:
     """Copy j of the batch gets tangent e_j; one dual forward pass gives every column."""
     b, n = flat.batch_size, flat.n_in
-    tangents = identity_rows(b, n, n, flat.x.dtype, flat.x.device)
     with fwAD.dual_level():
-        out = fwAD.unpack_dual(flat.fn(fwAD.make_dual(_copies(flat, n), tangents)))
+        out = fwAD.unpack_dual(flat.fn(fwAD.make_dual(_copies(flat, n), _identity_rows(flat, n))))
         t = torch.zeros_like(out.primal) if out.tangent is None else out.tangent
     return t.reshape(n, b, flat.n_out).permute(1, 2, 0)
 
 
-def output_basis(b: int, m: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """(M, B, M): cotangent e_m on every sample, row m (``Method.constants``)."""
-    return _basis(b, m, dtype, device)
-
-
-def input_basis(b: int, m: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """(N, B, N): tangent e_j on every sample, row j (``Method.constants``)."""
-    return _basis(b, n, dtype, device)
-
-
-def batched_grad(flat: Flat, chunk_size: int | None = None,
-                 constants: torch.Tensor | None = None) -> torch.Tensor:
+def batched_grad(flat: Flat, chunk_size: int | None = None) -> torch.Tensor:
     """``autograd.grad(is_grads_batched=True)`` with cotangents e_m on every sample, ``chunk_size``
-    of them per backward (all M by default); ``constants``: :func:`output_basis` built."""
+    of them per backward (all M by default)."""
     b, m = flat.batch_size, flat.n_out
-    basis = output_basis(b, m, flat.n_in, flat.x.dtype, flat.x.device) if constants is None \
-        else constants
-    return _batched_rows(flat, basis, m, chunk_size).permute(1, 0, 2)
+    eye = torch.eye(m, dtype=flat.x.dtype, device=flat.x.device)
+    rows = _batched_rows(flat, lambda rows: eye[rows, None, :].expand(-1, b, m), m, chunk_size)
+    return rows.permute(1, 0, 2)
 
 
 def batched_grad_per_sample(flat: Flat, chunk_size: int | None = None) -> torch.Tensor:
     """Cotangent e_(b, m) for each sample b and output m: the rows of the full Jacobian, batched,
     keeping block b of row (b, m). Right when samples interact; B times the work otherwise."""
     b, m, n = flat.batch_size, flat.n_out, flat.n_in
-    basis = torch.eye(b * m, dtype=flat.x.dtype, device=flat.x.device).view(b * m, b, m)
-    rows = _batched_rows(flat, basis, b * m, chunk_size)
+    eye = torch.eye(b * m, dtype=flat.x.dtype, device=flat.x.device)
+    rows = _batched_rows(flat, lambda rows: eye[rows].reshape(-1, b, m), b * m, chunk_size)
     return rows.reshape(b, m, b, n).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
 
 
-def batched_double_backward(flat: Flat, chunk_size: int | None = None,
-                            constants: torch.Tensor | None = None) -> torch.Tensor:
+def batched_double_backward(flat: Flat, chunk_size: int | None = None) -> torch.Tensor:
     """Forward mode out of two reverse passes, batched: g(u) = Jᵀu with create_graph, then
-    J e_j = d(g · e_j)/du for every j in one ``is_grads_batched`` backward (``chunk_size`` per
-    pass); ``constants``: :func:`input_basis` built."""
+    J e_j = d(g · e_j)/du for every j in one ``is_grads_batched`` backward (``chunk_size`` per pass)."""
     x = flat.x.detach().requires_grad_()
     y = flat.fn(x)
     u = torch.zeros_like(y, requires_grad=True)
     (g,) = torch.autograd.grad(y, x, u, create_graph=True, allow_unused=True, materialize_grads=True)
     b, n = flat.batch_size, flat.n_in
-    basis = input_basis(b, flat.n_out, n, x.dtype, x.device) if constants is None else constants
-    rows = _batched_rows(flat, basis, n, chunk_size, output=g, wrt=u)
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    rows = _batched_rows(flat, lambda rows: eye[rows, None, :].expand(-1, b, n), n, chunk_size,
+                         output=g, wrt=u)
     return rows.permute(1, 2, 0)
 
 
-def _batched_rows(flat: Flat, basis: torch.Tensor, count: int, chunk_size: int | None,
-                  output: torch.Tensor | None = None, wrt: torch.Tensor | None = None
-                  ) -> torch.Tensor:
+def _batched_rows(flat: Flat, cotangents, count: int, chunk_size: int | None,
+                  output: torch.Tensor | None = None, wrt: torch.Tensor | None = None) -> torch.Tensor:
     """Gradients of ``output`` (default f(x)) with respect to ``wrt`` (default x), (count, *wrt),
-    for the cotangents ``basis`` (count, *output), ``chunk_size`` rows per batched backward."""
+    for cotangents(rows) of shape (k, *output), ``chunk_size`` rows per batched backward."""
     if output is None:
         x = flat.x.detach().requires_grad_()
         y = flat.fn(x)
@@ -115,7 +93,7 @@ def _batched_rows(flat: Flat, basis: torch.Tensor, count: int, chunk_size: int |
     parts = []
     for start in range(0, count, step):
         rows = slice(start, min(count, start + step))
-        (g,) = torch.autograd.grad(y, x, basis[rows], is_grads_batched=True,
+        (g,) = torch.autograd.grad(y, x, cotangents(rows), is_grads_batched=True,
                                    retain_graph=start + step < count,
                                    allow_unused=True, materialize_grads=True)
         parts.append(g)
@@ -126,8 +104,7 @@ register_method(Method("repeat_trick", repeat_trick, "reverse", vectorized=False
                        assumes_independent=True,
                        extra_memory=lambda f: f.n_out * f.batch_size * f.n_in,
                        description="input copied per output entry, one backward",
-    cost="forward and backward over M copies of the batch (grows with M)", chunked=True,
-                       constants=identity_rows))
+    cost="forward and backward over M copies of the batch (grows with M)", chunked=True))
 register_method(Method("dual_repeat", dual_repeat, "forward", vectorized=False, work=lambda b, m, n: Work(n, "jvp", held=n),
                        assumes_independent=True,
                        extra_memory=lambda f: 2 * f.n_in * f.batch_size * f.n_in,
@@ -136,8 +113,7 @@ register_method(Method("dual_repeat", dual_repeat, "forward", vectorized=False, 
 register_method(Method("batched_grad", batched_grad, "reverse", vectorized=True, work=lambda b, m, n: Work(m, "reverse", held=m),
                        assumes_independent=True,
                        description="autograd.grad(is_grads_batched=True), batch summed",
-    cost="one backward with M batched cotangents (reverse mode, grows with M)", chunked=True,
-                       constants=output_basis))
+    cost="one backward with M batched cotangents (reverse mode, grows with M)", chunked=True))
 register_method(Method("batched_grad_per_sample", batched_grad_per_sample, "reverse", vectorized=True, work=lambda b, m, n: Work(b * m, "reverse", held=b * m),
                        assumes_independent=False,
                        extra_memory=lambda f: f.batch_size**2 * f.n_out * f.n_in,
@@ -146,5 +122,4 @@ register_method(Method("batched_grad_per_sample", batched_grad_per_sample, "reve
 register_method(Method("batched_double_backward", batched_double_backward, "reverse", vectorized=True, work=lambda b, m, n: Work(2 * n, "reverse", held=n),
                        assumes_independent=True,
                        description="JVPs from two reverse passes, tangents batched (is_grads_batched)",
-                       cost="two backward passes with N batched tangents (grows with N)", chunked=True,
-                       constants=input_basis))
+                       cost="two backward passes with N batched tangents (grows with N)", chunked=True))

@@ -28,37 +28,24 @@ def sum_trick(flat: Flat) -> torch.Tensor:
     return jacrev(lambda x: flat.fn(x).sum(0))(flat.x).permute(1, 0, 2)
 
 
-def _output_eye(b: int, m: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
-    return torch.eye(m, dtype=dtype, device=device)
-
-
-def _input_eye(b: int, m: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
-    return torch.eye(n, dtype=dtype, device=device)
-
-
-def forward_broadcast(flat: Flat, chunk_size: int | None = None,
-                      constants: torch.Tensor | None = None) -> torch.Tensor:
+def forward_broadcast(flat: Flat, chunk_size: int | None = None) -> torch.Tensor:
     """vmap over ``jvp`` with tangent e_j on every sample: the forward twin of the sum trick;
-    ``chunk_size`` tangents per pass (all N by default); ``constants``: eye(N) built (NOTE
-    [plan constants])."""
+    ``chunk_size`` tangents per pass (all N by default)."""
     b = flat.batch_size
 
     def column(e: torch.Tensor) -> torch.Tensor:
         return jvp(flat.fn, (flat.x,), (e.expand(b, -1),))[1]
 
-    eye = _input_eye(b, flat.n_out, flat.n_in, flat.x.dtype, flat.x.device) if constants is None \
-        else constants
+    eye = torch.eye(flat.n_in, dtype=flat.x.dtype, device=flat.x.device)
     return vmap(column, chunk_size=chunk_size)(eye).permute(1, 2, 0)
 
 
-def vmap_vjp(flat: Flat, chunk_size: int | None = None,
-             constants: torch.Tensor | None = None) -> torch.Tensor:
+def vmap_vjp(flat: Flat, chunk_size: int | None = None) -> torch.Tensor:
     """vmap over ``vjp`` with cotangent e_m on every sample: the sum trick in torch.func;
-    ``chunk_size`` cotangents per pass (all M by default); ``constants``: eye(M) built."""
+    ``chunk_size`` cotangents per pass (all M by default)."""
     _, pullback = vjp(flat.fn, flat.x)
     b = flat.batch_size
-    eye = _output_eye(b, flat.n_out, flat.n_in, flat.x.dtype, flat.x.device) if constants is None \
-        else constants
+    eye = torch.eye(flat.n_out, dtype=flat.x.dtype, device=flat.x.device)
     rows = vmap(lambda e: pullback(e.expand(b, -1))[0], chunk_size=chunk_size)(eye)
     return rows.permute(1, 0, 2)
 
@@ -75,10 +62,8 @@ register_method(Method("sum_trick", sum_trick, "reverse", vectorized=True, work=
 register_method(Method("forward_broadcast", forward_broadcast, "forward", vectorized=True, work=lambda b, m, n: Work(n, "jvp", held=n),
                        assumes_independent=True,
                        description="vmap over jvp, tangent e_j on every sample",
-    cost="vmap over N tangents through the batch (forward mode, grows with N)", chunked=True,
-                       constants=_input_eye))
+    cost="vmap over N tangents through the batch (forward mode, grows with N)", chunked=True))
 register_method(Method("vmap_vjp", vmap_vjp, "reverse", vectorized=True, work=lambda b, m, n: Work(m, "reverse", held=m),
                        assumes_independent=True,
                        description="vmap over vjp, cotangent e_m on every sample",
-    cost="vmap over M cotangents through the batch (reverse mode, grows with M)", chunked=True,
-                       constants=_output_eye))
+    cost="vmap over M cotangents through the batch (reverse mode, grows with M)", chunked=True))
