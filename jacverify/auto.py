@@ -424,6 +424,7 @@ def _check_input(x, fn=None) -> None:
             else type(x).__name__
         raise InvalidArgument(f"x={what} must be a tensor with the batch first, (B, *in); "
                               "batch_jacobian takes one input (use jacverify.check for several)")
+    _check_dense(x)
     if not x.is_floating_point():
         raise InvalidArgument(f"x has dtype {x.dtype}; a Jacobian needs floating inputs: pass "
                               "x.float() or x.double()")
@@ -437,6 +438,19 @@ def _check_input(x, fn=None) -> None:
         why = _other_dtypes(list(fn.modules()), x)
         if why:
             raise InvalidArgument(why)
+
+
+def _check_dense(x) -> None:
+    """A tensor of x's kind has a shape and values (a nested, sparse or meta tensor raised torch's
+    own errors from deep inside: a fresh user); raises InvalidArgument."""
+    if not isinstance(x, torch.Tensor):
+        return  # _check_input says what it should be
+    kind = "nested" if x.is_nested else "meta" if x.is_meta else \
+        None if x.layout == torch.strided else str(x.layout).removeprefix("torch.")
+    if kind is not None:
+        raise InvalidArgument(f"x is a {kind} tensor; batch_jacobian needs a dense tensor with "
+                              "values, (B, *in): pass x.to_dense(), a padded tensor, or x on a "
+                              "real device")
 
 
 def _validated(fn, x) -> Flat:
@@ -846,6 +860,7 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
         if x.ndim == 2 and len(out_shape) == 1:  # (B, N) -> (B, M): the cached form at fn and x
             return route, last.template.at(fn, x.detach()), out_shape
         return route, _flat(fn, x, out_shape), out_shape
+    _check_dense(x)  # before its shape is read
     clock = timer(x.device if isinstance(x, torch.Tensor) else "cpu")  # _case refuses a non-tensor
     begin = clock()  # finding the cache entry counts as the checks do (0.05 ms at batch 1)
     if compile is not False and not (compile is True or isinstance(compile, str) and compile):
@@ -955,7 +970,8 @@ class _Last:
         options, its modules unchanged (:func:`_unchanged`), no global hook added (none held:
         two dict reads) and the same objects between fn and its modules (a module passed
         itself, of torch's classes only, has none: ``walked`` is None)."""
-        return self.fn() is fn and isinstance(x, torch.Tensor) and self.shape == x.shape \
+        return self.fn() is fn and isinstance(x, torch.Tensor) and not x.is_nested \
+            and x.layout == torch.strided and self.shape == x.shape \
             and self.dtype == x.dtype and self.device == x.device \
             and self.max_memory == max_memory and self.compile is compile \
             and _unchanged(self.snapshot) \

@@ -777,6 +777,22 @@ def test_what_a_second_fresh_user_tried():
         jacverify.batch_jacobian(sometimes, x)
 
 
+@pytest.mark.filterwarnings("ignore:.*(nested tensors|Sparse CSR).*:UserWarning")
+@pytest.mark.parametrize("method", ["auto", "batched_grad"])
+def test_a_tensor_without_dense_values_is_refused_with_what_to_pass(method):
+    """A nested, sparse or meta x raised torch's own errors ("NestedTensorImpl doesn't support
+    sizes", "aten::ne.Scalar", "Tensor.item() cannot be called on meta tensors": a fresh user),
+    also after a cached call of the same function."""
+    net = _mlp(4, 8, 3)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    jacverify.batch_jacobian(net, x, method=method)
+    for odd, kind in ((torch.nested.nested_tensor([x[0], x[1, :3]]), "nested"),
+                      (x.to_sparse(), "sparse_coo"), (x.to_sparse_csr(), "sparse_csr"),
+                      (x.to("meta"), "meta")):
+        with pytest.raises(InvalidArgument, match=f"x is a {kind} tensor.*pass x.to_dense"):
+            jacverify.batch_jacobian(net, odd, method=method)
+
+
 def test_a_function_with_randomness_is_refused_at_batch_1_too():
     drop = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5)).double().train()
     clear_plans()
