@@ -778,3 +778,47 @@ def test_an_output_rounded_through_bfloat16_is_not_blamed_on_a_backward_formula(
     assert "pin down no entry that is not exactly 0 of 3 output(s)" in report.unresolved
     wrong = jacverify.check(lambda z: torch.sin(z) + _ConstantWithABackward.apply(z), _x(4, 3))
     assert wrong.findings and wrong.verdict == Verdict.FAILED
+
+
+class _LogOnePercentOff(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return torch.log(z)
+
+    @staticmethod
+    def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        return 1.01 * g / z
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_function_near_the_edge_of_its_domain_is_checked_there(dtype):
+    """NOTE [steps off the domain]: log at 1e-6 FAILED with "a backward formula of the function
+    is wrong" (finite differences stepped to x - 7.6e-4 < 0: NaN), and the coupling probe's
+    NaN read as samples that interact (a fresh user). Correct, it passes; with a backward 1% off,
+    it fails, blamed on a backward formula."""
+    from jacverify.oracles import check_coupling
+    from jacverify.case import flatten, make_case
+
+    x = (1e-6 * (1 + torch.rand(4, 3, generator=torch.Generator().manual_seed(0),
+                                dtype=torch.float64))).to(dtype)
+    good = jacverify.check(torch.log, x)
+    assert good.passed and not good.findings, good.failure_message()
+    assert not check_coupling(flatten(make_case(torch.log, x.double())), seed=0).coupled
+    bad = jacverify.check(_LogOnePercentOff.apply, x)
+    assert bad.verdict == Verdict.FAILED and "backward" in bad.hint
+
+
+def test_a_sample_whose_output_turns_nan_when_another_moves_is_coupled_and_named():
+    """NOTE [steps off the domain]: another sample's output that turns NaN when the probed ones
+    move has moved: coupling, naming the samples (the report said "changed the outputs of
+    sample(s)  (max change nan)", none named)."""
+    from jacverify.oracles import check_coupling
+    from jacverify.case import flatten, make_case
+
+    x = torch.tensor([[1.0], [0.5], [0.25], [0.125]], dtype=torch.float64)
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    coupled = lambda z: z + torch.where(z.amax(0) > 1.0, nan, 0.0)  # noqa: E731
+    found = check_coupling(flatten(make_case(coupled, x)), seed=0)
+    assert found.coupled and "sample(s) 1, 2, 3" in found.reason, found.reason

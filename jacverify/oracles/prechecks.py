@@ -10,6 +10,7 @@ import torch
 
 from jacverify.case import Flat
 from jacverify.errors import InvalidArgument, NondeterministicFunction, NonFiniteOutput
+from jacverify.oracles.finite_differences import DOMAIN_RETRIES, DOMAIN_SHRINK
 
 __all__ = ["Coupling", "carries_graph", "check_determinism", "check_coupling",
            "effective_precision", "graph_cut",
@@ -350,11 +351,16 @@ def check_coupling(flat: Flat, seed: int, noise: float = 0.0, rtol: float = 0.0,
             under which a move is below resolution (per output: a block of outputs at 1e3 set
             the floor of a coupled block at 1e-3, and its coupling went unseen in float32, a
             fresh user), and the others' move there."""
-            nonlocal calls
-            calls += 1
-            moved = (flat.values(torch.where(group.view(spread), changed_x, x)) - y).abs()
-            own = moved[group].amax(0)
+            nonlocal calls, changed_x
+            for _ in range(DOMAIN_RETRIES + 1):  # NOTE [steps off the domain]: log at 1e-6
+                calls += 1  # moved by 0.1 is NaN, and NaN read as coupling (a fresh user)
+                moved = (flat.values(torch.where(group.view(spread), changed_x, x)) - y).abs()
+                if bool(torch.isfinite(moved).all()):
+                    break
+                changed_x = x + (changed_x - x) * DOMAIN_SHRINK
+            own = torch.nan_to_num(moved[group].amax(0), nan=0.0, posinf=0.0)
             moved.masked_fill_(group[:, None], 0)
+            moved = moved.nan_to_num(nan=math.inf)  # another sample's NaN: it moved
             other = moved.amax(0)
             floor = torch.maximum(threshold, rtol * own / (b - 1))
             m = int((other / floor).argmax())
