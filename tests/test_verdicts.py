@@ -843,3 +843,36 @@ def test_a_sample_whose_output_turns_nan_when_another_moves_is_coupled_and_named
     coupled = lambda z: z + torch.where(z.amax(0) > 1.0, nan, 0.0)  # noqa: E731
     found = check_coupling(flatten(make_case(coupled, x)), seed=0)
     assert found.coupled and "sample(s) 1, 2, 3" in found.reason, found.reason
+
+
+def _positive_log(z):
+    assert (z > 0).all(), "log of a non-positive number"
+    return torch.log(z)
+
+
+def test_a_function_that_raises_off_its_domain_is_not_a_raw_exception():
+    """A Beta log-density with its support validated, and a function that asserts its input is
+    positive, raised their own ValueError and a bare AssertionError (which reads as a mismatch
+    in pytest) out of the effective-precision probe, 10% away from x (a fresh user). The probes
+    and the finite differences take a raise there as a step off the domain: UNVERIFIED with
+    why; and a function that raises wherever samples move is FunctionRaised, named as such."""
+    from jacverify.errors import FunctionRaised
+
+    beta = torch.distributions.Beta(torch.tensor(2.0, dtype=torch.float64),  # validated even
+                                    torch.tensor(3.0, dtype=torch.float64),  # where a library
+                                    validate_args=True)  # turned the default off
+    near_edges = torch.tensor([[1e-6, 0.3], [0.5, 1 - 1e-6]], dtype=torch.float64)
+    for fn, x in ((beta.log_prob, near_edges),
+                  (_positive_log, torch.tensor([[1e-6, 2.0]], dtype=torch.float64))):
+        report = jacverify.check(fn, x)
+        assert report.verdict == Verdict.UNVERIFIED and "pin down no entry" in report.unresolved, \
+            report.render()
+    assert jacverify.check(beta.log_prob, near_edges.clamp(0.2, 0.8)).passed
+
+    def only_here(z):
+        if not torch.equal(z, near_edges):
+            raise ValueError("defined at one point only")
+        return z.sum(1, keepdim=True)
+
+    with pytest.raises(FunctionRaised, match="samples moved by up to .*defined at one point"):
+        jacverify.check(only_here, near_edges)

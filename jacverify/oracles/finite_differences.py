@@ -77,11 +77,15 @@ def finite_differences(flat: Flat, independent: bool, step: float | None = None,
                     xp, xm = x.clone(), x.clone()
                     xp[rows, j] += h / k
                     xm[rows, j] -= h / k
-                    fp, fm = fn(xp)[rows], fn(xm)[rows]
+                    try:
+                        fp, fm = fn(xp)[rows], fn(xm)[rows]
+                    except Exception:  # noqa: BLE001 - raises off its domain (a distribution's
+                        # support, an assert): as NaN there, NOTE [steps off the domain]
+                        fp = fm = torch.full_like(center[rows], math.nan)
                     width = (xp[rows, j] - xm[rows, j])[:, None]
                     d.append((fp - fm) / width)
                     curvature.append((fp + fm - 2 * center[rows]) / (width / 2))
-                    scale[rows] = torch.maximum(scale[rows], torch.maximum(fp.abs(), fm.abs()))
+                    scale[rows] = torch.fmax(scale[rows], torch.fmax(fp.abs(), fm.abs()))  # no NaN
                 r1 = (4 * d[1] - d[0]) / 3
                 r2 = (4 * d[2] - d[1]) / 3
                 value[rows, :, j] = r2 + (r2 - r1) / 15
@@ -104,6 +108,8 @@ def finite_differences(flat: Flat, independent: bool, step: float | None = None,
 # loop disagrees with finite differences: a backward formula is wrong" for torch.log (a fresh
 # user). Such an entry has no finite-difference value: 0 with an unbounded error, pinned down
 # nowhere (NOTE [unstable finite differences]; a check where nothing is pinned ends UNVERIFIED).
+# A step where fn raises (a distribution's validated support, an assert) counts as NaN: its own
+# error escaped the probes before (a fresh user); effective_precision then reads x's dtype.
 # Taking it again with steps 64x smaller until finite was tried, and a second fresh user broke it
 # twice: the kink re-check (NOTE [kinks the steps cross]) then differenced log at 1e-7 at steps
 # 16x larger than the first pass had settled on, near the edge, and its bound (8.7e4 on 1e7)

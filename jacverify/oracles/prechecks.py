@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from jacverify.case import Flat
-from jacverify.errors import InvalidArgument, NondeterministicFunction, NonFiniteOutput
+from jacverify.errors import (FunctionRaised, InvalidArgument, NondeterministicFunction,
+                              NonFiniteOutput)
 from jacverify.oracles.finite_differences import DOMAIN_RETRIES, DOMAIN_SHRINK
 
 __all__ = ["Coupling", "carries_graph", "check_determinism", "check_coupling",
@@ -218,6 +219,16 @@ def effective_precision(flat: Flat, seed: int,
     coarser = [dt for dt in _COARSER if torch.finfo(dt).eps > eps]
     if not coarser:
         return None
+    try:
+        return _finer_than(flat, seed, center, coarser)
+    except Exception:  # noqa: BLE001 - fn raises off x (a distribution's support, an assert):
+        return None  # nothing tells, and x's dtype stands (NOTE [steps off the domain])
+
+
+def _finer_than(flat: Flat, seed: int, center: torch.Tensor | None,
+                coarser: list[torch.dtype]) -> torch.dtype | None:
+    """:func:`effective_precision`'s three tests, given the dtypes coarser than x's."""
+    x = flat.x
     off = nudged(x, seed)
     y = flat.values(off)
     if torch.equal(flat.values(perturbed(x, seed)), y):
@@ -352,9 +363,19 @@ def check_coupling(flat: Flat, seed: int, noise: float = 0.0, rtol: float = 0.0,
             the floor of a coupled block at 1e-3, and its coupling went unseen in float32, a
             fresh user), and the others' move there."""
             nonlocal calls, changed_x
-            for _ in range(DOMAIN_RETRIES + 1):  # NOTE [steps off the domain]: log at 1e-6
-                calls += 1  # moved by 0.1 is NaN, and NaN read as coupling (a fresh user)
-                moved = (flat.values(torch.where(group.view(spread), changed_x, x)) - y).abs()
+            for attempt in range(DOMAIN_RETRIES + 1):  # NOTE [steps off the domain]: log at
+                calls += 1  # 1e-6 moved by 0.1 is NaN, and NaN read as coupling (a fresh user)
+                try:
+                    moved = (flat.values(torch.where(group.view(spread), changed_x, x)) - y).abs()
+                except Exception as e:  # noqa: BLE001 - raises off its domain (an assert)
+                    if attempt == DOMAIN_RETRIES:
+                        by = float((changed_x - x).abs().max())
+                        raise FunctionRaised(
+                            f"fn raised when samples moved by up to {by:.3g} "
+                            f"({type(e).__name__}: {str(e).strip()[:200]}); the check moves "
+                            "inputs to probe whether samples interact and to take finite "
+                            "differences: pass inputs where fn is defined around them") from e
+                    moved = torch.full_like(y, math.nan)
                 if bool(torch.isfinite(moved).all()):
                     break
                 changed_x = x + (changed_x - x) * DOMAIN_SHRINK
