@@ -448,9 +448,11 @@ def _check_dense(x) -> None:
     kind = "nested" if x.is_nested else "meta" if x.is_meta else \
         None if x.layout == torch.strided else str(x.layout).removeprefix("torch.")
     if kind is not None:
+        what = {"meta": "x on a real device (a meta tensor has no values)",
+                "nested": "a padded tensor (torch.nested.to_padded_tensor)"}.get(
+                    kind, "x.to_dense()")
         raise InvalidArgument(f"x is a {kind} tensor; batch_jacobian needs a dense tensor with "
-                              "values, (B, *in): pass x.to_dense(), a padded tensor, or x on a "
-                              "real device")
+                              f"values, (B, *in): pass {what}")
 
 
 def _validated(fn, x) -> Flat:

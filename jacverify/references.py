@@ -272,6 +272,13 @@ def pinned_nothing(fd: Reference, derivative_scale: torch.Tensor | None = None,
                 f"of {bad.numel()} are not pinned down: their error bounds are over "
                 f"{UNSTABLE_FRACTION:.0%} of their size): every method that agrees agrees only "
                 "within that uncertainty, so no derivative was verified")
+    off = ~torch.isfinite(fd.error)  # NOTE [steps off the domain]: no value at all there
+    if bool(off.any()):  # (a backward 2x wrong at the one entry by an edge PASSED beside the
+        where = tuple(int(i) for i in off.nonzero()[0])  # others: a fresh user)
+        return (f"finite differences pin down none of {int(off.sum())} entr"
+                f"{'y' if int(off.sum()) == 1 else 'ies'} (first at {where}) whose steps leave "
+                "the function's domain (its values there are NaN, or it raises): their "
+                "derivatives were not verified; check inputs further from the edge")
     if fd.value.ndim != 3 or flat is None:
         return None
     blind = (bad.any(2).any(0) & ~pinned.any(2).any(0)).nonzero().flatten().tolist()

@@ -789,7 +789,7 @@ def test_a_tensor_without_dense_values_is_refused_with_what_to_pass(method):
     for odd, kind in ((torch.nested.nested_tensor([x[0], x[1, :3]]), "nested"),
                       (x.to_sparse(), "sparse_coo"), (x.to_sparse_csr(), "sparse_csr"),
                       (x.to("meta"), "meta")):
-        with pytest.raises(InvalidArgument, match=f"x is a {kind} tensor.*pass x.to_dense"):
+        with pytest.raises(InvalidArgument, match=f"x is a {kind} tensor.*: pass "):
             jacverify.batch_jacobian(net, odd, method=method)
 
 
