@@ -349,6 +349,12 @@ def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = 
             raise InvalidArgument(
                 f"{where} is {_describe(o)}, not a tensor; return a tensor or a tuple of tensors"
             )
+        kind = "nested" if o.is_nested else "meta" if o.is_meta else \
+            None if o.layout == torch.strided else str(o.layout).removeprefix("torch.")
+        if kind is not None:  # torch's own errors came from deep inside (a fresh user)
+            raise InvalidArgument(f"{where} is a {kind} tensor; jacverify compares dense values: "
+                                  "return a dense tensor with values (.to_dense(), a padded "
+                                  "tensor, or one computed on a real device)")
         if not -o.ndim <= out_axis < o.ndim or o.shape[out_axis] != case.batch_size:
             raise InvalidArgument(
                 f"{where} has shape {tuple(o.shape)}, with no batch axis {out_axis} of size "

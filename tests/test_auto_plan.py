@@ -791,6 +791,13 @@ def test_a_tensor_without_dense_values_is_refused_with_what_to_pass(method):
                       (x.to("meta"), "meta")):
         with pytest.raises(InvalidArgument, match=f"x is a {kind} tensor.*: pass "):
             jacverify.batch_jacobian(net, odd, method=method)
+    for out, kind in ((lambda z: net(z).to_sparse(), "sparse_coo"),
+                      (lambda z: torch.nested.nested_tensor(list(net(z))), "nested"),
+                      (lambda z: torch.empty(5, 3, device="meta"), "meta")):
+        with pytest.raises(InvalidArgument, match=f"the output is a {kind} tensor"):
+            jacverify.batch_jacobian(out, x, method=method)
+        with pytest.raises(InvalidArgument, match=f"the output is a {kind} tensor"):
+            jacverify.check(out, x)
 
 
 def test_a_function_with_randomness_is_refused_at_batch_1_too():
