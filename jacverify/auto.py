@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.modules.module as nn_module
 
-from jacverify.case import Flat, evaluate, flatten, make_case
+from jacverify.case import Flat, evaluate, flatten, make_case, sparse_kind
 from jacverify.errors import (FunctionRaised, InvalidArgument, JacobianTooLarge, MismatchError,
                               NotApplicable, NotVerified)
 from jacverify.judge import describe_worst, warm_up_transforms
@@ -445,8 +445,7 @@ def _check_dense(x) -> None:
     own errors from deep inside: a fresh user); raises InvalidArgument."""
     if not isinstance(x, torch.Tensor):
         return  # _check_input says what it should be
-    kind = "nested" if x.is_nested else "meta" if x.is_meta else \
-        None if x.layout == torch.strided else str(x.layout).removeprefix("torch.")
+    kind = sparse_kind(x)
     if kind is not None:
         what = {"meta": "x on a real device (a meta tensor has no values)",
                 "nested": "a padded tensor (torch.nested.to_padded_tensor)"}.get(

@@ -17,7 +17,7 @@ import torch
 from jacverify.errors import FunctionRaised, InvalidArgument
 from jacverify.validation import check_int, shown
 
-__all__ = ["Case", "make_case", "Flat", "flatten", "call", "evaluate", "resolve_device"]
+__all__ = ["Case", "make_case", "Flat", "flatten", "call", "evaluate", "resolve_device", "sparse_kind"]
 
 # NOTE [canonical form]
 # A case f(x_1, ..., x_k) with batch axis `a` on every input and `a_out` on every output is
@@ -349,8 +349,7 @@ def flatten(case: Case, fn: Callable | None = None, dtype: torch.dtype | None = 
             raise InvalidArgument(
                 f"{where} is {_describe(o)}, not a tensor; return a tensor or a tuple of tensors"
             )
-        kind = "nested" if o.is_nested else "meta" if o.is_meta else \
-            None if o.layout == torch.strided else str(o.layout).removeprefix("torch.")
+        kind = sparse_kind(o)
         if kind is not None:  # torch's own errors came from deep inside (a fresh user)
             raise InvalidArgument(f"{where} is a {kind} tensor; jacverify compares dense values: "
                                   "return a dense tensor with values (.to_dense(), a padded "
@@ -396,6 +395,20 @@ def call(fn: Callable, inputs: tuple[torch.Tensor, ...]):
         FunctionRaised: the function raised; the message gives the shapes and dtype.
     """
     return evaluate(fn, inputs)[0]
+
+
+def sparse_kind(t: torch.Tensor) -> str | None:
+    """What kind of tensor without dense values ``t`` is ("nested", "meta", "sparse_coo", ...),
+    or None for a dense (strided) one.
+
+    >>> sparse_kind(torch.zeros(2)), sparse_kind(torch.zeros(2).to_sparse())
+    (None, 'sparse_coo')
+    """
+    if t.is_nested:
+        return "nested"
+    if t.is_meta:
+        return "meta"
+    return None if t.layout == torch.strided else str(t.layout).removeprefix("torch.")
 
 
 def evaluate(fn: Callable, inputs: tuple[torch.Tensor, ...]) -> tuple[Any, bool]:
