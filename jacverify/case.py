@@ -17,7 +17,8 @@ import torch
 from jacverify.errors import FunctionRaised, InvalidArgument
 from jacverify.validation import check_int, shown
 
-__all__ = ["Case", "make_case", "Flat", "flatten", "call", "evaluate", "resolve_device", "sparse_kind"]
+__all__ = ["Case", "make_case", "Flat", "flatten", "call", "evaluate", "resolve_device",
+           "sparse_kind"]
 
 # NOTE [canonical form]
 # A case f(x_1, ..., x_k) with batch axis `a` on every input and `a_out` on every output is

@@ -256,12 +256,11 @@ def compare(
     max_abs = float(diff.max())
     row_name = ("sum |J||v| of the entry" if reference.magnitude is not None
                 else "max|ref| of its row or column, the smaller")
-    rule = f"|value - ref| <= rtol * (|ref| + {row_name}"
     d = derivative_scale
-    rule += (" + d of its sample)" if isinstance(d, torch.Tensor) and d.numel() > 1
-             else f" + {_largest(d):.2g})" if _largest(d) else ")")
-    rule = rule.replace("d of its sample", "d of its sample and output") if isinstance(
-        d, torch.Tensor) and d.ndim == 2 else rule
+    per = isinstance(d, torch.Tensor) and d.numel() > 1
+    d_term = (" + d of its sample and output" if d.ndim == 2 else " + d of its sample") if per \
+        else f" + {_largest(d):.2g}" if _largest(d) else ""
+    rule = f"|value - ref| <= rtol * (|ref| + {row_name}{d_term})"
     rule += f" + {FD_SAFETY:g} * fd_error" if reference.error is not None else ""
     rule += (f" + {ROUNDING_SAFETY:g} * measured rounding (up to {_largest(rounding):.2g})"
              if _largest(rounding) else "")
