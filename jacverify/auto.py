@@ -332,7 +332,8 @@ def batch_jacobian(
                     "and races only the ways that run, and jacverify.check(fn, x) says which "
                     "methods apply and why") from e
             value = zeros
-    value = value.detach()
+    if value.requires_grad:  # a detach costs an op (NOTE [few ops] in methods/batched.py)
+        value = value.detach()
     if 0 in value.stride() and any(s == 0 and n > 1 for s, n in zip(value.stride(), value.shape)):
         value = value.contiguous()  # one memory location for several entries (z + 1's Jacobian,
         # an expanded identity): writing into it raised; the caller gets a Jacobian of their own
@@ -859,7 +860,7 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     if last is not None and last.fits(fn, x, max_memory, compile):
         route, out_shape = last.entry
         if x.ndim == 2 and len(out_shape) == 1:  # (B, N) -> (B, M): the cached form at fn and x
-            return route, last.template.at(fn, x.detach()), out_shape
+            return route, last.template.at(fn, x.detach() if x.requires_grad else x), out_shape
         return route, _flat(fn, x, out_shape), out_shape
     _check_dense(x)  # before its shape is read
     clock = timer(x.device if isinstance(x, torch.Tensor) else "cpu")  # _case refuses a non-tensor

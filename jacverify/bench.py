@@ -15,6 +15,7 @@ from jacverify.engine import check
 from jacverify.errors import MismatchError
 from jacverify.measure import Timing, peak_memory, time_calls
 from jacverify.methods import get_methods
+from jacverify.routes import ROUTE_QUANTITY
 
 __all__ = ["MethodBench", "CaseBench", "SuiteCase", "BenchRun", "bench", "bench_suite", "bench_run",
            "SUITES",
@@ -195,9 +196,12 @@ def bench(fn: Callable, x: torch.Tensor, *, name: str | None = None,
     report = check(fn, x, methods=methods, device=device, warm_timing=False)
     flat, dev = report.flat, report.case.device
     fwd_fn, fwd_x = report.case.fn, report.case.inputs[0]
-    chosen = {m.name: m for m in get_methods([r.method for r in report.results])}
+    # the methods' results: a check verified by route probes (verification="auto" picks it from
+    # timed costs) lists the routes too, which are not methods (crashed `jacverify bench`)
+    results = [r for r in report.results if r.quantity != ROUTE_QUANTITY]
+    chosen = {m.name: m for m in get_methods([r.method for r in results])}
     calls = {r.method: (lambda c=chosen[r.method].compute: c(flat))
-             for r in report.results if r.status in ("agree", "mismatch")}
+             for r in results if r.status in ("agree", "mismatch")}
     auto_plan, auto_status = None, None
     if len(report.case.inputs) == 1 and report.case.batch_axis == 0 and len(flat.out_shapes) == 1:
         # planned first, so the value judged is the plan's (auto's first calls race candidates)
@@ -217,7 +221,7 @@ def bench(fn: Callable, x: torch.Tensor, *, name: str | None = None,
     timings = time_calls({**calls, "one forward": lambda: fwd_fn(fwd_x)}, dev, **timing)
     forward = timings["one forward"]  # timed side by side with the methods: the unit of cost
     rows: list[MethodBench] = []
-    for r in report.results:
+    for r in results:
         if r.method not in calls:
             rows.append(MethodBench(r.method, r.status, r.reason))
             continue

@@ -196,6 +196,21 @@ def test_bench_checks_times_and_marks_a_wrong_method():
     assert all(r.timing.rounds >= 1 and r.peak_bytes is not None for r in result.results)
 
 
+def test_bench_times_the_methods_of_a_check_verified_by_routes(monkeypatch):
+    """A check verified by route probes lists the routes among its results; bench times the
+    methods only (it raised InvalidArgument on 'route:vjp', a `jacverify bench` run here)."""
+    import functools
+
+    import jacverify.bench as bench_module
+
+    monkeypatch.setattr(bench_module, "check",
+                        functools.partial(bench_module.check, verification="routes"))
+    result = bench(_mlp(3, 8, 2), torch.randn(4, 3), methods=["loop", "batched_grad"],
+                   memory=False, min_seconds=0.01)
+    assert [r.method for r in result.results] == ["loop", "batched_grad", "auto"]
+    assert all(r.status == "agree" and r.timing is not None for r in result.results)
+
+
 @pytest.mark.slow  # the CLI in a subprocess
 def test_cli_bench_quick_suite_writes_table_json_and_plot(tmp_path):
     out_json, out_html = tmp_path / "bench.json", tmp_path / "bench.html"

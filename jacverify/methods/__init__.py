@@ -20,7 +20,7 @@ from jacverify.errors import InvalidArgument
 from jacverify.quantity_table import get_quantity
 
 __all__ = ["Method", "register_method", "unregister_method", "registered_methods", "get_methods",
-           "is_builtin"]
+           "is_builtin", "gradient"]
 
 Mode = Literal["reverse", "forward", "numeric"]
 
@@ -207,6 +207,26 @@ def get_methods(names: Iterable[str] | None, quantity: str = "batch_jacobian") -
     return tuple(chosen)
 
 
+def gradient(output: torch.Tensor, wrt: torch.Tensor, grad_output: torch.Tensor | None = None,
+             **kw) -> torch.Tensor:
+    """``torch.autograd.grad(output, wrt, grad_output, **kw)``'s one gradient, zeros shaped as
+    ``wrt`` where ``wrt`` does not reach ``output`` (what ``materialize_grads=True`` gives, its
+    zeros requiring grad under ``create_graph``): the built-in methods' one call of autograd.
+
+    ``materialize_grads=True`` itself runs two generator expressions in torch's Python on every
+    call, which weigh at batch 1 (NOTE [few ops] in :mod:`jacverify.methods.batched`); here
+    only an unused ``wrt`` pays for its zeros.
+
+    >>> x, w = torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)
+    >>> gradient((x * x).sum(), x).tolist(), gradient(w.sum(), x).tolist()  # w does not reach x
+    ([2.0, 2.0, 2.0], [0.0, 0.0, 0.0])
+    """
+    (g,) = torch.autograd.grad(output, wrt, grad_output, allow_unused=True, **kw)
+    if g is None:
+        return torch.zeros_like(wrt, requires_grad=bool(kw.get("create_graph")))
+    return g
+
+
 # Importing the families registers them, in the order reports list them.
 from jacverify.methods import loops, autograd_functional, torch_func, batched, directional, second_order, param_grads  # noqa: E402,F401,I001
 
@@ -221,3 +241,4 @@ def is_builtin(name: str, quantity: str = "batch_jacobian") -> bool:
     (True, False)
     """
     return id(_REGISTRY.get((quantity, name))) in _BUILTIN
+

@@ -13,18 +13,12 @@ from torch.func import jacrev, jvp, vjp, vmap
 
 from jacverify.case import Flat
 from jacverify.errors import NotApplicable
-from jacverify.methods import Method, register_method
+from jacverify.methods import Method, gradient, register_method
 
 
 def _point(flat: Flat):
     """The function of the single point (N,) -> (M,), and the point."""
     return (lambda xi: flat.fn(xi.unsqueeze(0)).squeeze(0)), flat.x[0]
-
-
-def _grad(outputs, inputs, grad_outputs, **kw) -> torch.Tensor:
-    (g,) = torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True,
-                               materialize_grads=True, **kw)
-    return g
 
 
 def _tangent(out) -> torch.Tensor:
@@ -74,8 +68,8 @@ def jvp_double_backward(flat: Flat) -> torch.Tensor:
     x = x.detach().requires_grad_()
     y = f(x)
     u = torch.zeros_like(y, requires_grad=True)
-    pulled = _grad(y, x, u, create_graph=True)
-    return torch.stack([_grad(pulled, u, v, retain_graph=True) for v in flat.vectors])
+    pulled = gradient(y, x, u, create_graph=True)
+    return torch.stack([gradient(pulled, u, v, retain_graph=True) for v in flat.vectors])
 
 
 def jvp_full_jacobian(flat: Flat) -> torch.Tensor:
@@ -94,14 +88,14 @@ def vjp_vmap(flat: Flat) -> torch.Tensor:
 def vjp_batched_grad(flat: Flat) -> torch.Tensor:
     f, x = _point(flat)
     x = x.detach().requires_grad_()
-    return _grad(f(x), x, flat.vectors, is_grads_batched=True)
+    return gradient(f(x), x, flat.vectors, is_grads_batched=True)
 
 
 def vjp_loop(flat: Flat) -> torch.Tensor:
     f, x = _point(flat)
     x = x.detach().requires_grad_()
     y = f(x)
-    return torch.stack([_grad(y, x, u, retain_graph=True) for u in flat.vectors])
+    return torch.stack([gradient(y, x, u, retain_graph=True) for u in flat.vectors])
 
 
 def vjp_functional(flat: Flat) -> torch.Tensor:
@@ -142,7 +136,7 @@ def per_sample_double_backward(flat: Flat) -> torch.Tensor:
     x = flat.x.detach().requires_grad_()
     y = flat.fn(x)
     u = torch.zeros_like(y, requires_grad=True)
-    return _grad(_grad(y, x, u, create_graph=True), u, flat.vectors)
+    return gradient(gradient(y, x, u, create_graph=True), u, flat.vectors)
 
 
 _TABLE = [

@@ -10,14 +10,7 @@ import torch.autograd.forward_ad as fwAD
 
 from jacverify.costs import Work
 from jacverify.case import Flat
-from jacverify.methods import Method, register_method
-
-
-def _grad(output: torch.Tensor, x: torch.Tensor, grad_output=None, **kw) -> torch.Tensor:
-    (g,) = torch.autograd.grad(
-        output, x, grad_output, allow_unused=True, materialize_grads=True, **kw
-    )
-    return g
+from jacverify.methods import Method, gradient, register_method
 
 
 def loop(flat: Flat) -> torch.Tensor:
@@ -31,7 +24,7 @@ def loop(flat: Flat) -> torch.Tensor:
     jac = x.new_zeros(flat.batch_size, flat.n_out, flat.n_in)
     for b in range(flat.batch_size):
         for m in range(flat.n_out):
-            jac[b, m] = _grad(y[b, m], x, retain_graph=True)[b]
+            jac[b, m] = gradient(y[b, m], x, retain_graph=True)[b]
     return jac
 
 
@@ -39,7 +32,7 @@ def loop_rows(flat: Flat) -> torch.Tensor:
     """One backward per output entry, with the batch summed: row m for every sample at once."""
     x = flat.x.detach().requires_grad_()
     y = flat.fn(x)
-    rows = [_grad(y[:, m].sum(), x, retain_graph=True) for m in range(flat.n_out)]
+    rows = [gradient(y[:, m].sum(), x, retain_graph=True) for m in range(flat.n_out)]
     return torch.stack(rows, dim=1)
 
 
@@ -61,12 +54,12 @@ def double_backward(flat: Flat) -> torch.Tensor:
     x = flat.x.detach().requires_grad_()
     y = flat.fn(x)
     u = torch.zeros_like(y, requires_grad=True)
-    vjp = _grad(y, x, u, create_graph=True)
+    vjp = gradient(y, x, u, create_graph=True)
     cols = []
     for j in range(flat.n_in):
         v = torch.zeros_like(flat.x)
         v[:, j] = 1
-        cols.append(_grad(vjp, u, v, retain_graph=True))
+        cols.append(gradient(vjp, u, v, retain_graph=True))
     return torch.stack(cols, dim=2)
 
 

@@ -7,16 +7,11 @@ import torch
 from torch.func import hessian, jacfwd, jacrev, jvp, vjp, vmap
 
 from jacverify.case import Flat
-from jacverify.methods import Method, register_method
+from jacverify.methods import Method, gradient, register_method
 
 
 def _one(flat: Flat):
     return lambda xi: flat.fn(xi.unsqueeze(0)).squeeze(0)
-
-
-def _grad(output, x, **kw) -> torch.Tensor:
-    (g,) = torch.autograd.grad(output, x, allow_unused=True, materialize_grads=True, **kw)
-    return g
 
 
 def vmap_hessian(flat: Flat) -> torch.Tensor:
@@ -59,9 +54,9 @@ def loop(flat: Flat) -> torch.Tensor:
     y = flat.fn(x)
     out = x.new_zeros(flat.batch_size, flat.n_out, flat.n_in, flat.n_in)
     for m in range(flat.n_out):
-        g = _grad(y[:, m].sum(), x, create_graph=True)
+        g = gradient(y[:, m].sum(), x, create_graph=True)
         for j in range(flat.n_in):
-            out[:, m, j] = _grad(g[:, j].sum(), x, retain_graph=True)
+            out[:, m, j] = gradient(g[:, j].sum(), x, retain_graph=True)
     return out
 
 
@@ -95,11 +90,9 @@ def diagonal_loop(flat: Flat) -> torch.Tensor:
     y = flat.fn(x)
     out = x.new_zeros(flat.batch_size, flat.n_out, flat.n_in)
     for m in range(flat.n_out):
-        (dy,) = torch.autograd.grad(y[:, m], x, grad_outputs=torch.ones_like(y[:, m]),
-                                    create_graph=True, allow_unused=True, materialize_grads=True)
+        dy = gradient(y[:, m], x, torch.ones_like(y[:, m]), create_graph=True)
         for k in range(flat.n_in):
-            (d2,) = torch.autograd.grad(dy[:, k], x, grad_outputs=torch.ones_like(dy[:, k]),
-                                        retain_graph=True, allow_unused=True, materialize_grads=True)
+            d2 = gradient(dy[:, k], x, torch.ones_like(dy[:, k]), retain_graph=True)
             out[:, m, k] = d2[:, k]
     return out
 
