@@ -18,7 +18,7 @@ from jacverify.errors import FunctionRaised, InvalidArgument
 from jacverify.validation import check_int, shown
 
 __all__ = ["Case", "make_case", "Flat", "flatten", "call", "evaluate", "resolve_device",
-           "sparse_kind"]
+           "sparse_kind", "unravel"]
 
 # NOTE [canonical form]
 # A case f(x_1, ..., x_k) with batch axis `a` on every input and `a_out` on every output is
@@ -293,12 +293,28 @@ class Flat:
         return _unravel(m, self.out_shapes, "output", self.out_names)
 
 
+def unravel(flat: int | torch.Tensor, shape: Sequence[int]) -> tuple[int, ...]:
+    """The index into ``shape`` of the row-major position ``flat`` (an int or a one-element
+    tensor, as ``argmax`` gives): ``torch.unravel_index`` in Python, which costs a fraction of
+    its several tensor ops (a check compares every method and route, each naming its worst
+    entry).
+
+    >>> unravel(5, (2, 3)), unravel(torch.tensor(7), (2, 2, 2)), unravel(0, ())
+    ((1, 2), (1, 1, 1), ())
+    """
+    rest, out = int(flat), []
+    for size in reversed(shape):
+        rest, i = divmod(rest, size)
+        out.append(i)
+    return tuple(reversed(out))
+
+
 def _unravel(flat: int, shapes: Sequence[tuple[int, ...]], what: str,
              names: Sequence[str] | None = None) -> str:
     for k, shape in enumerate(shapes):
         size = math.prod(shape)
         if flat < size:
-            idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), shape)) if shape else ()
+            idx = unravel(flat, shape)
             label = (f"{what}[{names[k]!r}]" if names else
                      f"{what}[{k}]" if len(shapes) > 1 else what)
             return f"{label}{list(idx)}"

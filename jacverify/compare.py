@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from jacverify.case import unravel
 from jacverify.errors import InvalidArgument
 
 __all__ = ["Reference", "Comparison", "Scales", "Tolerances", "compare", "tolerances", "DEFAULT_RTOL",
@@ -252,7 +253,7 @@ def compare(
     diff = (v - r).abs()
     diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
     ratio = diff / allowed.clamp(min=torch.finfo(r.dtype).tiny)
-    worst = tuple(int(i) for i in torch.unravel_index(ratio.argmax(), r.shape))
+    worst = unravel(ratio.argmax(), r.shape)
     max_abs = float(diff.max())
     row_name = ("sum |J||v| of the entry" if reference.magnitude is not None
                 else "max|ref| of its row or column, the smaller")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jacverify import validation
-from jacverify.case import Flat
+from jacverify.case import Flat, unravel
 from jacverify.errors import InvalidArgument, NotApplicable
 from jacverify.judge import Status
 from jacverify.methods import Method, get_methods
@@ -191,7 +191,7 @@ class ParameterFlat(Flat):
         for k, (name, shape) in enumerate(zip(self.names, self.in_shapes)):
             n = math.prod(shape)
             if j < n:
-                idx = [int(i) for i in torch.unravel_index(torch.tensor(j), shape)] if shape else []
+                idx = unravel(j, shape)
                 kind = f" ({self.kinds[k]})" if k < len(self.kinds) else ""
                 return f"sample {b}, {name}[{', '.join(map(str, idx))}]{kind}"
             j -= n

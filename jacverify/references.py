@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from jacverify.case import Case, Flat, flatten
+from jacverify.case import Case, Flat, flatten, unravel
 from jacverify.compare import Reference, Scales, compare
 from jacverify.costs import reference_bytes, reference_passes
 from jacverify.errors import FunctionRaised, InvalidArgument, JacobianTooLarge
@@ -299,7 +299,7 @@ def unstable_entries(fd: Reference, derivative_scale: torch.Tensor, flat: Flat) 
     count = int(bad.sum())
     if not count:
         return None
-    worst = tuple(int(i) for i in torch.unravel_index(ratio.argmax(), fd.value.shape))
+    worst = unravel(ratio.argmax(), fd.value.shape)
     where = flat.describe_index(worst, ("sample", "output", "input"))
     return (f"finite differences are unstable at {count} entr{'y' if count == 1 else 'ies'} "
             f"(their step sizes disagree; worst {worst}, {where}: {float(fd.value[worst]):.6g} "

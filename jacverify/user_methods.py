@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from jacverify import validation
-from jacverify.case import Flat, make_case
+from jacverify.case import Flat, make_case, unravel
 from jacverify.errors import InvalidArgument
 from jacverify.judge import MethodResult, Status
 from jacverify.methods import Method
@@ -88,7 +88,7 @@ class Layout:
         for k, s in enumerate(self.shapes):
             n = math.prod(s)
             if pos < n:
-                idx = [int(i) for i in torch.unravel_index(torch.tensor(pos), s)] if s else []
+                idx = unravel(pos, s)
                 head = f"result[{k}]" if self.is_tuple else "result"
                 return f"{head}[{', '.join(map(str, idx))}]"
             pos -= n
@@ -346,7 +346,7 @@ def _cross_sample(parts: Sequence[torch.Tensor], batch: int,
         off[idx, :, idx, :] = 0
         if off.numel() and float(off.max()) > worst:
             worst = float(off.max())
-            where = tuple(int(i) for i in torch.unravel_index(off.argmax(), off.shape))
+            where = unravel(off.argmax(), off.shape)
     return worst, where
 
 
