@@ -57,7 +57,8 @@ class CaseBench:
     forward: Timing
     jacobian_bytes: int
     results: tuple[MethodBench, ...]
-    plan: str | None = None
+    plan: str | None = None  # why auto planned what it did
+    planned: str | None = None  # auto's method (and its rows per pass where it chunks)
 
     def __getitem__(self, method: str) -> MethodBench:
         for r in self.results:
@@ -202,10 +203,13 @@ def bench(fn: Callable, x: torch.Tensor, *, name: str | None = None,
     chosen = {m.name: m for m in get_methods([r.method for r in results])}
     calls = {r.method: (lambda c=chosen[r.method].compute: c(flat))
              for r in results if r.status in ("agree", "mismatch")}
-    auto_plan, auto_status = None, None
+    auto_plan, auto_status, planned = None, None, None
     if len(report.case.inputs) == 1 and report.case.batch_axis == 0 and len(flat.out_shapes) == 1:
         # planned first, so the value judged is the plan's (auto's first calls race candidates)
-        auto_plan = plan(fwd_fn, fwd_x).reason
+        made = plan(fwd_fn, fwd_x)
+        auto_plan = made.reason
+        planned = made.method + ("" if made.chunk_size >= made.rows else
+                                 f" ({made.chunk_size} of {made.rows} rows per pass)")
         value = batch_jacobian(fwd_fn, fwd_x).reshape(flat.batch_size, flat.n_out, flat.n_in)
         if report.reference.shape == value.shape:
             ref = Reference(report.trusted[0], report.reference)
@@ -232,7 +236,7 @@ def bench(fn: Callable, x: torch.Tensor, *, name: str | None = None,
                                 peak_memory(calls["auto"], dev) if memory else None))
     return CaseBench(name or repr(report.case), dict(params or {}), forward,
                      flat.batch_size * flat.n_out * flat.n_in * flat.x.element_size(),
-                     with_ratios(rows, forward), auto_plan)
+                     with_ratios(rows, forward), auto_plan, planned)
 
 
 def with_ratios(rows: list[MethodBench], forward: Timing) -> tuple[MethodBench, ...]:

@@ -81,7 +81,7 @@ def summary_table(run: BenchRun) -> Table:
                       _ms(auto.time_s if auto else None),
                       f"{vs_best:.2f}" if vs_best else "",
                       f"{c.ratio('loop', 'auto'):.0f}x" if c.ratio("loop", "auto") else "",
-                      (c.plan or "").split(";")[-1].strip().replace("[", "\\["))
+                      (c.planned or "").replace("[", "\\["))
     return table
 
 

@@ -159,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("files", nargs="*", metavar="FILE", help="a .py file or dotted module name")
     bn.add_argument("--suite", default=None, choices=["default", "realistic", "quick"],
                     help="the tanh-MLP suite and its batch/size sweeps (default when no FILE)")
-    options.add_to_argparse(bn, ("methods", "device", "dtype", "seed"))
+    options.add_to_argparse(bn, ("methods", "device", "dtype", "seed"), defaults={"seed": None})
     bn.add_argument("--batch-size", type=int, default=64, metavar="B",
                     help="batch size of a FILE's inferred inputs (default: 64)")
     bn.add_argument("--no-sweeps", action="store_true", help="skip the suite's sweeps")

@@ -22,6 +22,13 @@ def run_bench(args: argparse.Namespace, usage: type[Exception]) -> int:
         raise usage(f"--batch-size={args.batch_size} must be at least 1")
     if args.min_seconds is not None and args.min_seconds <= 0:
         raise usage(f"--min-seconds={args.min_seconds} must be positive")
+    if not args.files and (kwargs.get("dtype") is not None or "seed" in kwargs):
+        raise usage("--dtype and --seed apply to FILEs; a suite's cases fix their own dtypes "
+                    "and seeds (their names say which)")
+    from jacverify.cli_common import writable_path
+
+    writable_path("--json", args.json)  # before any timing is done
+    writable_path("--html", args.html)
     saved = _saved_run(args.compare, usage) if args.compare else None
     from rich.console import Console
     from rich.progress import Progress
@@ -93,7 +100,9 @@ def _bench_files(args, kwargs, device, common, usage, progress):
             module = load(spec)
         except LoadError as e:
             raise usage(str(e)) from None
-        found, _ = discover(module, spec)
+        found, skipped = discover(module, spec)
+        for line in skipped:  # as `jacverify check FILE` lists them
+            print(line, file=sys.stderr)
         if not found:
             raise usage(f"{spec}: nothing to bench (define an nn.Module subclass constructible "
                         "with no arguments, a module instance at top level, or mark a function "

@@ -326,3 +326,55 @@ def test_a_sweep_plot_has_a_legend_few_colours_and_plain_ticks_at_the_sizes():
     assert "4 slower methods" in labels and labels[-1] == "auto"
     fig.canvas.draw()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4", "16"]
+
+
+@pytest.mark.parametrize("name", ["batched_grad", "batched_double_backward",
+                                  "batched_grad_per_sample", "repeat_trick", "loop_rows"])
+def test_a_function_of_the_parameters_alone_gets_zeros_from_every_method(name):
+    """Its output does not reach x: zeros (B, M, N), as vmap(jacrev) answers. The batched
+    methods raised instead (their zeros were one (B, N) for all cotangents; a fresh user)."""
+    p = torch.nn.Parameter(torch.randn(3))
+    jac = jacverify.batch_jacobian(lambda z: p.expand(z.shape[0], 3) * 2, torch.randn(2, 4),
+                                   method=name)
+    assert jac.shape == (2, 3, 4) and not jac.any()
+
+
+def test_a_method_named_twice_runs_once():
+    report = jacverify.check(torch.nn.Linear(3, 2), torch.randn(4, 3), methods=["loop", "loop"])
+    assert [r.method for r in report.results] == ["loop"]
+
+
+def test_bench_cli_refuses_bad_paths_and_suite_options_before_any_timing(capsys, tmp_path):
+    from jacverify.cli import main
+
+    for argv, said in ((["--json", str(tmp_path / "no" / "x.json")], "does not exist"),
+                       (["--html", str(tmp_path)], "is a directory"),
+                       (["--dtype", "float16"], "apply to FILEs"),
+                       (["--seed", "3"], "apply to FILEs")):
+        assert main(["bench", "--suite", "quick", *argv]) == 2
+        assert said in capsys.readouterr().err
+
+
+def test_bench_summary_names_auto_s_plan_and_a_file_run_lists_what_it_skipped(capsys, tmp_path):
+    from rich.console import Console
+
+    from jacverify.bench import bench_run
+    from jacverify.bench_render import summary_table
+    from jacverify.cli import main
+
+    net, x = _mlp(3, 8, 2), torch.randn(4, 3, dtype=torch.float64)
+    case = bench(net, x, methods=["loop", "batched_grad"], memory=False, min_seconds=0.01)
+    assert case.planned == jacverify.plan(net, x).method
+    console = Console(width=300, record=True)
+    console.print(summary_table(bench_run("quick", (case,), "cpu")))
+    (row,) = [line for line in console.export_text().splitlines() if line.startswith("│")]
+    assert row.rstrip(" │").endswith(case.planned)  # the plan, not the reason's last clause
+    user = tmp_path / "models.py"
+    user.write_text("import torch\n\nclass NeedsArgs(torch.nn.Module):\n"
+                    "    def __init__(self, n):\n        super().__init__()\n\n"
+                    "class Small(torch.nn.Module):\n    def __init__(self):\n"
+                    "        super().__init__()\n        self.lin = torch.nn.Linear(3, 2)\n\n"
+                    "    def forward(self, x):\n        return self.lin(x)\n")
+    assert main(["bench", str(user), "--methods", "loop", "--no-memory", "--min-seconds",
+                 "0.01", "--batch-size", "2"]) == 0
+    assert "NeedsArgs: skipped" in capsys.readouterr().err

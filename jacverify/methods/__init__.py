@@ -180,12 +180,12 @@ def get_methods(names: Iterable[str] | None, quantity: str = "batch_jacobian") -
         quantity: the quantity they compute.
 
     Returns:
-        The :class:`Method` objects, in the order named.
+        The :class:`Method` objects, in the order named, each once.
 
     Raises:
         InvalidArgument: a name is unknown; the message gives the closest match.
 
-    >>> [m.mode for m in get_methods(["vmap_jacrev", "vmap_jacfwd"])]
+    >>> [m.mode for m in get_methods(["vmap_jacrev", "vmap_jacfwd", "vmap_jacrev"])]
     ['reverse', 'forward']
     """
     if names is None:
@@ -203,15 +203,18 @@ def get_methods(names: Iterable[str] | None, quantity: str = "batch_jacobian") -
                 f"methods contains {name!r}, which is not a registered {quantity} method{hint} "
                 f"(known: {', '.join(known)})"
             )
-        chosen.append(found)
+        if not any(found is c for c in chosen):  # a name given twice runs once
+            chosen.append(found)
     return tuple(chosen)
 
 
 def gradient(output: torch.Tensor, wrt: torch.Tensor, grad_output: torch.Tensor | None = None,
              **kw) -> torch.Tensor:
-    """``torch.autograd.grad(output, wrt, grad_output, **kw)``'s one gradient, zeros shaped as
-    ``wrt`` where ``wrt`` does not reach ``output`` (what ``materialize_grads=True`` gives, its
-    zeros requiring grad under ``create_graph``): the built-in methods' one call of autograd.
+    """``torch.autograd.grad(output, wrt, grad_output, **kw)``'s one gradient, zeros where
+    ``wrt`` does not reach ``output`` (a function of the parameters alone): shaped as ``wrt``, or
+    (K, *wrt) for K cotangents under ``is_grads_batched`` (where ``materialize_grads=True`` gave
+    one (*wrt) for all, and batched_grad could not reshape it), requiring grad under
+    ``create_graph``. The built-in methods' one call of autograd.
 
     ``materialize_grads=True`` itself runs two generator expressions in torch's Python on every
     call, which weigh at batch 1 (NOTE [few ops] in :mod:`jacverify.methods.batched`); here
@@ -220,10 +223,13 @@ def gradient(output: torch.Tensor, wrt: torch.Tensor, grad_output: torch.Tensor 
     >>> x, w = torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)
     >>> gradient((x * x).sum(), x).tolist(), gradient(w.sum(), x).tolist()  # w does not reach x
     ([2.0, 2.0, 2.0], [0.0, 0.0, 0.0])
+    >>> gradient(w * 2, x, torch.ones(4, 2), is_grads_batched=True).shape
+    torch.Size([4, 3])
     """
     (g,) = torch.autograd.grad(output, wrt, grad_output, allow_unused=True, **kw)
-    if g is None:
-        return torch.zeros_like(wrt, requires_grad=bool(kw.get("create_graph")))
+    if g is None:  # batched cotangents give one gradient each (materialize_grads gave one in all)
+        shape = (grad_output.shape[0], *wrt.shape) if kw.get("is_grads_batched") else wrt.shape
+        return wrt.new_zeros(shape, requires_grad=bool(kw.get("create_graph")))
     return g
 
 
