@@ -41,8 +41,9 @@ ROUTE_QUANTITY = "route"  # MethodResult.quantity of a route: never "the fastest
 # The reference is finite differences along each v_k (6 forward passes per probe), so the whole
 # stage costs about 6 K forward passes plus about 4 K + 4 passes of the routes; verification=
 # "routes" draws K = 1 by default, as gradcheck's fast mode draws one u and one v, and then costs
-# 2.5-2.8x gradcheck(fast_mode=True, check_forward_ad=True, check_batched_grad=True) on the
-# README's three realistic models (benchmarks/check_cost.py). A
+# 2.3-2.9x gradcheck(fast_mode=True, check_forward_ad=True, check_batched_grad=True) on the
+# README's three realistic models on one machine and 3.0-3.4x on another, slower per op
+# (benchmarks/check_cost.py; issue #16 asks for 3x). A
 # route wrong by a relative r moves p_k by about r |p_k| (the probes are random: a wrong entry
 # cancels with probability 0), so a 1% wrong backward, jvp or batching rule is far over
 # sqrt(eps) in either dtype. A route that raises (no forward-mode formula, no batching rule) is
