@@ -291,17 +291,9 @@ def batch_jacobian(
     """
     last = _LAST[0]  # a steady call of the last plan, in as few steps as it takes (NOTE [last plan])
     if last is not None and method == "auto" and verify is False and probes == DEFAULT_PROBES \
-            and last.fits(fn, x, max_memory, compile) and last.entry[0].explore is None \
-            and x.ndim == 2 and len(last.entry[1]) == 1:
-        route = last.entry[0]
-        flat = last.template.at(fn, x.detach() if x.requires_grad else x)
-        try:
-            return _answer(route.route(flat), x)  # type: ignore[misc]
-        except Exception as e:
-            zeros = _zeros_after(e, fn, x, flat)
-            if zeros is None:
-                raise
-            return zeros
+            and last.entry[0].explore is None and len(last.entry[1]) == 1 \
+            and last.fits(fn, x, max_memory, compile) and x.ndim == 2:
+        return _answer(_computed(last.entry[0].route, fn, x, last.form(fn, x)), x)
     if _needs_grad_mode(x):
         with torch.inference_mode(False), torch.enable_grad():
             return batch_jacobian(fn, x.clone() if isinstance(x, torch.Tensor) else x,
@@ -311,13 +303,7 @@ def batch_jacobian(
         check_int("probes", probes, min_value=1)
     if method == "auto":
         route, flat, out_shape = _planned(fn, x, max_memory, compile, explore=True)
-        try:
-            value = route(flat)
-        except Exception as e:
-            zeros = _zeros_after(e, fn, x, flat)
-            if zeros is None:
-                raise
-            value = zeros
+        value = _computed(route, fn, x, flat)
         name = route.last
     else:
         (m,) = get_methods([method])
@@ -365,6 +351,18 @@ def _answer(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if value.dtype != x.dtype:  # fn's output in another dtype: the ways differ (found racing)
         value = value.to(x.dtype)
     return value
+
+
+def _computed(route: Callable[[Flat], torch.Tensor], fn, x, flat: Flat) -> torch.Tensor:
+    """``route(flat)``, or after it raised, what :func:`_zeros_after` makes of the error: the
+    function's own error, the zero Jacobian, or the route's error raised as it was."""
+    try:
+        return route(flat)
+    except Exception as e:
+        zeros = _zeros_after(e, fn, x, flat)
+        if zeros is None:
+            raise
+        return zeros
 
 
 def _zeros_after(error: Exception, fn, x, flat: Flat) -> torch.Tensor | None:
@@ -885,7 +883,7 @@ def _planned(fn, x: torch.Tensor, max_memory: int | None, compile: bool | str = 
     if last is not None and last.fits(fn, x, max_memory, compile):
         route, out_shape = last.entry
         if x.ndim == 2 and len(out_shape) == 1:  # (B, N) -> (B, M): the cached form at fn and x
-            return route, last.template.at(fn, x.detach() if x.requires_grad else x), out_shape
+            return route, last.form(fn, x), out_shape
         return route, _flat(fn, x, out_shape), out_shape
     _check_dense(x)  # before its shape is read
     clock = timer(x.device if isinstance(x, torch.Tensor) else "cpu")  # _case refuses a non-tensor
@@ -991,6 +989,11 @@ class _Last:
     def __init__(self, *fields) -> None:
         for name, value in zip(self.__slots__, fields):
             setattr(self, name, value)
+
+    def form(self, fn, x: torch.Tensor) -> Flat:
+        """The cached canonical form at ``fn`` and ``x`` ((B, N) -> (B, M) only), ``x`` detached
+        where it requires grad (a detach costs an op: NOTE [few ops] in methods/batched.py)."""
+        return self.template.at(fn, x.detach() if x.requires_grad else x)
 
     def fits(self, fn, x, max_memory, compile) -> bool:
         """This call is the last plan's: the same function, input shape, dtype, device and

@@ -7,6 +7,7 @@ import json
 import sys
 
 from jacverify import options
+from jacverify.cli_common import writable_path
 
 EXIT_OK, EXIT_MISMATCH = 0, 1
 
@@ -25,8 +26,6 @@ def run_bench(args: argparse.Namespace, usage: type[Exception]) -> int:
     if not args.files and (kwargs.get("dtype") is not None or "seed" in kwargs):
         raise usage("--dtype and --seed apply to FILEs; a suite's cases fix their own dtypes "
                     "and seeds (their names say which)")
-    from jacverify.cli_common import writable_path
-
     writable_path("--json", args.json)  # before any timing is done
     writable_path("--html", args.html)
     saved = _saved_run(args.compare, usage) if args.compare else None

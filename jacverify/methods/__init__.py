@@ -247,4 +247,3 @@ def is_builtin(name: str, quantity: str = "batch_jacobian") -> bool:
     (True, False)
     """
     return id(_REGISTRY.get((quantity, name))) in _BUILTIN
-
